@@ -1,0 +1,196 @@
+"""The registry auth flow: answer a 401 challenge with Basic credentials or a token.
+
+For a Bearer challenge the token is asked of the realm named in the challenge,
+for the scopes the challenge names joined with those the operation needs.
+With an identity token (a refresh token) the OAuth2 ``POST`` grant is used;
+otherwise a ``GET`` with Basic credentials, or anonymously.  Tokens are cached
+per (registry, scopes) until shortly before they expire.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import httpx
+
+from derrick.auth.challenge import Challenge, merge_scope, parse_challenges
+from derrick.auth.credentials import Credential
+from derrick.errors import UnauthorizedError
+from derrick.transport import Transport, origin, redact_url
+
+#: Seconds assumed for a token that states no lifetime, and the least we accept.
+MIN_TOKEN_LIFETIME = 60
+#: Renew this many seconds before a token's expiry.
+EXPIRY_MARGIN = 10
+
+CredentialLookup = Callable[[str], Credential | None]
+
+
+@dataclass(frozen=True)
+class Token:
+    value: str
+    expires_at: float
+    scopes: tuple[str, ...]
+
+    def valid(self, now: float | None = None) -> bool:
+        return (now or time.monotonic()) < self.expires_at - EXPIRY_MARGIN
+
+
+def basic_header(username: str, password: str) -> str:
+    raw = f"{username}:{password}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+class Authenticator:
+    """Chooses the ``Authorization`` header for each (registry, scopes) request."""
+
+    def __init__(
+        self, transport: Transport, credentials: CredentialLookup, *, client_id: str = "derrick"
+    ) -> None:
+        self._transport = transport
+        self._lookup = credentials
+        self._client_id = client_id
+        self._tokens: dict[tuple[str, tuple[str, ...]], Token] = {}
+        self._schemes: dict[str, Challenge] = {}
+        self._creds: dict[str, Credential | None] = {}
+        self._lock = threading.Lock()
+        #: every token request made, as (registry, scopes): handy for tests and --debug
+        self.token_requests: list[tuple[str, tuple[str, ...]]] = []
+
+    def credential(self, registry: str) -> Credential | None:
+        with self._lock:
+            if registry not in self._creds:
+                self._creds[registry] = self._lookup(registry)
+            return self._creds[registry]
+
+    def header(self, registry: str, scopes: Sequence[str]) -> str | None:
+        """The header to send before any challenge is seen, if one is known to work."""
+        ch = self._schemes.get(registry)
+        if ch is None:
+            return None
+        if ch.scheme == "basic":
+            cred = self.credential(registry)
+            if cred and cred.username is not None and cred.password is not None:
+                return basic_header(cred.username, cred.password)
+            return None
+        if ch.scheme == "bearer":
+            key = (registry, tuple(merge_scope(scopes)))
+            tok = self._tokens.get(key)
+            if tok is not None and tok.valid():
+                return f"Bearer {tok.value}"
+        return None
+
+    def respond(
+        self, registry: str, resp: httpx.Response, scopes: Sequence[str], *, fresh: bool = False
+    ) -> str | None:
+        """Given a 401 response, the header to retry with; None if there is nothing to try."""
+        challenges = parse_challenges(resp.headers.get_list("www-authenticate"))
+        bearer = next((c for c in challenges if c.scheme == "bearer"), None)
+        basic = next((c for c in challenges if c.scheme == "basic"), None)
+        if bearer is not None and bearer.realm:
+            self._schemes[registry] = bearer
+            wanted = list(scopes)
+            if bearer.scope:
+                wanted += bearer.scope.split()
+            merged = tuple(merge_scope(wanted))
+            key = (registry, merged)
+            tok = self._tokens.get(key)
+            if tok is None or not tok.valid() or fresh:
+                tok = self._fetch_token(registry, bearer, merged)
+                self._tokens[key] = tok
+                self._tokens[(registry, tuple(merge_scope(scopes)))] = tok
+            return f"Bearer {tok.value}"
+        if basic is not None:
+            self._schemes[registry] = basic
+            cred = self.credential(registry)
+            if cred and cred.username is not None and cred.password is not None:
+                return basic_header(cred.username, cred.password)
+            return None
+        return None
+
+    def _fetch_token(self, registry: str, ch: Challenge, scopes: tuple[str, ...]) -> Token:
+        realm = ch.realm or ""
+        realm_url = httpx.URL(realm)
+        if realm_url.scheme not in ("http", "https") or not realm_url.host:
+            raise UnauthorizedError(
+                f"registry {registry} named an invalid token realm {redact_url(realm)!r}",
+                status=401,
+                url=realm,
+            )
+        cred = self.credential(registry)
+        realm_host = realm_url.netloc.decode("ascii")
+        if cred and realm_url.scheme == "http" and not self._transport.allows_http(realm_host):
+            raise UnauthorizedError(
+                f"the token realm of {registry} is plain http ({redact_url(realm)}); "
+                "credentials will not be sent there",
+                status=401,
+                url=realm,
+                hint=f"pass --insecure if you trust {realm_host} over http",
+            )
+        self.token_requests.append((registry, scopes))
+        headers = {"Accept": "application/json"}
+        if cred and cred.identity_token:
+            form: list[tuple[str, str]] = [
+                ("grant_type", "refresh_token"),
+                ("refresh_token", cred.identity_token),
+                ("client_id", self._client_id),
+            ]
+            if ch.service:
+                form.append(("service", ch.service))
+            form += [("scope", s) for s in scopes]
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            resp = self._transport.send(
+                "POST",
+                str(realm_url),
+                headers=headers,
+                content=urlencode(form).encode(),
+                auth_origin=origin(realm_url),
+            )
+        else:
+            params: list[tuple[str, str]] = []
+            if ch.service:
+                params.append(("service", ch.service))
+            params += [("scope", s) for s in scopes]
+            if cred and cred.username is not None and cred.password is not None:
+                headers["Authorization"] = basic_header(cred.username, cred.password)
+                params.append(("account", cred.username))
+            url = realm_url.copy_merge_params(params) if params else realm_url
+            resp = self._transport.send(
+                "GET", str(url), headers=headers, auth_origin=origin(realm_url)
+            )
+        if resp.status_code in (401, 403):
+            who = "the saved credentials" if cred else "anonymous access"
+            raise UnauthorizedError(
+                f"the token service of {registry} refused {who} (HTTP {resp.status_code})",
+                status=resp.status_code,
+                url=redact_url(realm),
+                hint=f"check the user name and password (derrick login {registry})"
+                if cred
+                else f"this repository needs credentials: derrick login {registry}",
+            )
+        if resp.status_code != 200:
+            raise UnauthorizedError(
+                f"the token service of {registry} answered HTTP {resp.status_code}",
+                status=resp.status_code,
+                url=redact_url(realm),
+            )
+        try:
+            body = json.loads(resp.content)
+            value = body.get("token") or body.get("access_token")
+            lifetime = int(body.get("expires_in") or MIN_TOKEN_LIFETIME)
+        except (ValueError, AttributeError, TypeError):
+            value, lifetime = None, 0
+        if not isinstance(value, str) or not value:
+            raise UnauthorizedError(
+                f"the token service of {registry} answered without a token",
+                status=resp.status_code,
+                url=redact_url(realm),
+            )
+        lifetime = max(lifetime, MIN_TOKEN_LIFETIME)
+        return Token(value, time.monotonic() + lifetime, scopes)

@@ -1,0 +1,397 @@
+"""The one place derrick does HTTP.
+
+:class:`Transport` owns the connection pools, TLS settings, the choice between
+https and plain http, retries with backoff, and redirects.  It knows nothing of
+registries or auth: :mod:`derrick.registry` builds requests and hands them here.
+
+Redirects are followed by hand so that the ``Authorization`` header is dropped
+whenever a redirect leaves the origin it was meant for (blob downloads are
+commonly redirected to a storage host that must never see registry
+credentials).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import logging
+import random
+import re
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from derrick.errors import DerrickError, TLSError, TransportError
+
+log = logging.getLogger("derrick.http")
+
+#: Status codes that are worth another try.
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_MAX_REDIRECTS = 10
+_SECRET_QUERY = re.compile(
+    r"((?:token|access_token|refresh_token|password|signature|sig|x-amz-signature|x-amz-credential)=)[^&]*",
+    re.IGNORECASE,
+)
+
+
+def redact_url(url: str | httpx.URL) -> str:
+    """The URL with user info and secret-looking query values removed, for messages."""
+    s = str(url)
+    parts = urlsplit(s)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        s = s.replace(parts.netloc, host, 1)
+    return _SECRET_QUERY.sub(r"\1REDACTED", s)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (``name[:port]``) is this machine: localhost or a loopback IP."""
+    name = host
+    if name.startswith("["):
+        name = name[1 : name.find("]")]
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return (url.scheme, url.host, port)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to try again after a transient failure."""
+
+    retries: int = 3
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    max_retry_after: float = 120.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after)
+        base = min(self.max_backoff, self.backoff * (2**attempt))
+        return random.uniform(base / 2, base)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+@dataclass
+class TLSConfig:
+    """TLS settings: extra CA file, per-host certs.d directory, verification switch."""
+
+    ca_cert: Path | None = None
+    certs_dir: Path | None = field(default_factory=lambda: Path("/etc/docker/certs.d"))
+
+    def context_for(self, host: str, *, verify: bool) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        if not verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            return ctx
+        if self.ca_cert is not None:
+            try:
+                ctx.load_verify_locations(cafile=str(self.ca_cert))
+            except (OSError, ssl.SSLError) as e:
+                raise TLSError(
+                    f"cannot load CA certificate {self.ca_cert}: {e}",
+                    hint="pass a PEM file with --ca-cert",
+                ) from None
+        if self.certs_dir is not None:
+            hostdir = self.certs_dir / host.replace(":", ":")
+            if hostdir.is_dir():
+                for f in sorted(hostdir.iterdir()):
+                    if f.suffix == ".crt":
+                        ctx.load_verify_locations(cafile=str(f))
+                for f in sorted(hostdir.iterdir()):
+                    if f.suffix == ".cert":
+                        key = f.with_suffix(".key")
+                        if key.exists():
+                            ctx.load_cert_chain(str(f), str(key))
+        return ctx
+
+
+class Transport:
+    """Connection pools, scheme choice, retries and redirects for every request.
+
+    ``insecure_hosts`` are registries the user named insecure: plain http is
+    allowed and TLS is not verified.  Loopback hosts may also fall back to
+    plain http (a registry on this machine cannot be intercepted), but their
+    TLS is still verified when they speak it.
+    """
+
+    def __init__(
+        self,
+        *,
+        insecure: bool = False,
+        insecure_hosts: Iterable[str] = (),
+        tls: TLSConfig | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        max_connections: int = 16,
+        user_agent: str = "derrick",
+        mounts: Mapping[str, httpx.BaseTransport] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.insecure_all = insecure
+        self.insecure_hosts = set(insecure_hosts)
+        self.tls = tls or TLSConfig()
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.max_connections = max_connections
+        self.user_agent = user_agent
+        self._mounts = dict(mounts or {})
+        self._sleep = sleep
+        self._clients: dict[tuple[str, bool], httpx.Client] = {}
+        self._schemes: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    # -- configuration -----------------------------------------------------------------
+
+    def is_insecure(self, host: str) -> bool:
+        return self.insecure_all or host in self.insecure_hosts
+
+    def allows_http(self, host: str) -> bool:
+        return self.is_insecure(host) or is_loopback(host)
+
+    def _client(self, host: str, scheme: str) -> httpx.Client:
+        verify = not self.is_insecure(host)
+        key = (host if scheme == "https" else "", verify if scheme == "https" else True)
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                verify_arg: ssl.SSLContext | bool = True
+                if scheme == "https":
+                    verify_arg = self.tls.context_for(host, verify=verify)
+                limits = httpx.Limits(
+                    max_connections=self.max_connections,
+                    max_keepalive_connections=self.max_connections,
+                )
+                client = httpx.Client(
+                    verify=verify_arg,
+                    timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 15.0)),
+                    limits=limits,
+                    follow_redirects=False,
+                    headers={"User-Agent": self.user_agent},
+                    mounts=self._mounts or None,
+                    trust_env=True,
+                )
+                self._clients[key] = client
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._clients.values():
+                c.close()
+            self._clients.clear()
+
+    # -- scheme discovery --------------------------------------------------------------
+
+    def base_url(self, host: str) -> str:
+        """``https://host`` or, for insecure and loopback hosts that speak plain http,
+        ``http://host``.  Decided once per host by trying https first."""
+        scheme = self._schemes.get(host)
+        if scheme is None:
+            scheme = self._discover_scheme(host)
+            self._schemes[host] = scheme
+        return f"{scheme}://{host}"
+
+    def _discover_scheme(self, host: str) -> str:
+        if not self.allows_http(host):
+            return "https"
+        try:
+            self._client(host, "https").request("GET", f"https://{host}/v2/")
+            return "https"
+        except httpx.ConnectError as e:
+            if _is_tls_problem(e) and not _is_cert_problem(e):
+                return "http"
+            if _is_cert_problem(e):
+                return "https"  # the real request reports the certificate problem
+            raise self._transport_error(e, f"https://{host}/v2/") from None
+        except httpx.HTTPError:
+            return "https"
+
+    # -- sending ---------------------------------------------------------------------
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | Callable[[], Iterable[bytes]] | None = None,
+        stream: bool = False,
+        retry: bool = True,
+        auth_origin: tuple[str, str, int | None] | None = None,
+    ) -> httpx.Response:
+        """Send one request, following redirects and retrying transient failures.
+
+        ``content`` may be a callable returning a fresh iterable of chunks, so a
+        retried upload can be replayed.  When ``stream`` is true the caller must
+        close the returned response.  Responses of every status are returned;
+        mapping statuses to errors is the caller's job, except that retries of
+        429/5xx are done here for requests that may be repeated.
+        """
+        attempt = 0
+        while True:
+            try:
+                resp = self._send_following(
+                    method, url, headers or {}, content, stream, auth_origin
+                )
+            except (httpx.TransportError, httpx.StreamError) as e:
+                if retry and attempt < self.retry.retries and _retryable_exc(e):
+                    d = self.retry.delay(attempt)
+                    log.debug("%s %s failed (%s); retrying in %.1fs", method, redact_url(url), e, d)
+                    self._sleep(d)
+                    attempt += 1
+                    continue
+                raise self._transport_error(e, url) from None
+            if retry and resp.status_code in RETRY_STATUS and attempt < self.retry.retries:
+                ra = parse_retry_after(resp.headers.get("retry-after"))
+                if ra is not None and ra > self.retry.max_retry_after:
+                    return resp
+                d = self.retry.delay(attempt, ra)
+                log.debug(
+                    "%s %s answered %d; retrying in %.1fs",
+                    method,
+                    redact_url(url),
+                    resp.status_code,
+                    d,
+                )
+                resp.close()
+                self._sleep(d)
+                attempt += 1
+                continue
+            return resp
+
+    def _send_following(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        content: bytes | Callable[[], Iterable[bytes]] | None,
+        stream: bool,
+        auth_origin: tuple[str, str, int | None] | None,
+    ) -> httpx.Response:
+        hdrs = dict(headers)
+        target = httpx.URL(url)
+        if auth_origin is None:
+            auth_origin = origin(target)
+        for _ in range(_MAX_REDIRECTS + 1):
+            if origin(target) != auth_origin:
+                hdrs = {k: v for k, v in hdrs.items() if k.lower() != "authorization"}
+            host = target.netloc.decode("ascii")
+            if target.scheme == "http" and not self.allows_http(host):
+                raise TransportError(
+                    f"refusing plain-http request to {redact_url(target)}",
+                    hint=f"pass --insecure if {host} is a registry you trust over http",
+                )
+            client = self._client(host, target.scheme)
+            body = content() if callable(content) else content
+            req = client.build_request(method, target, headers=hdrs, content=body)
+            log.debug("> %s %s", method, redact_url(target))
+            resp = client.send(req, stream=True)
+            log.debug("< %d %s", resp.status_code, redact_url(target))
+            if resp.status_code in (301, 302, 303, 307, 308) and "location" in resp.headers:
+                loc = resp.headers["location"]
+                resp.close()
+                target = target.join(loc)
+                if resp.status_code == 303 or (
+                    resp.status_code in (301, 302) and method not in ("GET", "HEAD")
+                ):
+                    method, content = "GET", None
+                continue
+            if not stream:
+                try:
+                    resp.read()
+                finally:
+                    resp.close()
+            return resp
+        raise TransportError(f"too many redirects for {redact_url(url)}")
+
+    def _transport_error(self, e: Exception, url: str | httpx.URL) -> DerrickError:
+        shown = redact_url(url)
+        host = httpx.URL(str(url)).netloc.decode("ascii")
+        if isinstance(e, httpx.ConnectError) and _is_cert_problem(e):
+            return TLSError(
+                f"TLS certificate of {host} could not be verified ({_short(e)})",
+                hint="pass the registry's CA with --ca-cert FILE, "
+                f"or put it in /etc/docker/certs.d/{host}/ca.crt, or use --insecure",
+            )
+        if isinstance(e, httpx.ConnectError) and _is_tls_problem(e):
+            return TLSError(
+                f"TLS handshake with {host} failed ({_short(e)})",
+                hint="if the registry speaks plain http, pass --insecure",
+            )
+        if isinstance(e, httpx.TimeoutException):
+            return TransportError(
+                f"timed out talking to {host} ({shown})",
+                hint="check the registry is up, or raise --timeout",
+            )
+        if isinstance(e, httpx.ConnectError):
+            return TransportError(
+                f"cannot connect to registry {host}: {_short(e)}",
+                hint="check the host name and port, and that the registry is running",
+            )
+        return TransportError(f"connection to {host} failed: {_short(e)} ({shown})")
+
+
+def _short(e: Exception) -> str:
+    s = str(e) or type(e).__name__
+    return s.splitlines()[0][:200]
+
+
+def _is_cert_problem(e: Exception) -> bool:
+    s = str(e).lower()
+    return "certificate" in s and ("verify" in s or "self-signed" in s or "self signed" in s)
+
+
+def _is_tls_problem(e: Exception) -> bool:
+    s = str(e).lower()
+    return any(
+        k in s
+        for k in ("ssl", "tls", "wrong version number", "record layer", "handshake", "certificate")
+    )
+
+
+def _retryable_exc(e: Exception) -> bool:
+    if isinstance(e, httpx.ConnectError) and (_is_tls_problem(e) or _is_refused(e)):
+        return False  # a wrong port or a TLS mismatch will not mend itself
+    return isinstance(
+        e,
+        httpx.TimeoutException
+        | httpx.NetworkError
+        | httpx.RemoteProtocolError
+        | httpx.ConnectError,
+    )
+
+
+def _is_refused(e: Exception) -> bool:
+    s = str(e).lower()
+    return "refused" in s or "errno 111" in s
