@@ -92,10 +92,10 @@ class Verifier:
                 hint="the registry or file is serving different content than described",
             )
 
-    def copy_state_from(self, other_hash: Any, count: int) -> None:
-        """Resume from a hash object that has already seen ``count`` bytes."""
-        self._hash = other_hash
-        self.count = count
+    def reset(self) -> None:
+        """Forget everything seen, to start the content over."""
+        self._hash = self.expected.hasher()
+        self.count = 0
 
     @property
     def hash(self) -> Any:

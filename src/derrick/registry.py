@@ -13,7 +13,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -145,7 +145,8 @@ class BlobStream:
         self.offset = offset
         self.total = total
 
-    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
+    def chunks(self, size: int | None = None) -> Iterator[bytes]:
+        """The body as it arrives (re-chunking to ``size`` costs a copy; None avoids it)."""
         try:
             yield from self._resp.iter_raw(size)
         except httpx.HTTPError as e:
@@ -344,6 +345,16 @@ class RegistryClient:
             auth_scheme=scheme,
         )
 
+    def check_login(self, registry: str) -> None:
+        """Prove the configured credentials work for ``registry`` (``GET /v2/`` with auth)."""
+        if self.auth.credential(registry) is None:
+            from derrick.errors import CredentialsError
+
+            raise CredentialsError(f"no credentials for {registry} to log in with")
+        self._request(
+            "GET", registry, self._url(registry, "/v2/"), scopes=[], what=f"login to {registry}"
+        )
+
     def _paged(
         self, registry: str, url: str, key: str, scopes: Sequence[str], what: str
     ) -> Iterator[str]:
@@ -419,7 +430,8 @@ class RegistryClient:
                 digest = Digest.of(raw, ref.digest.algorithm)
             if ref.digest != digest:
                 raise DigestMismatchError(
-                    f"{what}: the registry served content with digest {digest}, not the one asked for",
+                    f"{what}: the registry served content with digest {digest}, "
+                    "not the one asked for",
                     hint="the registry is serving wrong content; nothing was kept",
                 )
         header_digest = resp.headers.get("docker-content-digest")
@@ -630,7 +642,7 @@ class RegistryClient:
         loc = resp.headers.get("location")
         if not loc:
             return
-        try:
+        with suppress(DerrickError):
             self._request(
                 "DELETE",
                 ref.registry,
@@ -640,8 +652,6 @@ class RegistryClient:
                 ok=(200, 202, 204, 404),
                 retry=False,
             )
-        except DerrickError:
-            pass
 
     def upload_blob(
         self,
@@ -712,8 +722,8 @@ class RegistryClient:
                 failures += 1
                 if (
                     failures > self.transport.retry.retries
-                    or isinstance(e, RegistryError)
-                    and not isinstance(e, ServerError)
+                    or (isinstance(e, RegistryError)
+                    and not isinstance(e, ServerError))
                 ):
                     raise
                 offset, location = self._upload_status(ref, location, what)

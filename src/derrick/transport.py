@@ -211,6 +211,10 @@ class Transport:
                 c.close()
             self._clients.clear()
 
+    def retry_sleep(self, attempt: int, retry_after: float | None = None) -> None:
+        """Wait before retry number ``attempt`` (0-based) of a higher-level operation."""
+        self._sleep(self.retry.delay(attempt, retry_after))
+
     # -- scheme discovery --------------------------------------------------------------
 
     def base_url(self, host: str) -> str:

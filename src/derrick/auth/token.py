@@ -153,7 +153,7 @@ class Authenticator:
                 auth_origin=origin(realm_url),
             )
         else:
-            params: list[tuple[str, str]] = []
+            params: list[tuple[str, str | int | float | bool | None]] = []
             if ch.service:
                 params.append(("service", ch.service))
             params += [("scope", s) for s in scopes]

@@ -1,0 +1,183 @@
+"""What every command shares: connection options, the client, output helpers."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from derrick.auth.credentials import Credential, CredentialStore
+from derrick.errors import UsageError
+from derrick.manifest import Platform
+from derrick.reference import Reference
+from derrick.registry import RegistryClient
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+FORMATS = ("text", "json")
+
+
+@dataclass
+class Options:
+    insecure: bool = False
+    ca_cert: Path | None = None
+    username: str | None = None
+    password_stdin: bool = False
+    timeout: float = 30.0
+    retries: int = 3
+    debug: bool = False
+    _password: str | None = None
+
+    def password(self) -> str | None:
+        if self.password_stdin and self._password is None:
+            data = sys.stdin.readline()
+            self._password = data.rstrip("\r\n")
+            if not self._password:
+                raise UsageError("--password-stdin was given but standard input was empty")
+        return self._password
+
+    def credential_store(self, registry: str | None = None) -> CredentialStore:
+        overrides: dict[str, Credential] = {}
+        if self.username is not None or self.password_stdin:
+            if self.username is None:
+                raise UsageError("--password-stdin needs --username")
+            pw = self.password()
+            if registry is None:
+                raise UsageError("--username applies to one registry; name it in the reference")
+            overrides[registry] = Credential(username=self.username, password=pw)
+        return CredentialStore(overrides=overrides)
+
+    def client(self, registry: str | None = None) -> RegistryClient:
+        return RegistryClient(
+            credentials=self.credential_store(registry),
+            insecure=self.insecure,
+            ca_cert=self.ca_cert,
+            timeout=self.timeout,
+            retries=self.retries,
+        )
+
+
+def connection_options(f: F) -> F:
+    """Options for reaching and authenticating to a registry, shared by every command."""
+
+    @click.option(
+        "--insecure",
+        is_flag=True,
+        envvar="DERRICK_INSECURE",
+        help="Allow plain http and unverified TLS for the registry.",
+    )
+    @click.option(
+        "--ca-cert",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="PEM file of a CA to trust for the registry's TLS certificate.",
+    )
+    @click.option("-u", "--username", help="User name (with --password-stdin).")
+    @click.option(
+        "--password-stdin", is_flag=True, help="Read the password or token from standard input."
+    )
+    @click.option(
+        "--timeout",
+        type=float,
+        default=30.0,
+        show_default=True,
+        help="Seconds to wait for the registry on each request.",
+    )
+    @click.option(
+        "--retries",
+        type=click.IntRange(0, 20),
+        default=3,
+        show_default=True,
+        help="How often to retry a failed request.",
+    )
+    @click.option("--debug", is_flag=True, help="Log HTTP requests (secrets redacted) to stderr.")
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any,
+        insecure: bool,
+        ca_cert: Path | None,
+        username: str | None,
+        password_stdin: bool,
+        timeout: float,
+        retries: int,
+        debug: bool,
+        **kwargs: Any,
+    ) -> Any:
+        if debug:
+            logging.basicConfig(
+                level=logging.DEBUG, stream=sys.stderr, format="debug: %(name)s: %(message)s"
+            )
+            logging.getLogger("httpcore").setLevel(logging.WARNING)
+            logging.getLogger("httpx").setLevel(logging.WARNING)
+        opts = Options(insecure, ca_cert, username, password_stdin, timeout, retries, debug)
+        return f(*args, opts=opts, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def format_option(*choices: str) -> Callable[[F], F]:
+    allowed = choices or FORMATS
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(allowed),
+        default=allowed[0],
+        show_default=True,
+        help="Output format.",
+    )
+
+
+def platform_option(f: F) -> F:
+    return click.option(
+        "--platform",
+        help="Platform to pick from a multi-platform image, as os/arch[/variant] "
+        "(default: this machine's, linux).",
+    )(f)
+
+
+def parse_platform(value: str | None) -> Platform | None:
+    return Platform.parse(value) if value else None
+
+
+def parse_ref(value: str) -> Reference:
+    return Reference.parse(value)
+
+
+def stdout_console() -> Console:
+    # A pipe gets whole lines: rich would otherwise cut digests to 80 columns.
+    width = None if sys.stdout.isatty() else 4096
+    return Console(file=sys.stdout, soft_wrap=True, highlight=False, width=width)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def emit_table(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
+) -> None:
+    table = Table(
+        *columns, title=title, box=None, pad_edge=False, show_edge=False, header_style="bold"
+    )
+    for r in rows:
+        table.add_row(*(str(c) if c is not None else "" for c in r))
+    stdout_console().print(table)
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

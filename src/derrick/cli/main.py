@@ -1,0 +1,123 @@
+"""The ``derrick`` command: a thin layer over the library.
+
+Data goes to stdout, messages and progress to stderr.  Every error derrick
+knows of is printed as one line ``derrick: error: …`` with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from derrick import __version__
+from derrick.auth.credentials import Credential, CredentialStore
+from derrick.cli import transfer  # noqa: F401  (registers image pull)
+from derrick.cli.common import Options, connection_options
+from derrick.cli.read import (
+    blob_group,
+    image_group,
+    manifest_group,
+    ratelimit,
+    repo_group,
+    tag_group,
+)
+from derrick.errors import DerrickError, UsageError
+from derrick.reference import parse_registry
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="derrick")
+def cli() -> None:
+    """derrick: pull, push, copy and inspect container images over the registry API.
+
+    \b
+    Examples:
+      derrick tag ls localhost:5000/team/app
+      derrick image inspect docker.io/library/alpine:3.20
+      derrick image pull alpine:3.20 -o alpine.tar
+    """
+
+
+@cli.command("login")
+@click.argument("registry")
+@connection_options
+def login(registry: str, opts: Options) -> None:
+    """Check credentials for REGISTRY and save them in Docker's config.json.
+
+    \b
+    Example:
+      echo "$TOKEN" | derrick login localhost:5000 -u ci --password-stdin
+    """
+    reg = parse_registry(registry)
+    if opts.username is None:
+        opts.username = click.prompt("Username", err=True)
+    if not opts.password_stdin:
+        opts._password = click.prompt("Password", hide_input=True, err=True)
+        opts.password_stdin = True
+    with opts.client(reg) as client:
+        client.check_login(reg)
+    path = CredentialStore().store(
+        reg, Credential(username=opts.username, password=opts.password())
+    )
+    click.echo(f"Login succeeded for {reg} (saved in {path})", err=True)
+
+
+@cli.command("logout")
+@click.argument("registry")
+def logout(registry: str) -> None:
+    """Remove saved credentials for REGISTRY.
+
+    \b
+    Example:
+      derrick logout localhost:5000
+    """
+    reg = parse_registry(registry)
+    if CredentialStore().erase(reg):
+        click.echo(f"Removed credentials for {reg}", err=True)
+    else:
+        click.echo(f"No saved credentials for {reg}", err=True)
+
+
+cli.add_command(tag_group)
+cli.add_command(repo_group)
+cli.add_command(manifest_group)
+cli.add_command(blob_group)
+cli.add_command(image_group)
+cli.add_command(ratelimit)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI and turn errors into one-line messages and exit codes."""
+    try:
+        cli.main(args=argv, prog_name="derrick", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("derrick: interrupted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except KeyboardInterrupt:
+        click.echo("derrick: interrupted", err=True)
+        return 130
+    except BrokenPipeError:
+        return 141
+    except UsageError as e:
+        click.echo(f"derrick: error: {e}", err=True)
+        return 2
+    except DerrickError as e:
+        click.echo(f"derrick: error: {e}", err=True)
+        return 1
+    except OSError as e:
+        click.echo(
+            f"derrick: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
+            err=True,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

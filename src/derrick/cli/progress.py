@@ -1,0 +1,76 @@
+"""Progress display on stderr: one bar per blob and a total, only on a terminal."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from derrick.manifest import Descriptor
+
+
+class BlobProgress:
+    """Implements the pull/push progress protocol with rich bars on stderr."""
+
+    def __init__(self, total: int, *, label: str = "total") -> None:
+        self._console = Console(file=sys.stderr)
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=self._console,
+            transient=False,
+        )
+        self._tasks: dict[str, TaskID] = {}
+        self._lock = threading.Lock()
+        self._total = self._progress.add_task(label, total=total)
+
+    def __enter__(self) -> BlobProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._progress.stop()
+
+    def planned(self, total_bytes: int) -> None:
+        self._progress.update(self._total, total=total_bytes)
+
+    def blob_started(self, desc: Descriptor) -> None:
+        with self._lock:
+            if str(desc.digest) not in self._tasks:
+                self._tasks[str(desc.digest)] = self._progress.add_task(
+                    desc.digest.short, total=desc.size
+                )
+
+    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
+        task = self._tasks.get(str(desc.digest))
+        if task is not None:
+            self._progress.advance(task, nbytes)
+        self._progress.advance(self._total, nbytes)
+
+    def blob_finished(self, desc: Descriptor) -> None:
+        task = self._tasks.get(str(desc.digest))
+        if task is not None:
+            self._progress.update(task, completed=desc.size, visible=False)
+
+
+def wants_progress(quiet: bool) -> bool:
+    return not quiet and sys.stderr.isatty()
