@@ -1,0 +1,448 @@
+"""OCI image layout directories (image-spec ``image-layout.md``).
+
+A layout is a directory holding an ``oci-layout`` marker file
+(``{"imageLayoutVersion": "1.0.0"}``), an ``index.json`` image index whose
+entries name the images it holds, and content-addressed blobs under
+``blobs/<algorithm>/<encoded>``.
+
+Every file is written under a temporary name in the same directory and moved
+into place with ``os.replace``, so a final name never refers to a half-written
+file.  Concurrent writers to one layout are not coordinated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from derrick import mediatypes as mt
+from derrick.digest import Digest, Verifier
+from derrick.errors import DerrickError, LayoutError
+from derrick.manifest import MAX_MANIFEST_SIZE, Descriptor, Index, parse_manifest
+
+LAYOUT_FILE = "oci-layout"
+INDEX_FILE = "index.json"
+BLOBS_DIR = "blobs"
+LAYOUT_VERSION = "1.0.0"
+
+#: Annotation naming an index entry within a layout (the tag, e.g. ``v1``).
+ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
+#: Annotation carrying the full image reference of an index entry.
+ANNOTATION_IMAGE_NAME = "io.containerd.image.name"
+
+#: Largest ``index.json`` read (bytes).
+MAX_INDEX_SIZE = MAX_MANIFEST_SIZE
+
+# image-spec annotations.md: grammar of org.opencontainers.image.ref.name
+_REF_COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
+_REF_NAME_RE = re.compile(rf"^{_REF_COMPONENT}(?:/{_REF_COMPONENT})*$")
+
+
+def layout_file_bytes() -> bytes:
+    """Content of the ``oci-layout`` marker file."""
+    return json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode()
+
+
+def empty_index_bytes() -> bytes:
+    """Content of an ``index.json`` with no entries."""
+    return _dump({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": []})
+
+
+def blob_member(digest: Digest) -> str:
+    """Relative path of a blob in a layout: ``blobs/<algorithm>/<hex>``."""
+    return f"{BLOBS_DIR}/{digest.algorithm}/{digest.hex}"
+
+
+def _dump(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def check_ref_name(ref_name: str) -> str:
+    """Validate ``ref_name`` against the image-spec ``ref.name`` grammar."""
+    if not _REF_NAME_RE.match(ref_name):
+        raise LayoutError(
+            f"invalid OCI layout reference name {ref_name!r}",
+            hint="use letters, digits and . _ - : @ + / (a tag such as v1.2 or latest)",
+        )
+    return ref_name
+
+
+def index_json(
+    entries: Sequence[Descriptor], annotations: Mapping[str, str] | None = None
+) -> bytes:
+    """Serialise an ``index.json`` holding ``entries``."""
+    obj: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_INDEX,
+        "manifests": [d.to_json() for d in entries],
+    }
+    if annotations:
+        obj["annotations"] = dict(annotations)
+    return _dump(obj)
+
+
+def named_descriptor(
+    desc: Descriptor, ref_name: str | None = None, image_name: str | None = None
+) -> Descriptor:
+    """``desc`` with the layout naming annotations set (those given) on top of its own."""
+    annotations = dict(desc.annotations or {})
+    if ref_name is not None:
+        annotations[ANNOTATION_REF_NAME] = check_ref_name(ref_name)
+    if image_name is not None:
+        annotations[ANNOTATION_IMAGE_NAME] = image_name
+    return desc.with_annotations(annotations)
+
+
+def check_layout_file(data: bytes, where: str) -> None:
+    """Raise :class:`LayoutError` unless ``data`` is a valid ``oci-layout`` file."""
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LayoutError(f"{where}: oci-layout is not valid JSON: {e}") from None
+    version = obj.get("imageLayoutVersion") if isinstance(obj, dict) else None
+    if version != LAYOUT_VERSION:
+        raise LayoutError(
+            f"{where}: unsupported OCI layout version {version!r}",
+            hint=f"derrick reads image layout version {LAYOUT_VERSION}",
+        )
+
+
+def parse_index_json(data: bytes, where: str) -> Index:
+    """Parse an ``index.json``; raise :class:`LayoutError` if it is not an image index."""
+    if len(data) > MAX_INDEX_SIZE:
+        raise LayoutError(f"{where}: index.json is larger than {MAX_INDEX_SIZE} bytes")
+    try:
+        parsed = parse_manifest(data)
+    except DerrickError as e:
+        raise LayoutError(f"{where}: index.json is malformed: {e.message}") from None
+    if not isinstance(parsed, Index):
+        raise LayoutError(f"{where}: index.json is not an image index")
+    return parsed
+
+
+def entry_name(desc: Descriptor) -> str:
+    """How an index entry is named to users: its ref.name, image name or digest."""
+    ann = desc.annotations or {}
+    return ann.get(ANNOTATION_REF_NAME) or ann.get(ANNOTATION_IMAGE_NAME) or str(desc.digest)
+
+
+def entry_names(entries: Sequence[Descriptor]) -> list[str]:
+    """The names (ref.name, else image name) of the named entries, each once."""
+    out: list[str] = []
+    for d in entries:
+        ann = d.annotations or {}
+        name = ann.get(ANNOTATION_REF_NAME) or ann.get(ANNOTATION_IMAGE_NAME)
+        if name and name not in out:
+            out.append(name)
+    return out
+
+
+def resolve_entry(entries: Sequence[Descriptor], name: str | None, where: str) -> Descriptor:
+    """Find the index entry called ``name`` (ref.name, image name or digest).
+
+    With ``name`` None the index must hold exactly one entry.
+    """
+    if name is None:
+        if len(entries) == 1:
+            return entries[0]
+        if not entries:
+            raise LayoutError(f"{where} holds no images")
+        raise LayoutError(
+            f"{where} holds {len(entries)} images; choose one of: "
+            + ", ".join(entry_name(d) for d in entries)
+        )
+    for key in (ANNOTATION_REF_NAME, ANNOTATION_IMAGE_NAME):
+        found = [d for d in entries if (d.annotations or {}).get(key) == name]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1 and len({d.digest for d in found}) == 1:
+            return found[0]
+        if found:
+            raise LayoutError(
+                f"{where} has {len(found)} different images named {name!r}",
+                hint="name the image by its digest",
+            )
+    found = [d for d in entries if str(d.digest) == name]
+    if found:
+        return found[0]
+    names = ", ".join(entry_name(d) for d in entries) or "none"
+    raise LayoutError(f"no image named {name!r} in {where} (it has: {names})")
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a synced temporary file and ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def read_verified(f: BinaryIO, digest: Digest, max_size: int, what: str = "blob") -> bytes:
+    """Read all of ``f`` (at most ``max_size`` bytes) and check it against ``digest``."""
+    data = f.read(max_size + 1)
+    if len(data) > max_size:
+        raise LayoutError(f"{what} {digest} is larger than the {max_size} byte limit")
+    v = Verifier(digest, what=what)
+    v.update(data)
+    v.verify()
+    return data
+
+
+class OCILayout:
+    """An OCI image layout directory."""
+
+    def __init__(self, root: Path) -> None:
+        """Use :meth:`open` or :meth:`create`; this does not check the directory."""
+        self.root = Path(root)
+        self._real_root = self.root.resolve()
+
+    def __repr__(self) -> str:
+        return f"OCILayout({str(self.root)!r})"
+
+    # -- opening ---------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path | str) -> OCILayout:
+        """Open an existing layout; raise :class:`LayoutError` if ``path`` is not one."""
+        root = Path(path)
+        if not root.is_dir():
+            raise LayoutError(
+                f"{root} is not a directory",
+                hint="an OCI layout is a directory with oci-layout and index.json",
+            )
+        try:
+            marker = (root / LAYOUT_FILE).read_bytes()
+        except FileNotFoundError:
+            raise LayoutError(
+                f"{root} is not an OCI image layout: it has no {LAYOUT_FILE} file"
+            ) from None
+        except OSError as e:
+            raise LayoutError(f"cannot read {root / LAYOUT_FILE}: {e.strerror}") from None
+        check_layout_file(marker, str(root))
+        layout = cls(root)
+        layout.index()
+        return layout
+
+    @classmethod
+    def create(cls, path: Path | str) -> OCILayout:
+        """Create a layout at ``path`` (making the directory), or open the one there.
+
+        A directory that exists, is not empty and is not a layout is refused.
+        """
+        root = Path(path)
+        if (root / LAYOUT_FILE).exists():
+            check_layout_file((root / LAYOUT_FILE).read_bytes(), str(root))
+            if not (root / INDEX_FILE).exists():
+                atomic_write(root / INDEX_FILE, empty_index_bytes())
+            layout = cls.open(root)
+            (root / BLOBS_DIR).mkdir(exist_ok=True)
+            return layout
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise LayoutError(f"{root} exists and is not a directory") from None
+        except OSError as e:
+            raise LayoutError(f"cannot create {root}: {e.strerror}") from None
+        if any(root.iterdir()):
+            raise LayoutError(
+                f"{root} is not empty and is not an OCI image layout",
+                hint="choose a new or empty directory",
+            )
+        (root / BLOBS_DIR).mkdir(exist_ok=True)
+        atomic_write(root / INDEX_FILE, empty_index_bytes())
+        # the marker last: a directory with oci-layout is a complete layout
+        atomic_write(root / LAYOUT_FILE, layout_file_bytes())
+        return cls(root)
+
+    # -- blobs -----------------------------------------------------------
+
+    def blob_path(self, digest: Digest) -> Path:
+        """Where the blob ``digest`` lives (whether or not it exists)."""
+        path = self.root / BLOBS_DIR / digest.algorithm / digest.hex
+        real = path.resolve()
+        if not real.is_relative_to(self._real_root):
+            raise LayoutError(
+                f"blob path {path} resolves outside the layout {self.root}",
+                hint="the layout's blobs directory is a link to elsewhere",
+            )
+        return path
+
+    def has_blob(self, digest: Digest, size: int | None = None) -> bool:
+        """Whether the blob exists (and, if ``size`` is given, has that size)."""
+        try:
+            st = self.blob_path(digest).stat()
+        except FileNotFoundError:
+            return False
+        return size is None or st.st_size == size
+
+    def _blob_dir(self, digest: Digest) -> Path:
+        d = self.root / BLOBS_DIR / digest.algorithm
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def add_blob_file(self, src: Path | str, digest: Digest, *, link: bool = True) -> Path:
+        """Put the already-verified file ``src`` into the layout as blob ``digest``.
+
+        Hard-links when ``link`` and on the same filesystem, else copies.  A blob
+        already present is kept.  Returns the blob's path.
+        """
+        dest = self.blob_path(digest)
+        if dest.exists():
+            return dest
+        blob_dir = self._blob_dir(digest)
+        if link:
+            try:
+                os.link(src, dest)
+                return dest
+            except FileExistsError:
+                return dest
+            except OSError as e:
+                if e.errno == errno.ENOENT:
+                    raise LayoutError(f"cannot add blob {digest}: {src} does not exist") from None
+                # another filesystem, or links not permitted: copy instead
+        fd, tmp = tempfile.mkstemp(prefix=f".{digest.hex[:16]}.", suffix=".tmp", dir=blob_dir)
+        os.close(fd)
+        try:
+            shutil.copyfile(src, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return dest
+
+    def write_blob(self, data: bytes, digest: Digest | None = None) -> Digest:
+        """Store ``data`` as a blob, checking it against ``digest`` when given."""
+        if digest is None:
+            digest = Digest.of(data)
+        else:
+            v = Verifier(digest, len(data))
+            v.update(data)
+            v.verify()
+        dest = self.blob_path(digest)
+        if dest.exists() and dest.stat().st_size == len(data):
+            return digest
+        self._blob_dir(digest)
+        atomic_write(dest, data)
+        return digest
+
+    def open_blob(self, digest: Digest) -> BinaryIO:
+        """Open a blob for reading (not verified; see :meth:`read_blob`)."""
+        try:
+            return open(self.blob_path(digest), "rb")
+        except FileNotFoundError:
+            raise LayoutError(f"blob {digest} is missing from the layout {self.root}") from None
+
+    def read_blob(self, digest: Digest, max_size: int = MAX_MANIFEST_SIZE) -> bytes:
+        """Read and verify a small blob (a manifest, index or config)."""
+        with self.open_blob(digest) as f:
+            return read_verified(f, digest, max_size)
+
+    def iter_blobs(self) -> Iterator[Digest]:
+        """The digests of all blobs stored (temporary files skipped)."""
+        base = self.root / BLOBS_DIR
+        if not base.is_dir():
+            return
+        for alg_dir in sorted(base.iterdir()):
+            if not alg_dir.is_dir():
+                continue
+            for f in sorted(alg_dir.iterdir()):
+                try:
+                    yield Digest(alg_dir.name, f.name)
+                except DerrickError:
+                    continue
+
+    # -- index -----------------------------------------------------------
+
+    def _index_bytes(self) -> bytes:
+        path = self.root / INDEX_FILE
+        try:
+            with open(path, "rb") as f:
+                return f.read(MAX_INDEX_SIZE + 1)
+        except FileNotFoundError:
+            raise LayoutError(
+                f"{self.root} is not a complete OCI layout: index.json is missing"
+            ) from None
+        except OSError as e:
+            raise LayoutError(f"cannot read {path}: {e.strerror}") from None
+
+    def index(self) -> Index:
+        """The parsed ``index.json``."""
+        return parse_index_json(self._index_bytes(), str(self.root))
+
+    def names(self) -> list[str]:
+        """Names of the index entries (ref.name, else image name), in index order."""
+        return entry_names(self.index().manifests)
+
+    def add_manifest(
+        self,
+        desc: Descriptor,
+        *,
+        ref_name: str | None = None,
+        image_name: str | None = None,
+    ) -> Descriptor:
+        """Add ``desc`` (a manifest or index stored as a blob) to ``index.json``.
+
+        Entries with the same ``ref_name`` are replaced (a tag names one image);
+        an unnamed entry for the same digest is not duplicated.  Returns the
+        descriptor as written.
+        """
+        if not self.has_blob(desc.digest, desc.size):
+            raise LayoutError(
+                f"cannot add {desc.digest} to the index of {self.root}: "
+                "its blob is missing or has the wrong size",
+                hint="write the manifest blob first",
+            )
+        new = named_descriptor(desc, ref_name, image_name)
+        raw = self._index_bytes()
+        index = parse_index_json(raw, str(self.root))
+        obj = json.loads(raw)
+        kept: list[Any] = []
+        for item, parsed in zip(obj["manifests"], index.manifests, strict=True):
+            ann = parsed.annotations or {}
+            if ref_name is not None and ann.get(ANNOTATION_REF_NAME) == ref_name:
+                continue
+            if parsed.digest == new.digest and ann == (new.annotations or {}):
+                continue
+            kept.append(item)
+        kept.append(new.to_json())
+        obj["manifests"] = kept
+        obj.setdefault("schemaVersion", 2)
+        atomic_write(self.root / INDEX_FILE, _dump(obj))
+        return new
+
+    def resolve(self, name: str | None = None) -> Descriptor:
+        """The index entry called ``name`` (ref.name, image name or digest).
+
+        With ``name`` None the layout must hold exactly one entry.
+        """
+        return resolve_entry(self.index().manifests, name, f"the OCI layout {self.root}")
