@@ -12,17 +12,14 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
-from derrick.digest import Digest, Verifier
-from derrick.errors import DerrickError, DigestMismatchError
+from derrick.digest import Digest
+from derrick.download import Progress, Region, download
+from derrick.errors import DigestMismatchError
 from derrick.manifest import Descriptor
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
-
-CHUNK = 1 << 20
-Progress = Callable[[int], None]
 
 
 def default_cache_dir() -> Path:
@@ -77,98 +74,30 @@ class BlobCache:
             final.parent.mkdir(parents=True, exist_ok=True)
             part = self.partial_path(desc.digest)
             fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
-            with os.fdopen(fd, "r+b", buffering=0) as f:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-                try:
-                    if self.has(desc):  # another process finished it while we waited
-                        if progress:
-                            progress(desc.size)
-                        return final
-                    self._download(client, ref, desc, f, progress, cancelled)
-                    os.replace(part, final)
-                finally:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-            return final
-
-    def _download(
-        self,
-        client: RegistryClient,
-        ref: Reference,
-        desc: Descriptor,
-        f: object,
-        progress: Progress | None,
-        cancelled: threading.Event | None,
-    ) -> None:
-        import io
-
-        assert isinstance(f, io.RawIOBase | io.FileIO)
-        verifier = Verifier(desc.digest, desc.size, what=f"blob {desc.digest}")
-        # Re-hash what an earlier, interrupted download left, then ask for the rest.
-        have = os.fstat(f.fileno()).st_size
-        if have > desc.size:
-            f.truncate(0)
-            have = 0
-        f.seek(0)
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        done = 0
-        while done < have:
-            n = f.readinto(view[: min(CHUNK, have - done)])
-            if not n:
-                break
-            verifier.update(view[:n])
-            done += n
-        if progress and done:
-            progress(done)
-        attempts = 0
-        while True:
             try:
-                self._stream_into(client, ref, desc, f, verifier, progress, cancelled)
-                break
-            except DigestMismatchError:
-                # Corrupt resumed data or a lying registry: drop everything.
-                f.truncate(0)
-                raise
-            except DerrickError:
-                attempts += 1
-                if attempts > client.transport.retry.retries or (
-                    cancelled is not None and cancelled.is_set()
-                ):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if self.has(desc):  # another process finished it while we waited
+                    if progress:
+                        progress(desc.size)
+                    return final
+                have = os.fstat(fd).st_size
+                if have > desc.size:
+                    os.ftruncate(fd, 0)
+                    have = 0
+                try:
+                    download(
+                        client,
+                        ref,
+                        desc,
+                        Region(fd, 0, desc.size),
+                        have=have,
+                        progress=progress,
+                        cancelled=cancelled,
+                    )
+                except DigestMismatchError:
+                    os.ftruncate(fd, 0)  # nothing of it can be trusted for a resume
                     raise
-                client.transport.retry_sleep(attempts - 1)
-        try:
-            verifier.verify()
-        except DigestMismatchError:
-            f.truncate(0)
-            raise
-
-    def _stream_into(
-        self,
-        client: RegistryClient,
-        ref: Reference,
-        desc: Descriptor,
-        f: object,
-        verifier: Verifier,
-        progress: Progress | None,
-        cancelled: threading.Event | None,
-    ) -> None:
-        import io
-
-        assert isinstance(f, io.RawIOBase | io.FileIO)
-        offset = verifier.count
-        if offset >= desc.size:
-            return
-        with client.open_blob(ref, desc.digest, offset=offset) as stream:
-            if stream.offset != offset:
-                # The registry ignored the range: start over from byte 0.
-                f.truncate(0)
-                verifier.reset()
-                offset = 0
-            f.seek(offset)
-            for chunk in stream.chunks():
-                if cancelled is not None and cancelled.is_set():
-                    raise DerrickError("cancelled")
-                verifier.update(chunk)
-                f.write(chunk)
-                if progress:
-                    progress(len(chunk))
+                os.replace(part, final)
+            finally:
+                os.close(fd)  # also releases the lock
+            return final

@@ -25,11 +25,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
 from derrick.errors import DerrickError, TLSError, TransportError
 
 log = logging.getLogger("derrick.http")
+
+#: Bytes asked of the socket per read.  httpcore reads 64 KiB at a time; for
+#: blob bodies that means thousands of trips through its parser per 100 MiB, and
+#: that per-read Python work (with the GIL held) is what limits parallel
+#: downloads.  Bigger reads cut the CPU cost of a pull by about a third (measured
+#: with benchmarks/bench.py).  Raising it only changes how much one read may
+#: return, never what is read, so it is safe for any other httpx user in the
+#: process too.
+SOCKET_READ_SIZE = 512 * 1024
+_http11 = getattr(getattr(httpcore, "_sync", None), "http11", None)
+_conn_cls = getattr(_http11, "HTTP11Connection", None)
+if _conn_cls is not None and getattr(_conn_cls, "READ_NUM_BYTES", 0) < SOCKET_READ_SIZE:
+    _conn_cls.READ_NUM_BYTES = SOCKET_READ_SIZE
 
 #: Status codes that are worth another try.
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})

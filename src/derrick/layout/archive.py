@@ -56,8 +56,12 @@ __all__ = [
     "write_oci_archive",
 ]
 
-#: Returns the local path of the verified blob; may block until it is downloaded.
-BlobFile = Callable[[Digest], Path]
+#: Returns the local path of the verified blob (and may block until it is downloaded),
+#: or None to leave room for the layer in the archive, to be filled in by the caller
+#: at the offset the writer returns (seekable outputs only).
+BlobFile = Callable[[Digest], Path | None]
+#: Where the content of each layer left as room starts in the archive.
+Holes = dict[Digest, int]
 
 _IMAGE_CONFIGS = frozenset({mt.OCI_CONFIG, mt.DOCKER_CONFIG})
 
@@ -128,13 +132,17 @@ def _write_layers(
     layers: Sequence[Descriptor],
     written: set[Digest],
     blob_file: BlobFile,
+    holes: Holes,
 ) -> None:
     for layer in layers:
         if layer.digest in written:
             continue
         written.add(layer.digest)
         path = blob_file(layer.digest)
-        w.add_file(blob_member(layer.digest), path, layer.size)
+        if path is None:
+            holes[layer.digest] = w.add_hole(blob_member(layer.digest), layer.size)
+        else:
+            w.add_file(blob_member(layer.digest), path, layer.size)
 
 
 def _write_blob_dirs(w: TarStreamWriter, digests: Sequence[Digest]) -> None:
@@ -169,8 +177,11 @@ def write_oci_archive(
     blob_file: BlobFile,
     *,
     mtime: int = 0,
-) -> None:
-    """Write ``images`` as an OCI image layout tar to ``out`` in one pass."""
+) -> Holes:
+    """Write ``images`` as an OCI image layout tar to ``out`` in one pass.
+
+    Returns the offsets of the layers ``blob_file`` left as room.
+    """
     if not images:
         raise LayoutError("no images to write to the OCI archive")
     small: dict[Digest, bytes] = {}  # manifests, configs, index: written first, once each
@@ -206,8 +217,10 @@ def write_oci_archive(
     for digest, data in small.items():
         w.add_bytes(blob_member(digest), data)
     written = set(small)
-    _write_layers(w, layers, written, blob_file)
+    holes: Holes = {}
+    _write_layers(w, layers, written, blob_file, holes)
     w.close()
+    return holes
 
 
 def write_docker_archive(
@@ -216,8 +229,10 @@ def write_docker_archive(
     blob_file: BlobFile,
     *,
     mtime: int = 0,
-) -> None:
+) -> Holes:
     """Write ``images`` as a docker-archive (``docker load`` format) to ``out``.
+
+    Returns the offsets of the layers ``blob_file`` left as room.
 
     Only each image's platform manifest is written (``index`` and ``children``
     are not part of the docker format and are ignored).
@@ -251,8 +266,9 @@ def write_docker_archive(
         if digest not in written:
             written.add(digest)
             w.add_bytes(blob_member(digest), image.config)
+    holes: Holes = {}
     for image in images:
-        _write_layers(w, image.manifest.layers, written, blob_file)
+        _write_layers(w, image.manifest.layers, written, blob_file, holes)
     for image in images:
         digest = image.manifest.digest
         if digest not in written:
@@ -273,6 +289,7 @@ def write_docker_archive(
     if repositories is not None:
         w.add_bytes("repositories", repositories)
     w.close()
+    return holes
 
 
 def _docker_manifest_json(images: Sequence[ArchiveImage]) -> bytes:

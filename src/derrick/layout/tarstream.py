@@ -134,6 +134,27 @@ class TarStreamWriter:
             self._copy_fd(src, size, name)
         self._pad(size)
 
+    def add_hole(self, name: str, size: int) -> int:
+        """Add a regular file of ``size`` bytes whose content is written later.
+
+        The header is written and ``size`` bytes are skipped; the returned offset
+        is where the content goes (the caller fills it, e.g. with ``os.pwrite``).
+        Needs a seekable output.
+        """
+        info = self._info(name, tarfile.REGTYPE, _FILE_MODE, size)
+        self._write(self._header(info))
+        start = self._offset
+        if size:
+            try:
+                self._out.seek(size, os.SEEK_CUR)
+            except (OSError, ValueError, io.UnsupportedOperation) as e:
+                raise LayoutError(
+                    f"tar member {name}: cannot leave room in an output that cannot seek ({e})"
+                ) from None
+            self._offset += size
+        self._pad(size)
+        return start
+
     def close(self) -> None:
         """Write the end-of-archive marker and pad to a whole record; flush ``out``."""
         if self._closed:

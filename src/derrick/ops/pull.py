@@ -11,11 +11,11 @@ Output files are written under a temporary name and renamed when complete.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
-import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +23,14 @@ from typing import BinaryIO, Literal, Protocol
 
 from derrick.cache import BlobCache
 from derrick.digest import Digest
-from derrick.errors import ManifestError, UsageError
-from derrick.layout.archive import ArchiveImage, write_docker_archive, write_oci_archive
+from derrick.download import Region, download
+from derrick.errors import DigestMismatchError, ManifestError, UsageError
+from derrick.layout.archive import (
+    ArchiveImage,
+    BlobFile,
+    write_docker_archive,
+    write_oci_archive,
+)
 from derrick.layout.oci import OCILayout
 from derrick.manifest import Descriptor, ImageConfig, ImageManifest, Index, Platform
 from derrick.ops.resolve import fetch_child
@@ -113,8 +119,42 @@ class _Fetcher:
         self._lock = threading.Lock()
 
     def submit(self, desc: Descriptor) -> None:
+        """Fetch ``desc`` into the cache."""
         if desc.digest not in self.futures:
             self.futures[desc.digest] = self.pool.submit(self._fetch, desc)
+
+    def submit_region(
+        self, desc: Descriptor, region: Region, have: int, written: Callable[[int], None]
+    ) -> None:
+        """Fetch ``desc`` straight into ``region`` of an output file."""
+        self.futures[desc.digest] = self.pool.submit(self._fill, desc, region, have, written)
+
+    def _fill(
+        self, desc: Descriptor, region: Region, have: int, written: Callable[[int], None]
+    ) -> Path:
+        prog = self.progress
+        if prog:
+            prog.blob_started(desc)
+
+        def advance(n: int) -> None:
+            if prog:
+                prog.blob_advanced(desc, n)
+
+        download(
+            self.client,
+            self.ref,
+            desc,
+            region,
+            have=have,
+            progress=advance,
+            cancelled=self.cancelled,
+            written=written,
+        )
+        with self._lock:
+            self.downloaded += desc.size - have
+        if prog:
+            prog.blob_finished(desc)
+        return Path()
 
     def _fetch(self, desc: Descriptor) -> Path:
         prog = self.progress
@@ -211,29 +251,27 @@ def pull(
     if progress is not None:
         progress.planned(sum(layer.size for p in pulled for layer in p.manifest.layers))
     fetcher = _Fetcher(client, ref, cache, jobs, progress)
+    layers = _unique_layers(pulled)
     failed = True
     try:
-        layout: OCILayout | None = None
         if fmt == "oci":
             layout = OCILayout.create(Path(dest_s))
-        for p in pulled:
-            for layer in p.manifest.layers:
-                if layout is not None and layout.has_blob(layer.digest, layer.size):
-                    continue
-                fetcher.submit(layer)
-        if layout is not None:
-            _write_layout(layout, ref, fetcher, cache, pulled, index, top_desc)
+            for layer in layers:
+                if not layout.has_blob(layer.digest, layer.size):
+                    fetcher.submit(layer)
+            _write_layout(layout, ref, fetcher, pulled, index, top_desc)
         else:
-            archive_images = _archive_images(ref, pulled, index)
+            images_ = _archive_images(ref, pulled, index)
             writer = write_oci_archive if fmt == "oci-archive" else write_docker_archive
-
-            def blob_file(digest: Digest) -> Path:
-                if digest in fetcher.futures:
-                    return fetcher.wait(digest)
-                return cache.path(digest)
-
-            with _output(dest_s, stdout) as out:
-                writer(out, archive_images, blob_file)
+            if dest_s == "-":
+                # A pipe cannot seek: layers go through the cache, written in order.
+                for layer in layers:
+                    fetcher.submit(layer)
+                out = stdout or sys.stdout.buffer
+                writer(out, images_, fetcher.wait)
+                out.flush()
+            else:
+                _write_archive_file(Path(dest_s), writer, images_, layers, fetcher)
         failed = False
     finally:
         fetcher.close(failed=failed)
@@ -247,11 +285,18 @@ def pull(
     )
 
 
+def _unique_layers(pulled: Sequence[PulledImage]) -> list[Descriptor]:
+    seen: dict[Digest, Descriptor] = {}
+    for p in pulled:
+        for layer in p.manifest.layers:
+            seen.setdefault(layer.digest, layer)
+    return list(seen.values())
+
+
 def _write_layout(
     layout: OCILayout,
     ref: Reference,
     fetcher: _Fetcher,
-    cache: BlobCache,
     pulled: Sequence[PulledImage],
     index: Index | None,
     top_desc: Descriptor,
@@ -298,30 +343,126 @@ def _archive_images(
     ]
 
 
-@contextlib.contextmanager
-def _output(dest: str, stdout: BinaryIO | None) -> Iterator[BinaryIO]:
-    """A file to write an archive to: a temp file renamed over DEST on success, or stdout."""
-    if dest == "-":
-        out = stdout or sys.stdout.buffer
-        yield out
-        out.flush()
-        return
-    target = Path(dest)
-    parent = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-        os.chmod(tmp, 0o644 & ~_umask())
-        os.replace(tmp, target)
-    except BaseException:
+class _ResumeState:
+    """What an interrupted archive pull had verified in place, kept beside the partial file.
+
+    Saved every few dozen MiB and when the pull fails, so a re-run re-hashes
+    those bytes and asks the registry only for the rest.
+    """
+
+    SAVE_EVERY = 32 * 1024 * 1024
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.holes: dict[str, int] = {}
+        self.done: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._unsaved = 0
+        try:
+            data = json.loads(path.read_text())
+            self.holes = {str(k): int(v) for k, v in data.get("holes", {}).items()}
+            self.done = {str(k): int(v) for k, v in data.get("done", {}).items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass
+
+    def resumable(self, digest: Digest, offset: int) -> int:
+        """Bytes of ``digest`` already in place at ``offset``, from the last run."""
+        if self.holes.get(str(digest)) != offset:
+            return 0
+        return self.done.get(str(digest), 0)
+
+    def start(self, holes: dict[Digest, int], have: dict[Digest, int]) -> None:
+        with self._lock:
+            self.holes = {str(d): o for d, o in holes.items()}
+            self.done = {str(d): have.get(d, 0) for d in holes}
+        self.save()
+
+    def progress(self, digest: Digest) -> Callable[[int], None]:
+        key = str(digest)
+
+        def written(count: int) -> None:
+            with self._lock:
+                self._unsaved += count - self.done.get(key, 0)
+                self.done[key] = count
+                due = self._unsaved >= self.SAVE_EVERY
+                if due:
+                    self._unsaved = 0
+            if due:
+                self.save()
+
+        return written
+
+    def forget(self, digest: Digest) -> None:
+        with self._lock:
+            self.done[str(digest)] = 0
+
+    def save(self) -> None:
+        with self._lock:
+            data = json.dumps({"holes": self.holes, "done": self.done}).encode()
+        tmp = self.path.with_name(self.path.name + ".tmp")
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+            tmp.write_bytes(data)
+            os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _write_archive_file(
+    target: Path,
+    writer: Callable[[BinaryIO, Sequence[ArchiveImage], BlobFile], dict[Digest, int]],
+    images: Sequence[ArchiveImage],
+    layers: Sequence[Descriptor],
+    fetcher: _Fetcher,
+) -> None:
+    """Write an archive to a file in one pass, layers downloaded in parallel into place.
+
+    The tar is laid out first: small members are written and each layer not in
+    the cache gets a hole of its exact size.  Workers then fill the holes with
+    ``pwrite`` as the bytes arrive, so every byte is written once.  The file
+    is a hidden partial file until all is verified, then renamed to ``target``.
+    After a failure the partial file and its resume state stay, and the next
+    run resumes them.
+    """
+    parent = target.parent if str(target.parent) else Path(".")
+    part = parent / f".{target.name}.derrick-partial"
+    state = _ResumeState(parent / f".{target.name}.derrick-partial.json")
+    by_digest = {layer.digest: layer for layer in layers}
+
+    def blob_file(digest: Digest) -> Path | None:
+        desc = by_digest[digest]
+        return fetcher.cache.path(digest) if fetcher.cache.has(desc) else None
+
+    fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o666)
+    ok = False
+    try:
+        # The layout is deterministic, so rewriting the small members over an
+        # earlier partial file leaves the bytes already downloaded in place.
+        with os.fdopen(os.dup(fd), "r+b") as out:
+            holes = writer(out, images, blob_file)
+            out.flush()
+            end = out.tell()
+        os.ftruncate(fd, end)
+        have = {d: state.resumable(d, off) for d, off in holes.items()}
+        state.start(holes, have)
+        for digest, offset in holes.items():
+            desc = by_digest[digest]
+            fetcher.submit_region(
+                desc, Region(fd, offset, desc.size), have[digest], state.progress(digest)
+            )
+        for digest in holes:
+            try:
+                fetcher.wait(digest)
+            except DigestMismatchError:
+                state.forget(digest)
+                raise
+        os.fsync(fd)
+        os.replace(part, target)
+        ok = True
+        state.remove()
+    finally:
+        os.close(fd)
+        if not ok:
+            fetcher.cancelled.set()
+            state.save()

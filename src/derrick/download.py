@@ -1,0 +1,134 @@
+"""Download one blob into a region of a file, verified, resumable.
+
+A :class:`Region` is where a blob's bytes go: a file descriptor and the offset
+of the blob's first byte (0 for a file of its own, the member's data offset for
+a layer inside an archive).  :func:`download` first re-hashes any bytes an
+earlier, interrupted download left there, then asks the registry for the rest
+with a ``Range`` request, writing each chunk with ``pwrite`` as it arrives and
+hashing it on the way.  Transient failures mid-way resume from the bytes
+already verified.  The digest and size are checked at the end; the caller
+makes the result visible only then.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+
+from derrick.digest import Verifier
+from derrick.errors import DerrickError, DigestMismatchError
+from derrick.manifest import Descriptor
+from derrick.reference import Reference
+from derrick.registry import RegistryClient
+
+CHUNK = 1 << 20
+Progress = Callable[[int], None]
+
+
+class Cancelled(DerrickError):
+    """The operation was cancelled because another part of it failed."""
+
+
+class Region:
+    """``size`` bytes of the file ``fd`` starting at ``base``."""
+
+    def __init__(self, fd: int, base: int, size: int) -> None:
+        self.fd = fd
+        self.base = base
+        self.size = size
+
+    def write_at(self, pos: int, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self.fd, view, self.base + pos)
+            pos += n
+            view = view[n:]
+
+    def rehash(self, verifier: Verifier, upto: int) -> int:
+        """Feed the first ``upto`` bytes of the region to ``verifier``; how many were read."""
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        done = 0
+        while done < upto:
+            n = os.preadv(self.fd, [view[: min(CHUNK, upto - done)]], self.base + done)
+            if n <= 0:
+                break
+            verifier.update(view[:n])
+            done += n
+        return done
+
+
+def download(
+    client: RegistryClient,
+    ref: Reference,
+    desc: Descriptor,
+    region: Region,
+    *,
+    have: int = 0,
+    progress: Progress | None = None,
+    cancelled: threading.Event | None = None,
+    written: Callable[[int], None] | None = None,
+) -> None:
+    """Fill ``region`` with blob ``desc``, trusting nothing: every byte is verified.
+
+    ``have`` bytes from an earlier attempt are re-hashed and kept; ``written``
+    is told the count of bytes in place after each chunk (for resume state).
+    Raises :class:`DigestMismatchError` if the content is wrong (the region
+    must then be discarded) or the last transport error after the retries.
+    """
+    verifier = Verifier(desc.digest, desc.size, what=f"blob {desc.digest}")
+    if have > desc.size:
+        have = 0
+    if have:
+        have = region.rehash(verifier, have)
+        if progress:
+            progress(have)
+    attempts = 0
+    while verifier.count < desc.size:
+        try:
+            _stream(client, ref, desc, region, verifier, progress, cancelled, written)
+        except DigestMismatchError:
+            raise
+        except Cancelled:
+            raise
+        except DerrickError:
+            attempts += 1
+            if attempts > client.transport.retry.retries or (
+                cancelled is not None and cancelled.is_set()
+            ):
+                raise
+            client.transport.retry_sleep(attempts - 1)
+            continue
+        break
+    verifier.verify()
+
+
+def _stream(
+    client: RegistryClient,
+    ref: Reference,
+    desc: Descriptor,
+    region: Region,
+    verifier: Verifier,
+    progress: Progress | None,
+    cancelled: threading.Event | None,
+    written: Callable[[int], None] | None,
+) -> None:
+    offset = verifier.count
+    with client.open_blob(ref, desc.digest, offset=offset) as stream:
+        if stream.offset != offset:
+            # The registry ignored the range: start over from the first byte.
+            if progress and offset:
+                progress(-offset)
+            verifier.reset()
+        pos = verifier.count
+        for chunk in stream.chunks():
+            if cancelled is not None and cancelled.is_set():
+                raise Cancelled("cancelled")
+            verifier.update(chunk)
+            region.write_at(pos, chunk)
+            pos += len(chunk)
+            if progress:
+                progress(len(chunk))
+            if written:
+                written(pos)
