@@ -229,7 +229,7 @@ class RegistryClient:
     ) -> httpx.Response:
         """Send with auth, retry once after a challenge, and raise for errors."""
         hdrs = dict(headers or {})
-        auth = self.auth.header(registry, scopes)
+        auth = self.auth.header(registry, scopes, httpx.URL(url))
         if auth:
             hdrs["Authorization"] = auth
         resp = self.transport.send(
@@ -720,10 +720,8 @@ class RegistryClient:
                 )
             except DerrickError as e:
                 failures += 1
-                if (
-                    failures > self.transport.retry.retries
-                    or (isinstance(e, RegistryError)
-                    and not isinstance(e, ServerError))
+                if failures > self.transport.retry.retries or (
+                    isinstance(e, RegistryError) and not isinstance(e, ServerError)
                 ):
                     raise
                 offset, location = self._upload_status(ref, location, what)

@@ -62,6 +62,8 @@ class Authenticator:
         self._lock = threading.Lock()
         #: every token request made, as (registry, scopes): handy for tests and --debug
         self.token_requests: list[tuple[str, tuple[str, ...]]] = []
+        #: registries whose credentials were held back because they speak plain http
+        self.withheld: set[str] = set()
 
     def credential(self, registry: str) -> Credential | None:
         with self._lock:
@@ -69,13 +71,24 @@ class Authenticator:
                 self._creds[registry] = self._lookup(registry)
             return self._creds[registry]
 
-    def header(self, registry: str, scopes: Sequence[str]) -> str | None:
+    def usable_credential(self, registry: str, url: httpx.URL) -> Credential | None:
+        """The credential for ``registry``, unless ``url`` would carry it over plain http
+        to a host the user did not name insecure (then it is held back)."""
+        cred = self.credential(registry)
+        if cred is None:
+            return None
+        if url.scheme == "http" and not self._transport.is_insecure(url.netloc.decode("ascii")):
+            self.withheld.add(registry)
+            return None
+        return cred
+
+    def header(self, registry: str, scopes: Sequence[str], url: httpx.URL) -> str | None:
         """The header to send before any challenge is seen, if one is known to work."""
         ch = self._schemes.get(registry)
         if ch is None:
             return None
         if ch.scheme == "basic":
-            cred = self.credential(registry)
+            cred = self.usable_credential(registry, url)
             if cred and cred.username is not None and cred.password is not None:
                 return basic_header(cred.username, cred.password)
             return None
@@ -102,19 +115,21 @@ class Authenticator:
             key = (registry, merged)
             tok = self._tokens.get(key)
             if tok is None or not tok.valid() or fresh:
-                tok = self._fetch_token(registry, bearer, merged)
+                tok = self._fetch_token(registry, bearer, merged, resp.request.url)
                 self._tokens[key] = tok
                 self._tokens[(registry, tuple(merge_scope(scopes)))] = tok
             return f"Bearer {tok.value}"
         if basic is not None:
             self._schemes[registry] = basic
-            cred = self.credential(registry)
+            cred = self.usable_credential(registry, resp.request.url)
             if cred and cred.username is not None and cred.password is not None:
                 return basic_header(cred.username, cred.password)
             return None
         return None
 
-    def _fetch_token(self, registry: str, ch: Challenge, scopes: tuple[str, ...]) -> Token:
+    def _fetch_token(
+        self, registry: str, ch: Challenge, scopes: tuple[str, ...], registry_url: httpx.URL
+    ) -> Token:
         realm = ch.realm or ""
         realm_url = httpx.URL(realm)
         if realm_url.scheme not in ("http", "https") or not realm_url.host:
@@ -123,9 +138,9 @@ class Authenticator:
                 status=401,
                 url=realm,
             )
-        cred = self.credential(registry)
+        cred = self.usable_credential(registry, registry_url)
         realm_host = realm_url.netloc.decode("ascii")
-        if cred and realm_url.scheme == "http" and not self._transport.allows_http(realm_host):
+        if cred and realm_url.scheme == "http" and not self._transport.is_insecure(realm_host):
             raise UnauthorizedError(
                 f"the token realm of {registry} is plain http ({redact_url(realm)}); "
                 "credentials will not be sent there",
