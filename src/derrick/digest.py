@@ -34,7 +34,7 @@ class Digest:
             )
         if len(self.hex) != want or not all(c in "0123456789abcdef" for c in self.hex):
             raise InvalidDigestError(
-                f"invalid {self.algorithm} digest {self.algorithm}:{self.hex[:80]!r}: "
+                f"invalid {self.algorithm} digest {f'{self.algorithm}:{self.hex[:80]}'!r}: "
                 f"expected {want} lowercase hex characters"
             )
 

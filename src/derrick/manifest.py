@@ -254,8 +254,8 @@ def _load_json(raw: bytes, what: str) -> Any:
         )
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ManifestError(f"{what} is not valid JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # also too deep, or a number too long
+        raise ManifestError(f"{what} is not valid JSON: {str(e)[:200]}") from None
 
 
 def parse_manifest(raw: bytes, content_type: str | None = None) -> Manifest:

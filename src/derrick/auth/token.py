@@ -180,7 +180,7 @@ class Authenticator:
                 "GET", str(url), headers=headers, auth_origin=origin(realm_url)
             )
         if resp.status_code in (401, 403):
-            who = "the saved credentials" if cred else "anonymous access"
+            who = "the credentials" if cred else "anonymous access"
             raise UnauthorizedError(
                 f"the token service of {registry} refused {who} (HTTP {resp.status_code})",
                 status=resp.status_code,
@@ -199,7 +199,7 @@ class Authenticator:
             body = json.loads(resp.content)
             value = body.get("token") or body.get("access_token")
             lifetime = int(body.get("expires_in") or MIN_TOKEN_LIFETIME)
-        except (ValueError, AttributeError, TypeError):
+        except (ValueError, AttributeError, TypeError, RecursionError):
             value, lifetime = None, 0
         if not isinstance(value, str) or not value:
             raise UnauthorizedError(
