@@ -9,6 +9,7 @@ lock on the partial file keeps two processes from writing the same blob.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -65,27 +66,33 @@ class BlobCache:
         cancelled: threading.Event | None = None,
     ) -> Path:
         """The path of the verified blob, downloading (or resuming) it if needed."""
+        return self.fetch_counted(client, ref, desc, progress=progress, cancelled=cancelled)[0]
+
+    def fetch_counted(
+        self,
+        client: RegistryClient,
+        ref: Reference,
+        desc: Descriptor,
+        *,
+        progress: Progress | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> tuple[Path, int]:
+        """Like :meth:`fetch`, with the count of bytes received from the registry."""
         final = self.path(desc.digest)
         with self._thread_lock(desc.digest):
-            if self.has(desc):
+            fd = self._lock_partial(desc)
+            if fd is None:
                 if progress:
                     progress(desc.size)
-                return final
-            final.parent.mkdir(parents=True, exist_ok=True)
+                return final, 0
             part = self.partial_path(desc.digest)
-            fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                if self.has(desc):  # another process finished it while we waited
-                    if progress:
-                        progress(desc.size)
-                    return final
                 have = os.fstat(fd).st_size
                 if have > desc.size:
                     os.ftruncate(fd, 0)
                     have = 0
                 try:
-                    download(
+                    received = download(
                         client,
                         ref,
                         desc,
@@ -94,10 +101,47 @@ class BlobCache:
                         progress=progress,
                         cancelled=cancelled,
                     )
-                except DigestMismatchError:
-                    os.ftruncate(fd, 0)  # nothing of it can be trusted for a resume
+                except BaseException as e:
+                    # Keep what a later pull can resume; drop the rest (still locked, so
+                    # no other process is writing it): a mismatching blob cannot be
+                    # trusted, and an empty file is nothing to resume.
+                    if isinstance(e, DigestMismatchError) or os.fstat(fd).st_size == 0:
+                        with contextlib.suppress(OSError):
+                            os.unlink(part)
                     raise
                 os.replace(part, final)
             finally:
                 os.close(fd)  # also releases the lock
-            return final
+            return final, received
+
+    def _lock_partial(self, desc: Descriptor) -> int | None:
+        """Open the blob's partial file and hold its lock; None if the blob is complete.
+
+        Another process that held the lock may have finished (renamed) or dropped the
+        file meanwhile; the lock is then on a file no longer at that path, so the
+        path is looked at again.
+        """
+        part = self.partial_path(desc.digest)
+        while True:
+            if self.has(desc):
+                return None
+            part.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                st = os.fstat(fd)
+                try:
+                    now = os.stat(part)
+                except FileNotFoundError:
+                    now = None
+                if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                    if not self.has(desc):
+                        return fd
+                    with contextlib.suppress(OSError):
+                        os.unlink(part)  # the blob was finished meanwhile: a leftover
+                    os.close(fd)
+                    return None
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)

@@ -69,28 +69,57 @@ def download(
     progress: Progress | None = None,
     cancelled: threading.Event | None = None,
     written: Callable[[int], None] | None = None,
-) -> None:
+) -> int:
     """Fill ``region`` with blob ``desc``, trusting nothing: every byte is verified.
 
     ``have`` bytes from an earlier attempt are re-hashed and kept; ``written``
     is told the count of bytes in place after each chunk (for resume state).
-    Raises :class:`DigestMismatchError` if the content is wrong (the region
-    must then be discarded) or the last transport error after the retries.
+    If the result does not match, bytes kept from an earlier attempt may be
+    the cause: the blob is then downloaded once more from its first byte.
+    Returns the count of bytes received from the registry.  Raises
+    :class:`DigestMismatchError` if the content is wrong (the region must then
+    be discarded) or the last transport error after the retries.
     """
-    verifier = Verifier(desc.digest, desc.size, what=f"blob {desc.digest}")
+    verifier = Verifier(desc.digest, desc.size, what="blob")
     if have > desc.size:
         have = 0
     if have:
         have = region.rehash(verifier, have)
         if progress:
             progress(have)
+    received = [0]
+    try:
+        _fill(client, ref, desc, region, verifier, progress, cancelled, written, received)
+        verifier.verify()
+    except DigestMismatchError:
+        if not have:
+            raise
+        # The kept bytes may be what is wrong: start over, from the registry only.
+        if progress and verifier.count:
+            progress(-verifier.count)
+        verifier.reset()
+        _fill(client, ref, desc, region, verifier, progress, cancelled, written, received)
+        verifier.verify()
+    return received[0]
+
+
+def _fill(
+    client: RegistryClient,
+    ref: Reference,
+    desc: Descriptor,
+    region: Region,
+    verifier: Verifier,
+    progress: Progress | None,
+    cancelled: threading.Event | None,
+    written: Callable[[int], None] | None,
+    received: list[int],
+) -> None:
+    """Download what ``verifier`` has not seen yet, retrying transient failures."""
     attempts = 0
     while verifier.count < desc.size:
         try:
-            _stream(client, ref, desc, region, verifier, progress, cancelled, written)
-        except DigestMismatchError:
-            raise
-        except Cancelled:
+            _stream(client, ref, desc, region, verifier, progress, cancelled, written, received)
+        except (DigestMismatchError, Cancelled):
             raise
         except DerrickError:
             attempts += 1
@@ -101,7 +130,6 @@ def download(
             client.transport.retry_sleep(attempts - 1)
             continue
         break
-    verifier.verify()
 
 
 def _stream(
@@ -113,6 +141,7 @@ def _stream(
     progress: Progress | None,
     cancelled: threading.Event | None,
     written: Callable[[int], None] | None,
+    received: list[int],
 ) -> None:
     offset = verifier.count
     with client.open_blob(ref, desc.digest, offset=offset) as stream:
@@ -125,6 +154,7 @@ def _stream(
         for chunk in stream.chunks():
             if cancelled is not None and cancelled.is_set():
                 raise Cancelled("cancelled")
+            received[0] += len(chunk)
             verifier.update(chunk)
             region.write_at(pos, chunk)
             pos += len(chunk)

@@ -84,7 +84,7 @@ def image_pull(
     with opts.client(ref.registry) as client:
         bar: BlobProgress | None = None
         with contextlib.ExitStack() as stack:
-            if wants_progress(quiet) and dest != "-":
+            if wants_progress(quiet):  # on stderr: data on stdout is not disturbed
                 bar = stack.enter_context(BlobProgress(0, label=ref.familiar()))
             result = pull(
                 client,

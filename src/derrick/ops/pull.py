@@ -1,11 +1,21 @@
 """Pull an image from a registry onto disk: OCI layout, OCI archive or docker-archive.
 
-Blobs download in parallel into the shared :class:`~derrick.cache.BlobCache`,
-each streamed to disk while it is hashed, so memory stays flat whatever the
-image size.  Sinks take verified blobs from the cache: an OCI layout hard-links
-them (no copy on the same filesystem); the archive writers stream them into one
-tar in a single pass, each layer as soon as it and those before it are done.
-Output files are written under a temporary name and renamed when complete.
+Blobs download in parallel, each streamed to disk while it is hashed, so memory
+stays flat whatever the image size, and nothing unverified gets a final name.
+
+* OCI layout: blobs go into the shared :class:`~derrick.cache.BlobCache` and are
+  hard-linked into the layout (no copy on the same filesystem).  A new layout is
+  assembled in a hidden directory beside the destination once every blob is in
+  the cache, then renamed into place; an existing layout gets the blobs it lacks
+  and, last, its ``index.json`` entry.
+* Archive file: the tar is laid out with a hole for each layer not in the cache,
+  and workers ``pwrite`` each layer into its hole as it arrives (one pass, no
+  temporary copy).  The file is hidden (``.NAME.derrick-partial``) until complete;
+  after a failure it stays, with a JSON resume state beside it, for the next run.
+* Standard output: layers go through the cache and are written in order.
+
+An interrupted download resumes with a ``Range`` request, after re-hashing the
+bytes already there (see :mod:`derrick.download`).
 """
 
 from __future__ import annotations
@@ -13,10 +23,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
+import shutil
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
@@ -24,14 +36,14 @@ from typing import BinaryIO, Literal, Protocol
 from derrick.cache import BlobCache
 from derrick.digest import Digest
 from derrick.download import Region, download
-from derrick.errors import DigestMismatchError, ManifestError, UsageError
+from derrick.errors import DerrickError, DigestMismatchError, LayoutError, ManifestError, UsageError
 from derrick.layout.archive import (
     ArchiveImage,
     BlobFile,
     write_docker_archive,
     write_oci_archive,
 )
-from derrick.layout.oci import OCILayout
+from derrick.layout.oci import LAYOUT_FILE, OCILayout
 from derrick.manifest import Descriptor, ImageConfig, ImageManifest, Index, Platform
 from derrick.ops.resolve import fetch_child
 from derrick.reference import Reference
@@ -86,7 +98,12 @@ def infer_format(dest: str, fmt: str | None) -> Format:
     p = Path(dest)
     if p.is_dir():
         return "oci"
-    if p.suffix in (".tar", ".tgz") or p.name.endswith(".tar.gz"):
+    if p.suffix == ".tgz" or p.name.endswith(".tar.gz"):
+        raise UsageError(
+            f"derrick writes uncompressed archives, not {p.name}",
+            hint="name it .tar, or pipe '-o -' through gzip",
+        )
+    if p.suffix == ".tar":
         return "docker-archive"
     return "oci"
 
@@ -118,6 +135,15 @@ class _Fetcher:
         self.downloaded = 0
         self._lock = threading.Lock()
 
+    def plan(self, blobs: Sequence[Descriptor]) -> None:
+        """Tell the progress display how many bytes the blobs about to be fetched hold."""
+        if self.progress is not None:
+            self.progress.planned(sum(b.size for b in blobs))
+
+    def count(self, nbytes: int) -> None:
+        with self._lock:
+            self.downloaded += nbytes
+
     def submit(self, desc: Descriptor) -> None:
         """Fetch ``desc`` into the cache."""
         if desc.digest not in self.futures:
@@ -129,59 +155,73 @@ class _Fetcher:
         """Fetch ``desc`` straight into ``region`` of an output file."""
         self.futures[desc.digest] = self.pool.submit(self._fill, desc, region, have, written)
 
-    def _fill(
-        self, desc: Descriptor, region: Region, have: int, written: Callable[[int], None]
-    ) -> Path:
+    def _advance(self, desc: Descriptor) -> Callable[[int], None]:
         prog = self.progress
-        if prog:
-            prog.blob_started(desc)
 
         def advance(n: int) -> None:
             if prog:
                 prog.blob_advanced(desc, n)
 
-        download(
+        return advance
+
+    def _fill(
+        self, desc: Descriptor, region: Region, have: int, written: Callable[[int], None]
+    ) -> Path:
+        if self.progress:
+            self.progress.blob_started(desc)
+        received = download(
             self.client,
             self.ref,
             desc,
             region,
             have=have,
-            progress=advance,
+            progress=self._advance(desc),
             cancelled=self.cancelled,
             written=written,
         )
-        with self._lock:
-            self.downloaded += desc.size - have
-        if prog:
-            prog.blob_finished(desc)
+        self.count(received)
+        if self.progress:
+            self.progress.blob_finished(desc)
         return Path()
 
     def _fetch(self, desc: Descriptor) -> Path:
-        prog = self.progress
-        if prog:
-            prog.blob_started(desc)
-        cached = self.cache.has(desc)
-
-        def advance(n: int) -> None:
-            if prog:
-                prog.blob_advanced(desc, n)
-
-        path = self.cache.fetch(
-            self.client, self.ref, desc, progress=advance, cancelled=self.cancelled
+        if self.progress:
+            self.progress.blob_started(desc)
+        path, received = self.cache.fetch_counted(
+            self.client, self.ref, desc, progress=self._advance(desc), cancelled=self.cancelled
         )
-        if not cached:
-            with self._lock:
-                self.downloaded += desc.size
-        if prog:
-            prog.blob_finished(desc)
+        self.count(received)
+        if self.progress:
+            self.progress.blob_finished(desc)
         return path
+
+    def get(self, desc: Descriptor) -> Path:
+        """The cached blob ``desc``, fetched now if it was not submitted."""
+        self.submit(desc)
+        return self.wait(desc.digest)
 
     def wait(self, digest: Digest) -> Path:
         return self.futures[digest].result()
 
-    def wait_all(self) -> None:
-        for f in list(self.futures.values()):
-            f.result()
+    def failures(self) -> dict[Digest, BaseException]:
+        """The error of each finished fetch that failed."""
+        out: dict[Digest, BaseException] = {}
+        for digest, f in self.futures.items():
+            if f.done() and not f.cancelled():
+                e = f.exception()
+                if e is not None:
+                    out[digest] = e
+        return out
+
+    def abort(self) -> None:
+        """Stop: pending fetches are dropped, running ones stop at their next chunk.
+
+        Returns once no worker is running, so a file they write into may be closed.
+        """
+        self.cancelled.set()
+        for f in self.futures.values():
+            f.cancel()
+        wait(list(self.futures.values()))
 
     def close(self, *, failed: bool) -> None:
         if failed:
@@ -209,9 +249,22 @@ def _select_images(
     return None, Descriptor(child.media_type, d.digest, d.size), [(child, d)]
 
 
-def _config(client: RegistryClient, ref: Reference, cache: BlobCache, m: ImageManifest) -> bytes:
-    path = cache.fetch(client, ref, m.config)
-    data = path.read_bytes()
+def _config(
+    client: RegistryClient,
+    ref: Reference,
+    cache: BlobCache,
+    m: ImageManifest,
+    layout: OCILayout | None,
+    fetcher_count: Callable[[int], None],
+) -> bytes:
+    data: bytes | None = None
+    if layout is not None and layout.has_blob(m.config.digest, m.config.size):
+        with contextlib.suppress(DerrickError):
+            data = layout.read_blob(m.config.digest)  # verified
+    if data is None:
+        path, received = cache.fetch_counted(client, ref, m.config)
+        fetcher_count(received)
+        data = path.read_bytes()
     try:
         ImageConfig.parse(data)  # refuse a config that is not one before writing anything
     except ManifestError as e:
@@ -232,7 +285,14 @@ def pull(
     progress: PullProgress | None = None,
     stdout: BinaryIO | None = None,
 ) -> PullResult:
-    """Pull ``ref`` to ``dest`` (a directory, a tar file, or ``"-"`` for ``stdout``)."""
+    """Pull ``ref`` to ``dest`` (a directory, a tar file, or ``"-"`` for ``stdout``).
+
+    Nothing is written under the final name unless the pull succeeds: a new OCI
+    layout is built in a hidden directory beside it and renamed at the end (an
+    existing one gets its blobs first and its ``index.json`` entry last), and an
+    archive file is written as a hidden partial file (kept after a failure, to
+    resume; see :func:`_write_archive_file`).
+    """
     dest_s = str(dest)
     fmt = infer_format(dest_s, format)
     if all_platforms and fmt == "docker-archive":
@@ -245,26 +305,24 @@ def pull(
             hint="use --format oci-archive",
         )
     cache = cache or BlobCache()
+    existing = _existing_layout(Path(dest_s)) if fmt == "oci" else None
     index, top_desc, images = _select_images(client, ref, platform, all_platforms)
-    pulled = [PulledImage(m, d, _config(client, ref, cache, m)) for m, d in images]
-
-    if progress is not None:
-        progress.planned(sum(layer.size for p in pulled for layer in p.manifest.layers))
     fetcher = _Fetcher(client, ref, cache, jobs, progress)
-    layers = _unique_layers(pulled)
     failed = True
     try:
+        pulled = [
+            PulledImage(m, d, _config(client, ref, cache, m, existing, fetcher.count))
+            for m, d in images
+        ]
+        layers = _unique_layers(pulled)
         if fmt == "oci":
-            layout = OCILayout.create(Path(dest_s))
-            for layer in layers:
-                if not layout.has_blob(layer.digest, layer.size):
-                    fetcher.submit(layer)
-            _write_layout(layout, ref, fetcher, pulled, index, top_desc)
+            _pull_layout(Path(dest_s), existing, ref, fetcher, pulled, layers, index, top_desc)
         else:
             images_ = _archive_images(ref, pulled, index)
             writer = write_oci_archive if fmt == "oci-archive" else write_docker_archive
             if dest_s == "-":
                 # A pipe cannot seek: layers go through the cache, written in order.
+                fetcher.plan(layers)
                 for layer in layers:
                     fetcher.submit(layer)
                 out = stdout or sys.stdout.buffer
@@ -293,6 +351,74 @@ def _unique_layers(pulled: Sequence[PulledImage]) -> list[Descriptor]:
     return list(seen.values())
 
 
+def _existing_layout(dest: Path) -> OCILayout | None:
+    """The OCI layout at ``dest`` if there is one; refuse what cannot become one."""
+    if (dest / LAYOUT_FILE).exists():
+        return OCILayout.create(dest)
+    if dest.exists() or dest.is_symlink():
+        if not dest.is_dir():
+            raise LayoutError(f"{dest} exists and is not a directory")
+        if any(dest.iterdir()):
+            raise LayoutError(
+                f"{dest} is not empty and is not an OCI image layout",
+                hint="choose a new or empty directory",
+            )
+    return None
+
+
+def _pull_layout(
+    dest: Path,
+    existing: OCILayout | None,
+    ref: Reference,
+    fetcher: _Fetcher,
+    pulled: Sequence[PulledImage],
+    layers: Sequence[Descriptor],
+    index: Index | None,
+    top_desc: Descriptor,
+) -> None:
+    wanted = [
+        layer
+        for layer in layers
+        if existing is None or not existing.has_blob(layer.digest, layer.size)
+    ]
+    fetcher.plan(wanted)
+    for layer in wanted:
+        fetcher.submit(layer)
+    if existing is not None:
+        _write_layout(existing, ref, fetcher, pulled, index, top_desc)
+        return
+    # Everything is in the cache before the new layout is started: an interrupted
+    # pull leaves nothing beside the destination (and resumes from the cache).
+    for layer in wanted:
+        fetcher.wait(layer.digest)
+    parent = dest.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = _make_temp_dir(parent, f".{dest.name}.derrick-tmp")
+    try:
+        _write_layout(OCILayout.create(tmp), ref, fetcher, pulled, index, top_desc)
+        try:
+            os.rename(tmp, dest)  # an empty directory at dest is replaced
+        except OSError as e:
+            raise LayoutError(
+                f"cannot move the new layout into place at {dest}: {e.strerror}",
+                hint="choose a new or empty directory",
+            ) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A new directory ``<prefix>-<random>`` in ``parent``, with the usual (umask) mode."""
+    while True:
+        path = parent / f"{prefix}-{secrets.token_hex(4)}"
+        try:
+            path.mkdir(0o777)
+        except FileExistsError:
+            continue
+        return path
+
+
 def _write_layout(
     layout: OCILayout,
     ref: Reference,
@@ -306,7 +432,7 @@ def _write_layout(
         for layer in p.manifest.layers:
             if layout.has_blob(layer.digest, layer.size):
                 continue
-            layout.add_blob_file(fetcher.wait(layer.digest), layer.digest)
+            layout.add_blob_file(fetcher.get(layer), layer.digest)
         layout.write_blob(p.manifest.raw, p.descriptor.digest)
     if index is not None:
         layout.write_blob(index.raw, index.digest)
@@ -318,6 +444,7 @@ def _write_layout(
             pulled[0].descriptor.size,
             platform=pulled[0].descriptor.platform,
         )
+    # the index entry last: until then the layout does not name the new image
     layout.add_manifest(desc, ref_name=_ref_name(ref), image_name=str(ref))
 
 
@@ -434,8 +561,10 @@ def _write_archive_file(
         desc = by_digest[digest]
         return fetcher.cache.path(digest) if fetcher.cache.has(desc) else None
 
+    created = not part.exists()
     fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o666)
-    ok = False
+    holes: dict[Digest, int] = {}
+    started = ok = False
     try:
         # The layout is deterministic, so rewriting the small members over an
         # earlier partial file leaves the bytes already downloaded in place.
@@ -446,23 +575,29 @@ def _write_archive_file(
         os.ftruncate(fd, end)
         have = {d: state.resumable(d, off) for d, off in holes.items()}
         state.start(holes, have)
+        started = True
+        fetcher.plan([by_digest[d] for d in holes])
         for digest, offset in holes.items():
             desc = by_digest[digest]
             fetcher.submit_region(
                 desc, Region(fd, offset, desc.size), have[digest], state.progress(digest)
             )
         for digest in holes:
-            try:
-                fetcher.wait(digest)
-            except DigestMismatchError:
-                state.forget(digest)
-                raise
+            fetcher.wait(digest)
         os.fsync(fd)
         os.replace(part, target)
         ok = True
         state.remove()
     finally:
-        os.close(fd)
         if not ok:
-            fetcher.cancelled.set()
-            state.save()
+            # Workers write into fd: stop them all before it is closed.
+            fetcher.abort()
+            for digest, error in fetcher.failures().items():
+                if digest in holes and isinstance(error, DigestMismatchError):
+                    state.forget(digest)
+            if started:
+                state.save()
+            elif created:
+                with contextlib.suppress(OSError):
+                    part.unlink()
+        os.close(fd)
