@@ -27,7 +27,8 @@ Fixtures (all session-scoped unless noted):
 ``seeded_registries`` -> :class:`support.seed.SeededRegistries` with ``open``, ``basic``,
     ``token``, ``tls`` (each a :class:`support.seed.SeededRegistry`, indexable by repository):
     ``test/{single,multi,eight,docker,dockerlist}:v1`` in open/basic/tls, and
-    ``public/<name>:v1`` plus ``private/<name>:v1`` in the token registry.
+    ``public/<name>:v1`` plus ``private/<name>:v1`` in the token registry, pushed with
+    ``derrick.ops.push.push`` (skopeo is used only as an independent check in tests).
     Do not modify the seeded repositories; push to ``unique_repo()`` names instead.
 ``unique_repo`` (function scope) -> ``callable(prefix="scratch") -> str``, a fresh repository
     name derived from the test name (``scratch/<test-name>-<n>``; on the token registry
@@ -126,7 +127,6 @@ def seeded_registries(
     registry_token: RegistryProcess,
     registry_tls: RegistryProcess,
 ) -> SeededRegistries:
-    _require("skopeo")
     seeded = seed_registries(
         {
             "open": (registry_open, ["test"]),
@@ -135,7 +135,6 @@ def seeded_registries(
             "tls": (registry_tls, ["test"]),
         },
         test_images,
-        tmp_path_factory.mktemp("skopeo"),
     )
     return SeededRegistries(**seeded)
 

@@ -9,6 +9,7 @@ reader with :class:`~derrick.digest.Verifier`, see :meth:`RegistryClient.open_bl
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -38,12 +39,20 @@ from derrick.errors import (
     RegistryErrorDetail,
     ServerError,
     TooManyRequestsError,
+    TransportError,
     UnauthorizedError,
     UnsupportedError,
 )
 from derrick.manifest import MAX_MANIFEST_SIZE, Descriptor, Manifest, parse_manifest
 from derrick.reference import Reference
-from derrick.transport import RetryPolicy, TLSConfig, Transport, parse_retry_after, redact_url
+from derrick.transport import (
+    RetryPolicy,
+    TLSConfig,
+    Transport,
+    origin,
+    parse_retry_after,
+    redact_url,
+)
 
 log = logging.getLogger("derrick.registry")
 
@@ -232,8 +241,16 @@ class RegistryClient:
         auth = self.auth.header(registry, scopes, httpx.URL(url))
         if auth:
             hdrs["Authorization"] = auth
+        # Credentials are for the registry only: not for a Link or Location elsewhere.
+        home = origin(httpx.URL(self._url(registry, "/")))
         resp = self.transport.send(
-            method, url, headers=hdrs, content=content, stream=stream, retry=retry
+            method,
+            url,
+            headers=hdrs,
+            content=content,
+            stream=stream,
+            retry=retry,
+            auth_origin=home,
         )
         if resp.status_code == 401:
             fresh = auth is not None and auth.startswith("Bearer ")
@@ -242,7 +259,13 @@ class RegistryClient:
                 resp.close()
                 hdrs["Authorization"] = new
                 resp = self.transport.send(
-                    method, url, headers=hdrs, content=content, stream=stream, retry=retry
+                    method,
+                    url,
+                    headers=hdrs,
+                    content=content,
+                    stream=stream,
+                    retry=retry,
+                    auth_origin=home,
                 )
         if resp.status_code not in ok:
             try:
@@ -263,7 +286,9 @@ class RegistryClient:
         first = next((d.message for d in details if d.message), "")
         rl = RateLimit.from_headers(resp.headers)
         kw: dict[str, object] = {"status": status, "url": url, "errors": details}
-        if "MANIFEST_UNKNOWN" in codes or (status == 404 and what.startswith("manifest")):
+        if "MANIFEST_UNKNOWN" in codes or (
+            status == 404 and what.startswith("manifest") and "NAME_UNKNOWN" not in codes
+        ):
             return ManifestUnknownError(
                 f"{what} not found: the tag or digest is not in the repository",
                 hint="list the tags with 'derrick tag ls'",
@@ -278,6 +303,27 @@ class RegistryClient:
         if "BLOB_UNKNOWN" in codes or (status == 404 and what.startswith("blob")):
             return BlobUnknownError(
                 f"{what} not found in the repository",
+                **kw,  # type: ignore[arg-type]
+            )
+        scope = _insufficient_scope(resp)
+        if status == 401 and scope is not None and self.auth.credential(registry) is not None:
+            # A token was issued for these credentials, without the access asked for.
+            return DeniedError(
+                f"{what}: access denied by {registry} (the credentials do not grant {scope})",
+                hint="the credentials in use lack permission for this repository",
+                **kw,  # type: ignore[arg-type]
+            )
+        if (status == 401 or "UNAUTHORIZED" in codes) and registry in self.auth.withheld:
+            return UnauthorizedError(
+                f"{what}: authentication required by {registry}, and credentials are "
+                "not sent over plain http",
+                hint=f"pass --insecure if you trust {registry} over http",
+                **kw,  # type: ignore[arg-type]
+            )
+        if (status == 401 or "UNAUTHORIZED" in codes) and self.auth.credential(registry):
+            return UnauthorizedError(
+                f"{what}: {registry} rejected the credentials" + (f" ({first})" if first else ""),
+                hint=f"check the user name and password (derrick login {registry})",
                 **kw,  # type: ignore[arg-type]
             )
         if status == 401 or "UNAUTHORIZED" in codes:
@@ -489,8 +535,13 @@ class RegistryClient:
             Descriptor(media_type, digest, size), RateLimit.from_headers(resp.headers)
         )
 
-    def put_manifest(self, ref: Reference, raw: bytes, media_type: str) -> Digest:
-        """Store manifest bytes under the tag or digest of ``ref``; return its digest."""
+    def put_manifest(
+        self, ref: Reference, raw: bytes, media_type: str, *, scopes: Sequence[str] | None = None
+    ) -> Digest:
+        """Store manifest bytes under the tag or digest of ``ref``; return its digest.
+
+        ``scopes`` replaces the default push scope (to share one token with other calls).
+        """
         digest = Digest.of(raw)
         if ref.digest is not None and ref.digest != digest:
             raise DigestMismatchError(
@@ -501,7 +552,7 @@ class RegistryClient:
             "PUT",
             ref.registry,
             url,
-            scopes=[push_scope(ref.repository)],
+            scopes=list(scopes) if scopes else [push_scope(ref.repository)],
             what=f"push of manifest {ref}",
             headers={"Content-Type": media_type},
             content=raw,
@@ -530,15 +581,20 @@ class RegistryClient:
 
     # -- blobs ------------------------------------------------------------------------
 
-    def head_blob(self, ref: Reference, digest: Digest) -> int | None:
-        """The blob's size if the repository has it, else None."""
+    def head_blob(
+        self, ref: Reference, digest: Digest, *, scopes: Sequence[str] | None = None
+    ) -> int | None:
+        """The blob's size if the repository has it, else None.
+
+        ``scopes`` replaces the default pull scope (a push asks with its push token).
+        """
         url = self._url(ref, f"/v2/{ref.repository}/blobs/{digest}")
         try:
             resp = self._request(
                 "HEAD",
                 ref.registry,
                 url,
-                scopes=[pull_scope(ref.repository)],
+                scopes=list(scopes) if scopes else [pull_scope(ref.repository)],
                 what=f"blob {digest} in {ref.registry}/{ref.repository}",
             )
         except NotFoundError:
@@ -640,14 +696,19 @@ class RegistryClient:
 
     def _cancel_upload(self, ref: Reference, resp: httpx.Response) -> None:
         loc = resp.headers.get("location")
-        if not loc:
-            return
+        if loc:
+            self._cancel_upload_at(ref, str(resp.request.url.join(loc)), None)
+
+    def _cancel_upload_at(
+        self, ref: Reference, location: str, scopes: Sequence[str] | None
+    ) -> None:
+        """Abandon an upload session (best effort: the registry expires it anyway)."""
         with suppress(DerrickError):
             self._request(
                 "DELETE",
                 ref.registry,
-                str(resp.request.url.join(loc)),
-                scopes=[push_scope(ref.repository)],
+                location,
+                scopes=list(scopes) if scopes else [push_scope(ref.repository)],
                 what="cancel upload",
                 ok=(200, 202, 204, 404),
                 retry=False,
@@ -662,16 +723,36 @@ class RegistryClient:
         *,
         chunk_size: int | None = None,
         progress: Callable[[int], None] | None = None,
+        scopes: Sequence[str] | None = None,
     ) -> None:
         """Upload a blob whose content ``open_at(offset)`` yields from ``offset``.
 
-        Blobs up to ``chunk_size`` (or all, when it is None) go in one ``PUT``;
-        larger ones in ``PATCH`` chunks that resume from the registry's ``Range``
-        after a broken connection.
+        Blobs up to ``chunk_size`` (or all, when it is None) go in one ``PUT``
+        (``POST`` then ``PUT ?digest=``); larger ones in ``PATCH`` chunks of
+        ``chunk_size`` bytes, each resumed from the registry's ``Range`` after a
+        broken connection, then an empty ``PUT ?digest=``.  The content is read
+        once, in order: ``open_at`` is called again only to start over or resume.
+        ``progress`` is told the bytes sent (a negative count when a retry goes
+        back).  An error raised by the content itself (a digest mismatch, a
+        missing file) is not retried: the request breaks off and the upload is
+        cancelled.  Content that checks its digest before giving out its last
+        bytes (as derrick's readers do) is thus never committed when wrong.
+        ``scopes`` replaces the push scope, e.g. to share one token with a
+        mount from another repository.
         """
-        scopes = [push_scope(ref.repository)]
+        scopes = list(scopes) if scopes else [push_scope(ref.repository)]
         what = f"upload of blob {digest} to {ref.registry}/{ref.repository}"
-        start = self._request(
+        cursor = _UploadCursor(open_at, size, progress, what)
+        try:
+            if chunk_size is None or size <= chunk_size:
+                self._upload_whole(ref, digest, size, cursor, scopes, what)
+            else:
+                self._upload_chunked(ref, digest, size, chunk_size, cursor, scopes, what)
+        finally:
+            cursor.close()
+
+    def _start_upload(self, ref: Reference, scopes: Sequence[str], what: str) -> str:
+        resp = self._request(
             "POST",
             ref.registry,
             self._url(ref, f"/v2/{ref.repository}/blobs/uploads/"),
@@ -679,82 +760,199 @@ class RegistryClient:
             what=what,
             ok=(202,),
         )
-        location = _location(start, what)
-        if chunk_size is None or size <= chunk_size:
-            url = str(httpx.URL(location).copy_merge_params({"digest": str(digest)}))
+        return _location(resp, what)
 
-            def body() -> Iterable[bytes]:
-                return _counted(open_at(0), progress)
-
-            self._request(
-                "PUT",
-                ref.registry,
-                url,
-                scopes=scopes,
-                what=what,
-                headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-                content=body,
-                ok=(201, 204),
-            )
-            return
-        offset = 0
+    def _upload_whole(
+        self,
+        ref: Reference,
+        digest: Digest,
+        size: int,
+        cursor: _UploadCursor,
+        scopes: Sequence[str],
+        what: str,
+    ) -> None:
         failures = 0
-        while offset < size:
-            end = min(offset + chunk_size, size)
-            chunk = _read_range(open_at, offset, end - offset)
+        while True:
+            location = self._start_upload(ref, scopes, what)
             try:
-                resp = self._request(
-                    "PATCH",
+                self._request(
+                    "PUT",
                     ref.registry,
-                    location,
+                    _with_digest(location, digest),
                     scopes=scopes,
                     what=what,
                     headers={
                         "Content-Type": "application/octet-stream",
-                        "Content-Range": f"{offset}-{end - 1}",
-                        "Content-Length": str(len(chunk)),
+                        "Content-Length": str(size),
                     },
-                    content=chunk,
-                    ok=(202,),
+                    content=functools.partial(cursor.read, 0, size),
+                    ok=(201, 204),
                     retry=False,
                 )
-            except DerrickError as e:
+                return
+            except _RETRY_UPLOAD as e:
+                # The session may hold part of the body: start a fresh one.
+                self._cancel_upload_at(ref, location, scopes)
                 failures += 1
-                if failures > self.transport.retry.retries or (
-                    isinstance(e, RegistryError) and not isinstance(e, ServerError)
-                ):
+                if failures > self.transport.retry.retries:
                     raise
-                offset, location = self._upload_status(ref, location, what)
-                continue
-            location = _location(resp, what)
-            offset = end
-            if progress:
-                progress(len(chunk))
-        url = str(httpx.URL(location).copy_merge_params({"digest": str(digest)}))
-        self._request(
-            "PUT",
-            ref.registry,
-            url,
-            scopes=scopes,
-            what=what,
-            headers={"Content-Length": "0"},
-            content=b"",
-            ok=(201, 204),
+                log.debug("%s failed (%s); starting over", what, e)
+                self.transport.retry_sleep(failures - 1, _retry_after(e))
+            except BaseException:
+                self._cancel_upload_at(ref, location, scopes)
+                raise
+
+    def _upload_chunked(
+        self,
+        ref: Reference,
+        digest: Digest,
+        size: int,
+        chunk_size: int,
+        cursor: _UploadCursor,
+        scopes: Sequence[str],
+        what: str,
+    ) -> None:
+        location = self._start_upload(ref, scopes, what)
+        try:
+            offset = 0
+            failures = 0
+            while offset < size:
+                end = min(offset + chunk_size, size)
+                try:
+                    resp = self._request(
+                        "PATCH",
+                        ref.registry,
+                        location,
+                        scopes=scopes,
+                        what=what,
+                        headers={
+                            "Content-Type": "application/octet-stream",
+                            "Content-Range": f"{offset}-{end - 1}",
+                            "Content-Length": str(end - offset),
+                        },
+                        content=functools.partial(cursor.read, offset, end - offset),
+                        ok=(202,),
+                        retry=False,
+                    )
+                except _RETRY_UPLOAD as e:
+                    failures += 1
+                    if failures > self.transport.retry.retries:
+                        raise
+                    self.transport.retry_sleep(failures - 1, _retry_after(e))
+                    offset, location = self._upload_status(ref, location, scopes, what)
+                    log.debug("%s broke off (%s); resuming at byte %d", what, e, offset)
+                    continue
+                location = _location(resp, what)
+                offset = end
+            self._request(
+                "PUT",
+                ref.registry,
+                _with_digest(location, digest),
+                scopes=scopes,
+                what=what,
+                headers={"Content-Length": "0"},
+                content=b"",
+                ok=(201, 204),
+            )
+        except BaseException:
+            self._cancel_upload_at(ref, location, scopes)
+            raise
+
+    def _upload_status(
+        self, ref: Reference, location: str, scopes: Sequence[str], what: str
+    ) -> tuple[int, str]:
+        """How many bytes the registry holds of an upload, and where to continue it."""
+        resp = self._request("GET", ref.registry, location, scopes=scopes, what=what, ok=(204,))
+        offset = _uploaded_bytes(resp.headers.get("range"))
+        return offset, _location(resp, what) if resp.headers.get("location") else location
+
+
+#: Failures after which an upload is resumed or started over; other errors end it.
+_RETRY_UPLOAD = (TransportError, ServerError, TooManyRequestsError)
+
+
+def _retry_after(e: Exception) -> float | None:
+    return e.retry_after if isinstance(e, TooManyRequestsError) else None
+
+
+def _with_digest(location: str, digest: Digest) -> str:
+    return str(httpx.URL(location).copy_merge_params({"digest": str(digest)}))
+
+
+def _uploaded_bytes(value: str | None) -> int:
+    """Bytes received, from an upload status ``Range: 0-<last byte>`` header.
+
+    The distribution registry reports an empty upload as ``0-0`` (not ``0--1``),
+    so ``0-0`` is read as nothing received: at worst one byte is sent again.
+    """
+    m = re.fullmatch(r"\s*(?:bytes=)?0-(\d+)\s*", value or "")
+    if not m or m.group(1) == "0":
+        return 0
+    return int(m.group(1)) + 1
+
+
+class _UploadCursor:
+    """An upload's content read in order, in pieces, reopened only to go back or skip.
+
+    ``read(offset, length)`` yields the next ``length`` bytes from ``offset``:
+    when ``offset`` is where the last piece ended the open iterator continues;
+    otherwise (a retry, a resume) the content is opened again at ``offset``.
+    """
+
+    def __init__(
+        self,
+        open_at: Callable[[int], Iterable[bytes]],
+        size: int,
+        progress: Callable[[int], None] | None,
+        what: str,
+    ) -> None:
+        self._open_at = open_at
+        self._size = size
+        self._progress = progress
+        self._what = what
+        self._it: Iterator[bytes] | None = None
+        self._rest = b""  # read from the iterator but not yet sent
+        self.pos = 0  # offset of the next byte to send
+
+    def read(self, offset: int, length: int) -> Iterator[bytes]:
+        if self._it is None or offset != self.pos:
+            self._reopen(offset)
+        left = length
+        while left > 0:
+            chunk = self._next()
+            if len(chunk) > left:
+                chunk, self._rest = chunk[:left], chunk[left:]
+            self.pos += len(chunk)
+            left -= len(chunk)
+            if self._progress:
+                self._progress(len(chunk))
+            yield chunk
+
+    def _next(self) -> bytes:
+        if self._rest:
+            chunk, self._rest = self._rest, b""
+            return chunk
+        assert self._it is not None
+        for chunk in self._it:
+            if chunk:
+                return bytes(chunk)
+        raise DigestMismatchError(
+            f"{self._what}: the content ended after {self.pos} of {self._size} bytes",
+            hint="the source is truncated; nothing was committed",
         )
 
-    def _upload_status(self, ref: Reference, location: str, what: str) -> tuple[int, str]:
-        resp = self._request(
-            "GET",
-            ref.registry,
-            location,
-            scopes=[push_scope(ref.repository)],
-            what=what,
-            ok=(204,),
-        )
-        rng = resp.headers.get("range", "")
-        m = re.match(r"(?:bytes=)?0-(\d+)", rng)
-        offset = int(m.group(1)) + 1 if m else 0
-        return offset, _location(resp, what) if resp.headers.get("location") else location
+    def _reopen(self, offset: int) -> None:
+        self.close()
+        if self._progress and offset != self.pos:
+            self._progress(offset - self.pos)
+        self.pos = offset
+        self._it = iter(self._open_at(offset))
+
+    def close(self) -> None:
+        it, self._it, self._rest = self._it, None, b""
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
 
 
 def _api_host(registry: str) -> str:
@@ -779,25 +977,6 @@ def _location(resp: httpx.Response, what: str) -> str:
     return str(resp.request.url.join(loc))
 
 
-def _counted(chunks: Iterable[bytes], progress: Callable[[int], None] | None) -> Iterator[bytes]:
-    for c in chunks:
-        if progress:
-            progress(len(c))
-        yield c
-
-
-def _read_range(open_at: Callable[[int], Iterable[bytes]], offset: int, length: int) -> bytes:
-    parts: list[bytes] = []
-    got = 0
-    for c in open_at(offset):
-        need = length - got
-        parts.append(c[:need])
-        got += min(len(c), need)
-        if got >= length:
-            break
-    return b"".join(parts)
-
-
 def _read_capped(resp: httpx.Response, cap: int, what: str) -> bytes:
     cl = resp.headers.get("content-length")
     if cl and cl.isdigit() and int(cl) > cap:
@@ -820,7 +999,7 @@ def _json_body(resp: httpx.Response, what: str) -> object:
         raise ProtocolError(f"{what}: answer too large", status=resp.status_code, url="")
     try:
         return json.loads(resp.content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ProtocolError(
             f"{what}: the registry answered something that is not JSON",
             status=resp.status_code,
@@ -829,10 +1008,20 @@ def _json_body(resp: httpx.Response, what: str) -> object:
         ) from None
 
 
+def _insufficient_scope(resp: httpx.Response) -> str | None:
+    """The scope a Bearer challenge says the token lacked (``error="insufficient_scope"``)."""
+    from derrick.auth.challenge import parse_challenges
+
+    for ch in parse_challenges(resp.headers.get_list("www-authenticate")):
+        if ch.scheme == "bearer" and ch.params.get("error") == "insufficient_scope":
+            return ch.params.get("scope") or "the access asked for"
+    return None
+
+
 def _error_details(resp: httpx.Response) -> list[RegistryErrorDetail]:
     try:
         body = json.loads(resp.content[:MAX_JSON_SIZE])
-    except (ValueError, UnicodeDecodeError, httpx.ResponseNotRead):
+    except (ValueError, UnicodeDecodeError, RecursionError, httpx.ResponseNotRead):
         return []
     errs = body.get("errors") if isinstance(body, dict) else None
     if not isinstance(errs, list):

@@ -925,3 +925,48 @@ def push_with_skopeo(
         # one platform of an index: the child manifest must arrive unchanged
         raise SkopeoError(f"pushed {dest} has digest {digest}, not one of the index children")
     return digest
+
+
+# -- zstd image (appended for the unpack tests) -----------------------------------------------
+
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+
+
+def make_zstd(path: Path, tag: str = "v1") -> LayoutImage:
+    """Three layers: zstd, zstd written as two concatenated frames (whiteout, new file), gzip.
+
+    ``expected_rootfs`` is the final tree.
+    """
+    import zstandard
+
+    cctx = zstandard.ZstdCompressor(level=3)
+    w = LayoutWriter(path)
+    big = bytes(range(256)) * 4096  # 1 MiB, compresses well
+    first = with_parents(
+        [
+            file("etc/hostname", "zstd\n"),
+            file("etc/remove-me", "gone\n"),
+            file("usr/lib/big.bin", big),
+            file("bin/run", "#!/bin/sh\necho zstd\n", 0o755),
+        ]
+    )
+    tar1 = build_tar(first)
+    layer1 = Layer(w.blob(cctx.compress(tar1), OCI_LAYER_ZSTD), sha256_digest(tar1), len(tar1))
+    second = [directory("etc"), whiteout("etc/remove-me"), file("etc/motd", "hello zstd\n")]
+    tar2 = build_tar(second)
+    half = len(tar2) // 2
+    frames = cctx.compress(tar2[:half]) + cctx.compress(tar2[half:])
+    layer2 = Layer(w.blob(frames, OCI_LAYER_ZSTD), sha256_digest(tar2), len(tar2))
+    third = with_parents([file("var/log/gzip.txt", "a gzip layer among zstd ones\n")])
+    layer3 = w.layer(third)
+    expected = rootfs_of(first)
+    del expected["etc/remove-me"]
+    expected.update(rootfs_of(second[:1] + second[2:]))
+    expected.update(rootfs_of(third))
+    img = w.image(
+        [layer1, layer2, layer3],
+        AMD64,
+        labels={"org.example.image": "zstd"},
+        expected_rootfs=expected,
+    )
+    return w.finish("zstd", tag, img.manifest, img.manifest_bytes, [img])

@@ -6,16 +6,23 @@ Seeded names (tag ``v1`` everywhere; digests preserved, equal to the layouts' di
   ``test/docker``, ``test/dockerlist``.
 * ``token`` registry: the same five images under ``public/`` (anonymous pull allowed) and
   under ``private/`` (credentials needed), e.g. ``public/single`` and ``private/single``.
+
+The images are pushed with derrick's own push (:func:`derrick.ops.push.push`); each tag is then
+checked independently, with :class:`~support.rawclient.RawClient`, to name the layout's digest.
 """
 
 from __future__ import annotations
 
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .images import LayoutImage, push_with_skopeo
+from derrick.auth.credentials import Credential
+from derrick.ops.push import push
+from derrick.reference import Reference
+from derrick.registry import RegistryClient
+
+from .images import LayoutImage
+from .rawclient import RawClient
 from .registry import RegistryProcess
 
 SEED_TAG = "v1"
@@ -58,10 +65,44 @@ class SeededRegistry:
         return sorted(self.images)
 
 
+def derrick_client(registry: RegistryProcess) -> RegistryClient:
+    """A derrick client for ``registry``: its credentials and CA only, nothing of the user's."""
+    creds = registry.credentials
+
+    def lookup(host: str) -> Credential | None:
+        if creds is None or host != registry.host:
+            return None
+        return Credential(username=creds[0], password=creds[1])
+
+    return RegistryClient(
+        credentials=lookup,
+        ca_cert=registry.ca_cert,
+        certs_dir=None,
+        # credentials go over plain http (to the registry and its token realm) only when insecure
+        insecure=not registry.tls_enabled,
+    )
+
+
+def push_with_derrick(
+    client: RegistryClient, layout: LayoutImage, registry: RegistryProcess, repo: str, tag: str
+) -> str:
+    """Push ``layout`` to ``registry`` as ``repo:tag`` with derrick; check the digest with
+    :class:`RawClient`; return it."""
+    ref = Reference.parse(f"{registry.host}/{repo}:{tag}")
+    pushed = push(client, layout.path, ref, layout.tag, jobs=2)
+    with RawClient(registry) as raw:
+        served = raw.manifest_digest(repo, tag)
+    if not str(pushed.digest) == served == layout.digest:
+        raise RuntimeError(
+            f"derrick pushed {ref} as {pushed.digest}; the registry serves {served}; "
+            f"the layout's digest is {layout.digest}"
+        )
+    return served
+
+
 def seed_registries(
     targets: dict[str, tuple[RegistryProcess, list[str]]],
     layouts: dict[str, LayoutImage],
-    work: Path,
     *,
     max_workers: int = 8,
 ) -> dict[str, SeededRegistry]:
@@ -70,29 +111,24 @@ def seed_registries(
     ``targets`` maps a label to ``(registry, prefixes)``; the result maps the same labels.
     """
     result: dict[str, SeededRegistry] = {}
-    with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        futures = []
-        for label, (registry, prefixes) in targets.items():
-            seeded = result[label] = SeededRegistry(registry)
-            for prefix in prefixes:
-                for name, layout in layouts.items():
-                    repo = f"{prefix}/{name}"
-                    home = Path(tempfile.mkdtemp(prefix="skopeo-", dir=work))
-                    futures.append(
-                        pool.submit(
-                            push_with_skopeo,
-                            layout,
-                            layout.tag,
-                            registry,
-                            repo,
-                            creds=registry.credentials,
-                            dest_tag=SEED_TAG,
-                            home=home,
+    clients = [derrick_client(registry) for registry, _ in targets.values()]
+    try:
+        with ThreadPoolExecutor(max_workers=max_workers) as pool:
+            futures = []
+            for client, (label, (registry, prefixes)) in zip(clients, targets.items(), strict=True):
+                seeded = result[label] = SeededRegistry(registry)
+                for prefix in prefixes:
+                    for name, layout in layouts.items():
+                        repo = f"{prefix}/{name}"
+                        futures.append(
+                            pool.submit(push_with_derrick, client, layout, registry, repo, SEED_TAG)
                         )
-                    )
-                    seeded.images[repo] = SeededImage(name, repo, SEED_TAG, layout, registry)
-        for f in futures:
-            f.result()
+                        seeded.images[repo] = SeededImage(name, repo, SEED_TAG, layout, registry)
+            for f in futures:
+                f.result()
+    finally:
+        for client in clients:
+            client.close()
     return result
 
 

@@ -10,9 +10,11 @@ import sys
 
 import click
 
+import derrick.cli.fs  # noqa: F401  (registers image unpack, export, diff, layers)
 from derrick import __version__
 from derrick.auth.credentials import Credential, CredentialStore
 from derrick.cli import transfer  # noqa: F401  (registers image pull)
+from derrick.cli import write as _write  # noqa: F401  (registers push, copy, tag, deletes)
 from derrick.cli.common import Options, connection_options
 from derrick.cli.read import (
     blob_group,

@@ -1,0 +1,361 @@
+"""Commands that write to registries: push, copy, tag, and deleting manifests and blobs."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+
+from derrick.cli.common import (
+    Options,
+    connection_options,
+    emit_json,
+    format_option,
+    human_size,
+    parse_platform,
+    parse_ref,
+    platform_option,
+)
+from derrick.cli.progress import BlobProgress, wants_progress
+from derrick.cli.read import blob_group, image_group, manifest_group, tag_group
+from derrick.digest import Digest
+from derrick.errors import UsageError
+from derrick.ops.copy import copy_image, tag_image
+from derrick.ops.push import DEFAULT_JOBS, TransferStats, push, put_blob
+from derrick.reference import Reference
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_TRANSPORTS = ("oci:", "oci-archive:", "docker-archive:")
+
+
+def parse_size(value: str) -> int:
+    """Bytes from ``123``, ``64K``, ``64MiB``, ``1G`` (binary units)."""
+    m = _SIZE_RE.match(value)
+    if not m:
+        raise UsageError(
+            f"invalid size {value!r}", hint="give bytes, or a number with K, M or G (e.g. 64MiB)"
+        )
+    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def _size_callback(ctx: click.Context, param: click.Parameter, value: str | int) -> int:
+    if isinstance(value, int):
+        return value
+    try:
+        return parse_size(value)
+    except UsageError as e:
+        raise click.BadParameter(str(e), ctx, param) from None
+
+
+def _chunk_size(size: int) -> int | None:
+    return size or None
+
+
+def chunk_size_option(f: Any) -> Any:
+    return click.option(
+        "--chunk-size",
+        default="64MiB",
+        callback=_size_callback,
+        metavar="SIZE",
+        show_default=True,
+        help="Blobs up to SIZE go up in one request, larger ones in chunks of SIZE "
+        "(0: always one request).",
+    )(f)
+
+
+def jobs_option(f: Any) -> Any:
+    return click.option(
+        "-j",
+        "--jobs",
+        type=click.IntRange(1, 64),
+        default=DEFAULT_JOBS,
+        show_default=True,
+        help="Blobs to transfer at once.",
+    )(f)
+
+
+def _split_source(src: str, tag: str | None) -> tuple[str, str | None]:
+    """``DIR``, ``DIR:NAME`` or ``FILE:NAME`` (optionally ``oci:``-style prefixed)."""
+    for prefix in _TRANSPORTS:
+        if src.startswith(prefix) and not Path(src).exists():
+            src = src[len(prefix) :]
+            break
+    name = None
+    if not Path(src).exists() and ":" in src:
+        path, _, name = src.rpartition(":")
+        if Path(path).exists():
+            src = path
+        else:
+            name = None
+    if name is not None and tag is not None:
+        raise UsageError(f"the image is named twice: {name!r} in SRC and {tag!r} by --tag")
+    return src, name if name is not None else tag
+
+
+def _stats_json(stats: TransferStats) -> dict[str, int]:
+    return {
+        "uploadedBlobs": stats.uploaded,
+        "uploadedBytes": stats.uploaded_bytes,
+        "mountedBlobs": stats.mounted,
+        "skippedBlobs": stats.skipped,
+    }
+
+
+def _stats_text(stats: TransferStats) -> str:
+    parts = [f"{stats.uploaded} blobs uploaded ({human_size(stats.uploaded_bytes)})"]
+    if stats.mounted:
+        parts.append(f"{stats.mounted} mounted")
+    parts.append(f"{stats.skipped} already there")
+    return ", ".join(parts)
+
+
+@image_group.command("push")
+@click.argument("src")
+@click.argument("reference")
+@click.option("--tag", "name", help="Which image of SRC to push: its tag (ref name) or RepoTag.")
+@jobs_option
+@chunk_size_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@format_option()
+@connection_options
+def image_push(
+    src: str,
+    reference: str,
+    name: str | None,
+    jobs: int,
+    chunk_size: int,
+    quiet: bool,
+    fmt: str,
+    opts: Options,
+) -> None:
+    """Push an image from SRC on disk to REFERENCE.
+
+    SRC is an OCI layout directory, an OCI archive or a docker-archive
+    (docker save, legacy or OCI style).  Pick one of several images with
+    DIR:TAG or --tag; the only one is the default.  Digests are preserved.
+
+    \b
+    Examples:
+      derrick image push ./app-layout:1.0 localhost:5000/team/app:1.0
+      derrick image push app.tar localhost:5000/team/app:1.0 --tag app:1.0
+    """
+    path, image_name = _split_source(src, name)
+    ref = parse_ref(reference)
+    with opts.client(ref.registry) as client, contextlib.ExitStack() as stack:
+        bar = None
+        if wants_progress(quiet):
+            bar = stack.enter_context(BlobProgress(0, label=ref.familiar()))
+        result = push(
+            client,
+            path,
+            ref,
+            image_name,
+            jobs=jobs,
+            chunk_size=_chunk_size(chunk_size),
+            progress=bar,
+        )
+    if fmt == "json":
+        emit_json(
+            {
+                "source": result.source,
+                "reference": str(ref),
+                "digest": str(result.digest),
+                "mediaType": result.media_type,
+                "manifests": [str(d) for d in result.manifests],
+                **_stats_json(result.stats),
+            }
+        )
+    elif not quiet:
+        click.echo(
+            f"Pushed {path} to {ref} ({result.digest}): {_stats_text(result.stats)}", err=True
+        )
+
+
+@image_group.command("copy")
+@click.argument("src_ref")
+@click.argument("dst_ref")
+@click.option("--all-platforms", is_flag=True, help="Copy a multi-platform index whole.")
+@platform_option
+@jobs_option
+@chunk_size_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@format_option()
+@connection_options
+def image_copy(
+    src_ref: str,
+    dst_ref: str,
+    all_platforms: bool,
+    platform: str | None,
+    jobs: int,
+    chunk_size: int,
+    quiet: bool,
+    fmt: str,
+    opts: Options,
+) -> None:
+    """Copy SRC_REF to DST_REF, registry to registry, preserving digests.
+
+    Blobs stream straight through (nothing is stored locally) and are
+    verified on the way; on one registry they are mounted instead.  Without
+    --all-platforms one platform of an index is copied (--platform, default
+    this machine's).  DST_REF without a tag takes SRC_REF's.  --username
+    applies to the destination registry.
+
+    \b
+    Examples:
+      derrick image copy docker.io/library/alpine:3.20 localhost:5000/mirror/alpine:3.20
+      derrick image copy --all-platforms reg-a:5000/app:1 reg-b:5000/app:1 -j 8
+    """
+    if all_platforms and platform:
+        raise UsageError("--platform and --all-platforms exclude each other")
+    src = parse_ref(src_ref)
+    dst = Reference.parse(dst_ref, default_tag=None)
+    with opts.client(dst.registry) as client, contextlib.ExitStack() as stack:
+        bar = None
+        if wants_progress(quiet):
+            bar = stack.enter_context(BlobProgress(0, label=dst.familiar()))
+        result = copy_image(
+            client,
+            src,
+            dst,
+            platform=parse_platform(platform),
+            all_platforms=all_platforms,
+            jobs=jobs,
+            chunk_size=_chunk_size(chunk_size),
+            progress=bar,
+        )
+    if fmt == "json":
+        emit_json(
+            {
+                "source": str(result.src),
+                "destination": str(result.dst),
+                "digest": str(result.digest),
+                "mediaType": result.media_type,
+                "manifests": [str(d) for d in result.manifests],
+                **_stats_json(result.stats),
+            }
+        )
+    elif not quiet:
+        click.echo(
+            f"Copied {src} to {result.dst} ({result.digest}): {_stats_text(result.stats)}",
+            err=True,
+        )
+
+
+# -- tag ---------------------------------------------------------------------------------------
+
+
+class _TagGroup(click.Group):
+    """``derrick tag ls REPO`` and friends, plus ``derrick tag REF NEWTAG`` for ``tag add``."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in self.commands:
+            return "add", self.commands["add"], args
+        return super().resolve_command(ctx, args)
+
+
+tag_group.__class__ = _TagGroup
+tag_group.ignore_unknown_options = True  # "derrick tag --insecure REF NEWTAG" goes to add
+tag_group.help = "List tags of a repository, or tag an image: derrick tag REF NEWTAG."
+tag_group.short_help = "List tags, or tag an image."
+
+
+@tag_group.command("add")
+@click.argument("reference")
+@click.argument("tags", nargs=-1, required=True)
+@format_option()
+@connection_options
+def tag_add(reference: str, tags: tuple[str, ...], fmt: str, opts: Options) -> None:
+    """Put TAGS on the image REFERENCE names, in the same repository.
+
+    Only the manifest is read and written again; no blob moves.
+    "derrick tag REF NEWTAG" is short for "derrick tag add REF NEWTAG".
+
+    \b
+    Example:
+      derrick tag localhost:5000/team/app:1.0 stable latest
+    """
+    ref = parse_ref(reference)
+    targets = [ref.with_tag(t) for t in tags]
+    with opts.client(ref.registry) as client:
+        got = tag_image(client, ref, tags)
+    if fmt == "json":
+        emit_json({"digest": str(got.digest), "tagged": [str(t) for t in targets]})
+    else:
+        for t in targets:
+            click.echo(f"Tagged {t} ({got.digest})", err=True)
+
+
+# -- delete ------------------------------------------------------------------------------------
+
+
+@manifest_group.command("delete")
+@click.argument("reference")
+@format_option()
+@connection_options
+def manifest_delete(reference: str, fmt: str, opts: Options) -> None:
+    """Delete the manifest REFERENCE names (a tag is resolved to its digest).
+
+    Every tag on that manifest goes with it.
+
+    \b
+    Example:
+      derrick manifest delete localhost:5000/team/app@sha256:4f1c…
+    """
+    ref = parse_ref(reference)
+    with opts.client(ref.registry) as client:
+        if ref.digest is None:
+            ref = ref.with_digest(client.head_manifest(ref).descriptor.digest)
+        client.delete_manifest(ref)
+    if fmt == "json":
+        emit_json({"deleted": str(ref), "digest": str(ref.digest)})
+    else:
+        click.echo(f"Deleted manifest {ref.digest} from {ref.name}", err=True)
+
+
+@blob_group.command("put")
+@click.argument("repository")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@chunk_size_option
+@format_option()
+@connection_options
+def blob_put(repository: str, file: Path, chunk_size: int, fmt: str, opts: Options) -> None:
+    """Upload FILE as a blob of REPOSITORY and print its digest.
+
+    A blob the repository already has is not sent again.  The size the
+    registry reports afterwards is checked.
+
+    \b
+    Example:
+      derrick blob put localhost:5000/team/app ./config.json
+    """
+    ref = parse_ref(repository)
+    with opts.client(ref.registry) as client:
+        desc, uploaded = put_blob(client, ref, file, chunk_size=_chunk_size(chunk_size))
+    if fmt == "json":
+        emit_json({"digest": str(desc.digest), "size": desc.size, "uploaded": uploaded})
+    else:
+        click.echo(str(desc.digest))
+
+
+@blob_group.command("delete")
+@click.argument("repository")
+@click.argument("digest")
+@connection_options
+def blob_delete(repository: str, digest: str, opts: Options) -> None:
+    """Delete blob DIGEST from REPOSITORY.
+
+    \b
+    Example:
+      derrick blob delete localhost:5000/team/app sha256:4f1c…
+    """
+    ref = parse_ref(repository)
+    dg = Digest.parse(digest)
+    with opts.client(ref.registry) as client:
+        client.delete_blob(ref, dg)
+    click.echo(f"Deleted blob {dg} from {ref.name}", err=True)
