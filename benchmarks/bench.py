@@ -35,6 +35,7 @@ from tests.support.images import make_big_image, push_with_skopeo  # noqa: E402
 from tests.support.registry import RegistryProcess, start_registry  # noqa: E402
 
 MiB = 1024 * 1024
+GNU_TIME = "/usr/bin/time"
 
 
 @dataclass
@@ -59,15 +60,27 @@ class Case:
 
 
 def run_measured(cmd: list[str], env: dict[str, str]) -> Sample:
-    """Run ``cmd``; its wall time and its own peak RSS (from wait4's rusage)."""
+    """Run ``cmd``; its wall time and its own peak RSS.
+
+    The command runs under GNU time: a child forked straight from this (large)
+    Python process would inherit its resident size as a starting high-water mark.
+    """
+    rss_file = Path(tempfile.mkstemp(prefix="derrick-bench-rss-")[1])
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, rusage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(
+        [GNU_TIME, "-f", "%M", "-o", str(rss_file), *cmd],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        check=False,
+    )
     elapsed = time.perf_counter() - start
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
+    rss = rss_file.read_text().strip().splitlines()
+    rss_file.unlink()
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace")
         raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{err}")
-    return Sample(elapsed, rusage.ru_maxrss)
+    return Sample(elapsed, int(rss[-1]))
 
 
 def settle() -> None:
@@ -88,6 +101,8 @@ def main() -> None:
     ap.add_argument("--only", choices=["pull", "copy"], default=None)
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temp dir under /var/tmp")
     args = ap.parse_args()
+    if not Path(GNU_TIME).exists():
+        raise SystemExit(f"{GNU_TIME} is needed to measure peak memory: apt-get install time")
 
     work = Path(tempfile.mkdtemp(prefix="derrick-bench-", dir=args.workdir or "/var/tmp"))
     regs: list[RegistryProcess] = []
@@ -104,58 +119,105 @@ def main() -> None:
         src = start_registry(work / "reg-src", name="src")
         regs.append(src)
         push_with_skopeo(image, "big", src, "bench/big")
-        dst = start_registry(work / "reg-dst", name="dst")
-        regs.append(dst)
         src_ref = f"{src.host}/bench/big:big"
 
         jobs = ["--jobs", str(args.jobs)] if args.jobs else []
         derrick = [sys.executable, "-m", "derrick.cli.main"]
         cases: dict[str, dict[str, Case]] = {}
 
-        def measure(name: str, tool: str, make_cmd: Callable[[Path, int], list[str]]) -> None:
+        def measure(name: str, tool: str, make_cmd: Callable[[Path], list[str]]) -> None:
             case = cases.setdefault(name, {}).setdefault(tool, Case(name, tool))
             scratch = work / "scratch"
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir()
             run_env = dict(env, DERRICK_CACHE_DIR=str(scratch / "cache"))
             settle()
-            case.samples.append(run_measured(make_cmd(scratch, len(case.samples)), run_env))
+            case.samples.append(run_measured(make_cmd(scratch), run_env))
             shutil.rmtree(scratch, ignore_errors=True)
 
+        def fresh_destination(n: int) -> RegistryProcess:
+            """An empty registry, so no run can mount or skip what an earlier one pushed."""
+            reg = start_registry(work / f"reg-dst-{n}", name=f"dst{n}")
+            regs.append(reg)
+            return reg
+
         sk = skopeo_base(home)
+        from_src = [*sk, "copy", "-q", "--src-tls-verify=false"]
         for run in range(args.runs):
             print(f"run {run + 1}/{args.runs} ...", file=sys.stderr)
             if args.only in (None, "pull"):
-                measure("pull to OCI layout", "derrick", lambda d, _i: [
-                    *derrick, "image", "pull", "-q", *jobs, src_ref, "-o", str(d / "oci")])
-                measure("pull to OCI layout", "skopeo", lambda d, _i: [
-                    *sk, "copy", "-q", "--src-tls-verify=false", f"docker://{src_ref}",
-                    f"oci:{d / 'oci'}:big"])
-                measure("pull to docker-archive", "derrick", lambda d, _i: [
-                    *derrick, "image", "pull", "-q", *jobs, src_ref, "-o", str(d / "img.tar")])
-                measure("pull to docker-archive", "skopeo", lambda d, _i: [
-                    *sk, "copy", "-q", "--src-tls-verify=false", f"docker://{src_ref}",
-                    f"docker-archive:{d / 'img.tar'}:bench/big:big"])
+                measure(
+                    "pull to OCI layout",
+                    "derrick",
+                    lambda d: [*derrick, "image", "pull", "-q", *jobs, src_ref, "-o", f"{d}/oci"],
+                )
+                measure(
+                    "pull to OCI layout",
+                    "skopeo",
+                    lambda d: [*from_src, f"docker://{src_ref}", f"oci:{d}/oci:big"],
+                )
+                measure(
+                    "pull to docker-archive",
+                    "derrick",
+                    lambda d: [*derrick, "image", "pull", "-q", *jobs, src_ref, "-o", f"{d}/i.tar"],
+                )
+                measure(
+                    "pull to docker-archive",
+                    "skopeo",
+                    lambda d: [
+                        *from_src,
+                        f"docker://{src_ref}",
+                        f"docker-archive:{d}/i.tar:bench/big:big",
+                    ],
+                )
             if args.only in (None, "copy"):
-                measure("copy registry to registry", "derrick", lambda d, i: [
-                    *derrick, "image", "copy", "-q", *jobs, src_ref,
-                    f"{dst.host}/bench/derrick-{run}:big"])
-                measure("copy registry to registry", "skopeo", lambda d, i: [
-                    *sk, "copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false",
-                    f"docker://{src_ref}", f"docker://{dst.host}/bench/skopeo-{run}:big"])
+                dst_d = fresh_destination(2 * run).host
+                measure(
+                    "copy registry to registry",
+                    "derrick",
+                    lambda d, h=dst_d: [
+                        *derrick,
+                        "image",
+                        "copy",
+                        "-q",
+                        *jobs,
+                        src_ref,
+                        f"{h}/bench/big:big",
+                    ],
+                )
+                dst_s = fresh_destination(2 * run + 1).host
+                measure(
+                    "copy registry to registry",
+                    "skopeo",
+                    lambda d, h=dst_s: [
+                        *from_src,
+                        "--dest-tls-verify=false",
+                        f"docker://{src_ref}",
+                        f"docker://{h}/bench/big:big",
+                    ],
+                )
+                for reg in regs[1:]:
+                    reg.stop()
+                del regs[1:]
 
         print()
-        print(f"image: {args.layers} layers, {total / MiB:.0f} MiB; runs: {args.runs}; "
-              f"cores: {os.cpu_count()}")
-        header = f"{'case':28} {'tool':8} {'median s':>9} {'MB/s':>8} {'peak RSS MiB':>13} {'ratio':>7}"
+        print(
+            f"image: {args.layers} layers, {total / MiB:.0f} MiB; runs: {args.runs}; "
+            f"cores: {os.cpu_count()}"
+        )
+        header = (
+            f"{'case':28} {'tool':8} {'median s':>9} {'MB/s':>8} {'peak RSS MiB':>13} {'ratio':>7}"
+        )
         print(header)
         print("-" * len(header))
         for name, tools in cases.items():
             base = tools.get("skopeo")
             for tool, case in tools.items():
                 ratio = f"{case.median / base.median:.2f}" if base and tool == "derrick" else ""
-                print(f"{name:28} {tool:8} {case.median:9.2f} {total / case.median / 1e6:8.0f} "
-                      f"{case.peak_rss_mib:13.1f} {ratio:>7}")
+                print(
+                    f"{name:28} {tool:8} {case.median:9.2f} {total / case.median / 1e6:8.0f} "
+                    f"{case.peak_rss_mib:13.1f} {ratio:>7}"
+                )
     finally:
         for r in regs:
             r.stop()
