@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 
 from derrick.digest import Verifier
-from derrick.errors import DerrickError, DigestMismatchError
+from derrick.errors import DerrickError, DigestMismatchError, TransportError
 from derrick.manifest import Descriptor
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
@@ -28,6 +28,14 @@ Progress = Callable[[int], None]
 
 class Cancelled(DerrickError):
     """The operation was cancelled because another part of it failed."""
+
+
+class _BrokeOff(Exception):
+    """The body of a download broke off after it had begun: worth resuming."""
+
+    def __init__(self, error: TransportError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class Region:
@@ -114,19 +122,21 @@ def _fill(
     written: Callable[[int], None] | None,
     received: list[int],
 ) -> None:
-    """Download what ``verifier`` has not seen yet, retrying transient failures."""
+    """Download what ``verifier`` has not seen yet, resuming a body that breaks off.
+
+    Failures before a body begins (a refused connection, 5xx, 429) were already
+    retried by the transport, and a 404 will not mend: those end the download.
+    """
     attempts = 0
     while verifier.count < desc.size:
         try:
             _stream(client, ref, desc, region, verifier, progress, cancelled, written, received)
-        except (DigestMismatchError, Cancelled):
-            raise
-        except DerrickError:
+        except _BrokeOff as e:
             attempts += 1
             if attempts > client.transport.retry.retries or (
                 cancelled is not None and cancelled.is_set()
             ):
-                raise
+                raise e.error from None
             client.transport.retry_sleep(attempts - 1)
             continue
         break
@@ -151,14 +161,17 @@ def _stream(
                 progress(-offset)
             verifier.reset()
         pos = verifier.count
-        for chunk in stream.chunks():
-            if cancelled is not None and cancelled.is_set():
-                raise Cancelled("cancelled")
-            received[0] += len(chunk)
-            verifier.update(chunk)
-            region.write_at(pos, chunk)
-            pos += len(chunk)
-            if progress:
-                progress(len(chunk))
-            if written:
-                written(pos)
+        try:
+            for chunk in stream.chunks():
+                if cancelled is not None and cancelled.is_set():
+                    raise Cancelled("cancelled")
+                received[0] += len(chunk)
+                verifier.update(chunk)
+                region.write_at(pos, chunk)
+                pos += len(chunk)
+                if progress:
+                    progress(len(chunk))
+                if written:
+                    written(pos)
+        except TransportError as e:  # raised by the stream only: the rest can be asked for
+            raise _BrokeOff(e) from None

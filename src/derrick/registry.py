@@ -165,8 +165,15 @@ class BlobStream:
 def _stream_error(e: Exception, resp: httpx.Response) -> DerrickError:
     from derrick.errors import TransportError
 
+    url = redact_url(resp.request.url)
+    if isinstance(e, httpx.TimeoutException):
+        return TransportError(
+            f"download from {url} timed out: nothing arrived for longer than the timeout",
+            hint="raise --timeout, or run the command again; finished blobs are kept "
+            "and partial ones resume",
+        )
     return TransportError(
-        f"download from {redact_url(resp.request.url)} broke off: {e or type(e).__name__}",
+        f"download from {url} broke off: {e or type(e).__name__}",
         hint="run the command again; finished blobs are kept and partial ones resume",
     )
 

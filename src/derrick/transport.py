@@ -13,6 +13,7 @@ credentials).
 from __future__ import annotations
 
 import email.utils
+import functools
 import ipaddress
 import logging
 import random
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpcore
@@ -44,6 +46,35 @@ _http11 = getattr(getattr(httpcore, "_sync", None), "http11", None)
 _conn_cls = getattr(_http11, "HTTP11Connection", None)
 if _conn_cls is not None and getattr(_conn_cls, "READ_NUM_BYTES", 0) < SOCKET_READ_SIZE:
     _conn_cls.READ_NUM_BYTES = SOCKET_READ_SIZE
+
+
+def _atomic_expiry_check(has_expired: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """``HTTP11Connection.has_expired`` with the connection's state lock held.
+
+    httpcore (1.0.9) decides a pooled connection is dead when it is idle and its
+    socket is readable, reading the state and polling the socket apart.  With
+    many threads on one pool, a request handed that connection can start in
+    between and get its answer back: the socket is readable, the connection is
+    closed under the request, and the request hangs until its read timeout
+    (seen as 30 s stalls when 20 copies share 4 connections).  Taking the lock
+    the request takes to start makes the check see one state or the other.
+    """
+
+    @functools.wraps(has_expired)
+    def checked(self: Any) -> bool:
+        lock = getattr(self, "_state_lock", None)
+        if lock is None:
+            return has_expired(self)
+        with lock:
+            return has_expired(self)
+
+    checked.__derrick_atomic__ = True  # type: ignore[attr-defined]
+    return checked
+
+
+_has_expired = getattr(_conn_cls, "has_expired", None)
+if _has_expired is not None and not getattr(_has_expired, "__derrick_atomic__", False):
+    _conn_cls.has_expired = _atomic_expiry_check(_has_expired)  # type: ignore[union-attr]
 
 #: Status codes that are worth another try.
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -185,6 +216,7 @@ class Transport:
         self._clients: dict[tuple[str, bool], httpx.Client] = {}
         self._schemes: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._discovery = threading.Lock()
 
     # -- configuration -----------------------------------------------------------------
 
@@ -236,8 +268,13 @@ class Transport:
         ``http://host``.  Decided once per host by trying https first."""
         scheme = self._schemes.get(host)
         if scheme is None:
-            scheme = self._discover_scheme(host)
-            self._schemes[host] = scheme
+            # One probe per host: threads starting at once wait for it, rather than each
+            # opening probe connections beside the connection limit.
+            with self._discovery:
+                scheme = self._schemes.get(host)
+                if scheme is None:
+                    scheme = self._discover_scheme(host)
+                    self._schemes[host] = scheme
         return f"{scheme}://{host}"
 
     def _discover_scheme(self, host: str) -> str:
@@ -356,11 +393,19 @@ class Transport:
     def _transport_error(self, e: Exception, url: str | httpx.URL) -> DerrickError:
         shown = redact_url(url)
         host = httpx.URL(str(url)).netloc.decode("ascii")
+        certs = self.tls.certs_dir or Path("/etc/docker/certs.d")
+        if _is_client_cert_problem(e):
+            return TLSError(
+                f"{host} refused the TLS connection: it asks for a client certificate "
+                f"({_short(e)})",
+                hint=f"put the certificate and its key in {certs / host}/client.cert "
+                "and client.key",
+            )
         if isinstance(e, httpx.ConnectError) and _is_cert_problem(e):
             return TLSError(
                 f"TLS certificate of {host} could not be verified ({_short(e)})",
                 hint="pass the registry's CA with --ca-cert FILE, "
-                f"or put it in /etc/docker/certs.d/{host}/ca.crt, or use --insecure",
+                f"or put it in {certs / host / 'ca.crt'}, or use --insecure",
             )
         if isinstance(e, httpx.ConnectError) and _is_tls_problem(e):
             return TLSError(
@@ -377,7 +422,10 @@ class Transport:
                 f"cannot connect to registry {host}: {_short(e)}",
                 hint="check the host name and port, and that the registry is running",
             )
-        return TransportError(f"connection to {host} failed: {_short(e)} ({shown})")
+        return TransportError(
+            f"connection to {host} failed: {_short(e)} ({shown})",
+            hint="the connection was dropped; run the command again, or raise --retries",
+        )
 
 
 def _short(e: Exception) -> str:
@@ -398,9 +446,17 @@ def _is_tls_problem(e: Exception) -> bool:
     )
 
 
+def _is_client_cert_problem(e: Exception) -> bool:
+    """The server's TLS alert for a client certificate it wanted and did not get (or refused)."""
+    s = str(e).lower()
+    return "alert bad certificate" in s or "alert certificate required" in s
+
+
 def _retryable_exc(e: Exception) -> bool:
     if isinstance(e, httpx.ConnectError) and (_is_tls_problem(e) or _is_refused(e)):
         return False  # a wrong port or a TLS mismatch will not mend itself
+    if _is_client_cert_problem(e):
+        return False
     return isinstance(
         e,
         httpx.TimeoutException

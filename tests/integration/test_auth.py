@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from support.cli import Cli, Isolation, isolate, run_subprocess
+from support.faultproxy import FaultProxy, RecordedRequest, Reply
 from support.images import LayoutImage
-from support.proxy import ProxyServer, RecordedRequest, Reply
 from support.registry import RegistryProcess
 from support.seed import SeededRegistries
 from support.tokenserver import TokenServer
@@ -128,7 +128,7 @@ def test_login_over_plain_http_needs_insecure(
     cli: Cli, env: Isolation, seeded: SeededRegistries
 ) -> None:
     reg = seeded.basic.registry
-    with ProxyServer(reg.url) as proxy:
+    with FaultProxy(reg.url) as proxy:
         argv = ["login", proxy.host, "-u", "tester", "--password-stdin"]
         line = cli(*argv, stdin="tester-secret\n").failed()
         assert not any("authorization" in q.headers for q in proxy.requests)
@@ -270,7 +270,7 @@ def test_client_reuses_one_token_across_calls(
 # -- credentials never go elsewhere ----------------------------------------------------------
 
 
-def _storage(layout: LayoutImage) -> ProxyServer:
+def _storage(layout: LayoutImage) -> FaultProxy:
     """A "storage" server that serves the layout's blobs at ``/blobs/<digest>``."""
 
     def route(req: RecordedRequest) -> Reply | None:
@@ -280,16 +280,16 @@ def _storage(layout: LayoutImage) -> ProxyServer:
             return Reply(200, body, {"Content-Type": "application/octet-stream"})
         return Reply(404, b"no such blob")
 
-    return ProxyServer(route=route)
+    return FaultProxy(route=route)
 
 
 @pytest.fixture
-def storage(test_images: dict[str, LayoutImage]) -> Iterator[ProxyServer]:
+def storage(test_images: dict[str, LayoutImage]) -> Iterator[FaultProxy]:
     with _storage(test_images["single"]) as server:
         yield server
 
 
-def _redirecting_proxy(reg: RegistryProcess, storage_base: str) -> ProxyServer:
+def _redirecting_proxy(reg: RegistryProcess, storage_base: str) -> FaultProxy:
     def route(req: RecordedRequest) -> Reply | None:
         if req.method == "GET" and "/blobs/sha256:" in req.route:
             # answer only once authorised, as a real registry would
@@ -299,7 +299,7 @@ def _redirecting_proxy(reg: RegistryProcess, storage_base: str) -> ProxyServer:
             return Reply.redirect(f"{storage_base}/blobs/{digest}?X-Amz-Signature=abc123")
         return None
 
-    return ProxyServer(reg.url, route=route)
+    return FaultProxy(reg.url, route=route)
 
 
 @pytest.mark.parametrize("storage_host", ["localhost", "127.0.0.1"])
@@ -307,7 +307,7 @@ def _redirecting_proxy(reg: RegistryProcess, storage_base: str) -> ProxyServer:
 def test_blob_redirect_drops_authorization(
     cli: Cli,
     seeded: SeededRegistries,
-    storage: ProxyServer,
+    storage: FaultProxy,
     test_images: dict[str, LayoutImage],
     storage_host: str,
     mode: str,
@@ -346,7 +346,7 @@ def test_manifest_redirect_to_same_origin_keeps_authorization(
             return Reply.redirect("/v2/test/single/manifests/v1")
         return None
 
-    with ProxyServer(reg.url, route=route) as proxy:
+    with FaultProxy(reg.url, route=route) as proxy:
         argv = ["manifest", "head", f"{proxy.host}/test/single:moved", "--insecure"]
         r = cli(*argv, "-u", "tester", "--password-stdin", stdin="tester-secret").ok()
         assert r.out.strip() == img.digest
@@ -360,7 +360,7 @@ def test_credentials_not_sent_over_plain_http_without_insecure(
     cli: Cli, seeded: SeededRegistries
 ) -> None:
     reg = seeded.basic.registry
-    with ProxyServer(reg.url) as proxy:
+    with FaultProxy(reg.url) as proxy:
         argv = ["tag", "ls", f"{proxy.host}/test/single", "-u", "tester", "--password-stdin"]
         line = cli(*argv, stdin="tester-secret").failed()
         assert proxy.requests

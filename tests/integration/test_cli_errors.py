@@ -2,7 +2,7 @@
 
 Each message must say what failed and what to try.  Faults a real registry will not produce
 (HTML where JSON belongs, broken manifests, wrong digests, 5xx) come from small loopback
-servers in :mod:`support.proxy`.
+servers in :mod:`support.faultproxy`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from support.cli import Cli, Isolation, isolate, run_subprocess
+from support.faultproxy import FaultProxy, RecordedRequest, Reply
 from support.images import OCI_MANIFEST, LayoutImage
-from support.proxy import ProxyServer, RecordedRequest, Reply
 from support.registry import free_port
 from support.seed import SeededRegistries
 
@@ -163,7 +163,7 @@ def test_plain_http_registry_where_tls_is_expected(cli: Cli, seeded: SeededRegis
     if addr is None:
         pytest.skip("this machine has no non-loopback address")
     reg = seeded.open.registry
-    with ProxyServer(reg.url, bind=addr) as proxy:
+    with FaultProxy(reg.url, bind=addr) as proxy:
         ref = f"{proxy.host}/test/single:v1"
         line = cli("manifest", "head", ref).failed()
         assert proxy.host in line
@@ -268,26 +268,26 @@ def _garbage_route(single: LayoutImage) -> Callable[[RecordedRequest], Reply | N
 
 
 @pytest.fixture
-def garbage(test_images: dict[str, LayoutImage]) -> Iterator[ProxyServer]:
-    with ProxyServer(route=_garbage_route(test_images["single"])) as server:
+def garbage(test_images: dict[str, LayoutImage]) -> Iterator[FaultProxy]:
+    with FaultProxy(route=_garbage_route(test_images["single"])) as server:
         yield server
 
 
-def test_html_instead_of_tag_list(cli: Cli, garbage: ProxyServer) -> None:
+def test_html_instead_of_tag_list(cli: Cli, garbage: FaultProxy) -> None:
     line = cli("tag", "ls", f"{garbage.host}/html/repo").failed()
     assert "html/repo" in line
     assert "not JSON" in line
     assert "really a container registry" in line
 
 
-def test_tag_list_of_the_wrong_shape(cli: Cli, garbage: ProxyServer) -> None:
+def test_tag_list_of_the_wrong_shape(cli: Cli, garbage: FaultProxy) -> None:
     line = cli("tag", "ls", f"{garbage.host}/notalist/repo").failed()
     assert "no list of strings under 'tags'" in line
     line = cli("tag", "ls", f"{garbage.host}/loop/repo", "--limit", "1").failed()
     assert "pagination loops" in line
 
 
-def test_deeply_nested_json(cli: Cli, garbage: ProxyServer) -> None:
+def test_deeply_nested_json(cli: Cli, garbage: FaultProxy) -> None:
     line = cli("tag", "ls", f"{garbage.host}/deep/repo").failed()
     assert "deep/repo" in line
     line = cli("manifest", "get", f"{garbage.host}/deep/repo:v1").failed()
@@ -296,7 +296,7 @@ def test_deeply_nested_json(cli: Cli, garbage: ProxyServer) -> None:
     assert "HTTP 500" in line
 
 
-def test_invalid_manifests(cli: Cli, garbage: ProxyServer) -> None:
+def test_invalid_manifests(cli: Cli, garbage: FaultProxy) -> None:
     line = cli("manifest", "get", f"{garbage.host}/broken/repo:v1").failed()
     assert "broken/repo:v1" in line and "not valid JSON" in line
     line = cli("image", "inspect", f"{garbage.host}/html/repo:v1").failed()
@@ -306,7 +306,7 @@ def test_invalid_manifests(cli: Cli, garbage: ProxyServer) -> None:
 
 
 def test_content_not_matching_its_digest(
-    cli: Cli, garbage: ProxyServer, test_images: dict[str, LayoutImage], tmp_path: Path
+    cli: Cli, garbage: FaultProxy, test_images: dict[str, LayoutImage], tmp_path: Path
 ) -> None:
     single = test_images["single"]
     line = cli("manifest", "get", f"{garbage.host}/lying/repo:v1").failed()
@@ -326,7 +326,7 @@ def test_content_not_matching_its_digest(
     assert r.stdout == b""  # nothing unverified reached stdout
 
 
-def test_web_server_that_is_not_a_registry(cli: Cli, garbage: ProxyServer) -> None:
+def test_web_server_that_is_not_a_registry(cli: Cli, garbage: FaultProxy) -> None:
     line = cli("manifest", "head", f"{garbage.host}/some/thing:v1").failed()
     assert "some/thing:v1" in line and "not found" in line
     line = cli("repo", "ls", garbage.host).failed()
@@ -342,7 +342,7 @@ def test_server_errors_are_retried_then_reported(cli: Cli, seeded: SeededRegistr
             return Reply(503, json.dumps(body).encode(), {"Content-Type": "application/json"})
         return None
 
-    with ProxyServer(reg.url, route=route) as proxy:
+    with FaultProxy(reg.url, route=route) as proxy:
         ref = f"{proxy.host}/test/single:v1"
         line = cli("manifest", "get", ref, "--retries", "1").failed()
         assert len(proxy.requests_to("/v2/test/single/manifests/v1")) == 2
@@ -365,7 +365,7 @@ def test_rate_limited(cli: Cli, seeded: SeededRegistries) -> None:
             return Reply(429, json.dumps(body).encode(), headers)
         return None
 
-    with ProxyServer(reg.url, route=route) as proxy:
+    with FaultProxy(reg.url, route=route) as proxy:
         line = cli("manifest", "get", f"{proxy.host}/test/single:v1").failed()
         # a Retry-After longer than derrick will wait is not waited for
         assert len(proxy.requests_to("/v2/test/single/manifests/v1")) == 1
@@ -382,7 +382,7 @@ def test_output_directory_missing(cli: Cli, seeded: SeededRegistries, tmp_path: 
 
 
 def test_connection_broken_mid_body(
-    cli: Cli, garbage: ProxyServer, test_images: dict[str, LayoutImage], tmp_path: Path
+    cli: Cli, garbage: FaultProxy, test_images: dict[str, LayoutImage], tmp_path: Path
 ) -> None:
     layer = test_images["single"].image.layers[0].digest
     out = tmp_path / "out"
@@ -394,7 +394,7 @@ def test_connection_broken_mid_body(
     assert "broke off" in line
 
 
-def test_timeout(cli: Cli, garbage: ProxyServer) -> None:
+def test_timeout(cli: Cli, garbage: FaultProxy) -> None:
     argv = ["manifest", "get", f"{garbage.host}/slow/repo:v1", "--timeout", "0.3", "--retries", "0"]
     line = cli(*argv).failed()
     assert "timed out" in line and garbage.host in line

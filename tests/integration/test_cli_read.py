@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from support.cli import Cli, Isolation, isolate, run_subprocess
+from support.faultproxy import FaultProxy, paginate_tags
 from support.images import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -24,7 +25,6 @@ from support.images import (
     OCI_MANIFEST,
     LayoutImage,
 )
-from support.proxy import ProxyServer, paginate_tags
 from support.rawclient import RawClient
 from support.registry import RegistryProcess
 from support.seed import SEEDED_NAMES, SeededRegistries
@@ -92,7 +92,7 @@ def test_tag_ls_follows_link_pagination(
         assert sorted(raw.tags(repo)) == sorted(tags)
 
     # The registry (2.8) does not page tags itself; the proxy cuts pages as the spec says.
-    with ProxyServer(reg.url) as proxy:
+    with FaultProxy(reg.url) as proxy:
         proxy.route = paginate_tags(proxy)
         r = cli("tag", "ls", f"{proxy.host}/{repo}", "--limit", "1", "--format", "json").ok()
         pages = [q for q in proxy.requests if q.route == f"/v2/{repo}/tags/list"]
@@ -127,7 +127,7 @@ def test_repo_ls_open_registry(cli: Cli, seeded: SeededRegistries) -> None:
 
 def test_repo_ls_follows_catalog_pagination(cli: Cli, seeded: SeededRegistries) -> None:
     reg = seeded.open.registry
-    with ProxyServer(reg.url) as proxy:
+    with FaultProxy(reg.url) as proxy:
         everything = lines(cli("repo", "ls", proxy.host).ok().out)
         assert len(proxy.requests_to("/v2/_catalog")) == 1
         proxy.clear()
@@ -388,7 +388,7 @@ RATE_HEADERS = {
 
 def test_ratelimit_reported(cli: Cli, seeded: SeededRegistries) -> None:
     reg = seeded.open.registry
-    with ProxyServer(reg.url, extra_headers=RATE_HEADERS) as proxy:
+    with FaultProxy(reg.url, extra_headers=RATE_HEADERS) as proxy:
         ref = f"{proxy.host}/test/single:v1"
         r = cli("ratelimit", ref).ok()
         assert field(r.out, "Limit") == "100"

@@ -34,7 +34,7 @@ from derrick.ops.pull import pull
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
 from support.cli import Cli, Isolation, isolate, run_subprocess
-from support.faultproxy import BlobFault, FaultProxy
+from support.faultproxy import Fault, FaultProxy
 from support.images import (
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,
@@ -536,7 +536,7 @@ def test_two_pulls_share_one_download(
     cache_root = tmp_path / "shared-cache"
     with FaultProxy(seeded.registry.url) as proxy:
         proxy.add_fault(
-            BlobFault(victim.digest, stall_after=victim.size // 2, flip_at=0 if corrupt else None)
+            Fault(victim.digest, stall_after=victim.size // 2, flip_at=0 if corrupt else None)
         )
         ref = Reference.parse(f"{proxy.host}/test/eight:v1")
         errors: list[BaseException] = []
@@ -617,7 +617,7 @@ def test_corrupt_blob_is_refused(
     layout = seeded["test/eight"].layout
     victim = layout.image.layers[3]
     with FaultProxy(seeded.registry.url) as proxy:
-        proxy.add_fault(BlobFault(victim.digest, flip_at=victim.size // 2, times=None))
+        proxy.add_fault(Fault(victim.digest, flip_at=victim.size // 2, times=None))
         ref = f"{proxy.host}/test/eight:v1"
         dest = tmp_path / ("out" if fmt == "oci" else "out.tar")
         line = cli("image", "pull", ref, "-o", dest, "--format", fmt, "--retries", "1").failed()

@@ -34,7 +34,7 @@ from derrick.ops.pull import pull
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
 from support.cli import Cli, Isolation, isolate
-from support.faultproxy import BlobFault, FaultProxy
+from support.faultproxy import Fault, FaultProxy
 from support.images import LayoutImage, make_big_image, push_with_skopeo
 from support.registry import RegistryProcess
 
@@ -176,7 +176,7 @@ def test_killed_pull_to_oci_layout_resumes(
 ) -> None:
     stall = 12 * MiB + 4321
     for digest in big.layers:
-        proxy.add_fault(BlobFault(digest, stall_after=stall))
+        proxy.add_fault(Fault(digest, stall_after=stall))
     dest = tmp_path / "layout"
     proc = start_pull(big.ref, dest)
     try:
@@ -205,7 +205,7 @@ def test_killed_pull_to_docker_archive_resumes(
 ) -> None:
     stall = 36 * MiB + 999
     for digest in big.layers:
-        proxy.add_fault(BlobFault(digest, stall_after=stall))
+        proxy.add_fault(Fault(digest, stall_after=stall))
     out = tmp_path / "big.tar"
     proc = start_pull(big.ref, out)
     try:
@@ -241,7 +241,7 @@ def test_cut_download_to_oci_layout_resumes(
 ) -> None:
     cut = 5 * MiB + 17
     first, second = big.layout.image.layers
-    proxy.add_fault(BlobFault(first.digest, cut_after=cut))
+    proxy.add_fault(Fault(first.digest, cut_after=cut))
     dest = tmp_path / "layout"
     line = cli("image", "pull", big.ref, "-o", dest, "--retries", "0").failed()
     assert first.digest in line
@@ -265,7 +265,7 @@ def test_cut_download_to_docker_archive_resumes(
 ) -> None:
     cut = 7 * MiB + 5
     first, second = big.layout.image.layers
-    proxy.add_fault(BlobFault(second.digest, cut_after=cut))
+    proxy.add_fault(Fault(second.digest, cut_after=cut))
     out = tmp_path / "big.tar"
     line = cli("image", "pull", big.ref, "-o", out, "--retries", "0").failed()
     assert second.digest in line
@@ -288,7 +288,7 @@ def test_corrupt_partial_archive_is_downloaded_again(
     """Bytes kept from an earlier run that turn out wrong cost a second download, not a failure."""
     cut = 3 * MiB
     first = big.layout.image.layers[0]
-    proxy.add_fault(BlobFault(first.digest, cut_after=cut))
+    proxy.add_fault(Fault(first.digest, cut_after=cut))
     out = tmp_path / "big.tar"
     cli("image", "pull", big.ref, "-o", out, "--retries", "0").failed()
     part = out.with_name(".big.tar.derrick-partial")

@@ -1,8 +1,9 @@
 """Run the real ``derrick`` CLI from tests, in-process or as a child process.
 
-:func:`isolate` points ``DOCKER_CONFIG``, ``HOME`` and ``DERRICK_CACHE_DIR`` at fresh
-directories under the test's ``tmp_path`` (and drops ``DOCKER_AUTH_CONFIG``), so nothing reads
-or writes the user's ``~/.docker``.  Every CLI test calls it (the test modules do so through an
+:func:`isolate` points ``DOCKER_CONFIG``, ``HOME``, ``DERRICK_CACHE_DIR`` and
+``DERRICK_CERTS_DIR`` at fresh directories under the test's ``tmp_path`` (and drops
+``DOCKER_AUTH_CONFIG``), so nothing reads or writes the user's ``~/.docker`` or
+``/etc/docker/certs.d``.  Every CLI test calls it (the test modules do so through an
 autouse fixture).
 
 :class:`Cli` runs ``derrick.cli.main.main(argv)`` in-process, capturing stdout and stderr as
@@ -30,6 +31,7 @@ class Isolation:
     docker_config: Path  #: the DOCKER_CONFIG directory
     home: Path
     cache: Path
+    certs_dir: Path  #: DERRICK_CERTS_DIR (per-registry CAs, client certificates): not created
 
     @property
     def config_json(self) -> Path:
@@ -37,16 +39,19 @@ class Isolation:
 
 
 def isolate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Isolation:
-    iso = Isolation(tmp_path / "docker-config", tmp_path / "home", tmp_path / "cache")
+    home = tmp_path / "home"
+    iso = Isolation(tmp_path / "docker-config", home, tmp_path / "cache", home / "certs.d")
     for d in (iso.docker_config, iso.home, iso.cache):
         d.mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("DOCKER_CONFIG", str(iso.docker_config))
     monkeypatch.setenv("HOME", str(iso.home))
     monkeypatch.setenv("DERRICK_CACHE_DIR", str(iso.cache))
+    monkeypatch.setenv("DERRICK_CERTS_DIR", str(iso.certs_dir))
     monkeypatch.delenv("DOCKER_AUTH_CONFIG", raising=False)
     monkeypatch.delenv("DERRICK_INSECURE", raising=False)
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
         monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.lower(), raising=False)
     return iso
 
 

@@ -4,7 +4,8 @@
 a work directory, starts ``docker-registry serve CONFIG`` on ``127.0.0.1`` with a free port,
 sends stdout and stderr to ``registry.log`` and waits until ``GET /v2/`` answers 200 or 401.
 
-Modes: ``auth="none"`` | ``"htpasswd"`` | ``"token"``, each with or without TLS.
+Modes: ``auth="none"`` | ``"htpasswd"`` | ``"token"``, each with or without TLS (and with TLS,
+optionally requiring a client certificate: ``client_cas=True``).
 Storage is the filesystem driver under ``<workdir>/storage`` with deletes enabled.
 """
 
@@ -95,6 +96,8 @@ class RegistryProcess:
     password: str | None = None
     users: dict[str, str] = field(default_factory=dict)  #: every known user -> password
     token_server: TokenServer | None = None
+    #: the registry asks for a client certificate signed by the test CA (``http.tls.clientcas``)
+    client_auth: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -112,9 +115,10 @@ class RegistryProcess:
         return (self.username, self.password)
 
     def verify(self) -> Any:
-        """A value for httpx's ``verify=``: an SSL context trusting the test CA, or True."""
+        """A value for httpx's ``verify=``: an SSL context trusting the test CA (with the test
+        client certificate when the registry asks for one), or True."""
         if self.tls is not None:
-            return self.tls.ssl_context()
+            return self.tls.ssl_context(client=self.client_auth)
         return True
 
     def client(self, **kwargs: Any) -> httpx.Client:
@@ -166,6 +170,7 @@ def _config(
     htpasswd_path: Path | None,
     token_server: TokenServer | None,
     tls: TLSMaterial | None,
+    client_cas: bool = False,
 ) -> dict[str, Any]:
     http: dict[str, Any] = {
         "addr": f"127.0.0.1:{port}",
@@ -174,6 +179,8 @@ def _config(
     }
     if tls is not None:
         http["tls"] = {"certificate": str(tls.server_cert), "key": str(tls.server_key)}
+        if client_cas:
+            http["tls"]["clientcas"] = [str(tls.ca_cert)]
     config: dict[str, Any] = {
         "version": 0.1,
         "log": {
@@ -215,9 +222,16 @@ def start_registry(
     tls: TLSMaterial | None = None,
     token_server: TokenServer | None = None,
     users: dict[str, str] | None = None,
+    client_cas: bool = False,
     timeout: float = 15.0,
 ) -> RegistryProcess:
-    """Start a registry and wait for it to answer ``GET /v2/``. Call ``stop()`` when done."""
+    """Start a registry and wait for it to answer ``GET /v2/``. Call ``stop()`` when done.
+
+    ``client_cas`` (with ``tls``): the registry requires a client certificate signed by the
+    test CA, such as ``tls.client_cert``.
+    """
+    if client_cas and tls is None:
+        raise ValueError("client_cas needs tls")
     if not Path(REGISTRY_BINARY).exists():
         raise RegistryStartError(f"{REGISTRY_BINARY} not found (apt-get install docker-registry)")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -251,6 +265,7 @@ def start_registry(
                     htpasswd_path=htpasswd_path,
                     token_server=token_server,
                     tls=tls,
+                    client_cas=client_cas,
                 ),
                 indent=2,
             )
@@ -281,6 +296,7 @@ def start_registry(
             password=password,
             users=known_users,
             token_server=token_server,
+            client_auth=client_cas,
             process=proc,
         )
         _LIVE[id(reg)] = reg

@@ -1,4 +1,4 @@
-"""A throw-away certificate authority and a server certificate for the local test servers.
+"""A throw-away certificate authority, a server and a client certificate for the test servers.
 
 The server certificate is valid for ``127.0.0.1``, ``::1`` and ``localhost`` (as subject
 alternative names; the Go TLS stack of the registry ignores the common name).  EC P-256 keys keep
@@ -34,10 +34,18 @@ class TLSMaterial:
     #: A directory holding only ``ca.crt``, suitable for ``--dest-cert-dir`` style options
     #: (a directory of ``*.crt`` trust anchors with no client key pairs).
     ca_dir: Path
+    #: ``client.cert``/``client.key``: a client certificate signed by the CA (for a registry
+    #: started with ``client_cas``), named as Docker's certs.d directories expect.
+    client_cert: Path
+    client_key: Path
 
-    def ssl_context(self) -> ssl.SSLContext:
-        """A client-side context that trusts only the test CA."""
-        return ssl.create_default_context(cafile=str(self.ca_cert))
+    def ssl_context(self, *, client: bool = False) -> ssl.SSLContext:
+        """A client-side context that trusts only the test CA (and presents the client
+        certificate, with ``client``)."""
+        ctx = ssl.create_default_context(cafile=str(self.ca_cert))
+        if client:
+            ctx.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return ctx
 
 
 def _name(common_name: str) -> x509.Name:
@@ -135,6 +143,24 @@ def generate_tls_material(directory: Path, *, days: int = 30) -> TLSMaterial:
         .sign(ca_key, hashes.SHA256())
     )
 
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client_cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("derrick test client"))
+        .issuer_name(ca_name)
+        .public_key(client_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
     paths = TLSMaterial(
         directory=directory,
         ca_cert=directory / "ca.crt",
@@ -142,11 +168,15 @@ def generate_tls_material(directory: Path, *, days: int = 30) -> TLSMaterial:
         server_cert=directory / "server.crt",
         server_key=directory / "server.key",
         ca_dir=directory / "ca-only",
+        client_cert=directory / "client.cert",
+        client_key=directory / "client.key",
     )
     paths.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     _write_key(paths.ca_key, ca_key)
     paths.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     _write_key(paths.server_key, server_key)
+    paths.client_cert.write_bytes(client_cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(paths.client_key, client_key)
     paths.ca_dir.mkdir(exist_ok=True)
     (paths.ca_dir / "ca.crt").write_bytes(paths.ca_cert.read_bytes())
     return paths

@@ -165,6 +165,7 @@ class TokenLogEntry:
     offline_token: bool = False
     refresh_token_issued: bool = False
     account: str | None = None  #: the ``account`` query parameter of a GET, if any
+    issued: list[str] = field(default_factory=list)  #: the token (and refresh token) issued
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -416,6 +417,7 @@ class TokenServer:
             access = self.policy.grant(user, parsed)
             entry.granted = access
             token = self.issue(user, access)
+            entry.issued.append(token)
             body: dict[str, Any] = {
                 "token": token,
                 "access_token": token,
@@ -425,6 +427,7 @@ class TokenServer:
             if offline and user is not None:
                 body["refresh_token"] = self._new_refresh_token(user)
                 entry.refresh_token_issued = True
+                entry.issued.append(body["refresh_token"])
             return body
         except _HTTPError as e:
             entry.status = e.status
@@ -498,6 +501,7 @@ class TokenServer:
             access = self.policy.grant(user, parsed)
             entry.granted = access
             token = self.issue(user, access)
+            entry.issued.append(token)
             body: dict[str, Any] = {
                 "access_token": token,
                 "expires_in": self.expires_in,
@@ -510,6 +514,7 @@ class TokenServer:
             if issue_refresh:
                 body["refresh_token"] = self._new_refresh_token(user)
                 entry.refresh_token_issued = True
+                entry.issued.append(body["refresh_token"])
             return body
         except _HTTPError as e:
             entry.status = e.status

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,9 +62,16 @@ class Options:
             credentials=self.credential_store(registry),
             insecure=self.insecure,
             ca_cert=self.ca_cert,
+            certs_dir=certs_dir(),
             timeout=self.timeout,
             retries=self.retries,
         )
+
+
+def certs_dir() -> Path:
+    """Per-registry TLS files, Docker's way: ``DIR/HOST[:PORT]/`` holding ``*.crt`` CAs and
+    ``client.cert``/``client.key``.  ``$DERRICK_CERTS_DIR``, else ``/etc/docker/certs.d``."""
+    return Path(os.environ.get("DERRICK_CERTS_DIR") or "/etc/docker/certs.d")
 
 
 def connection_options(f: F) -> F:

@@ -7,7 +7,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
@@ -23,11 +23,13 @@ from derrick.cli.common import (
     platform_option,
 )
 from derrick.digest import Digest, Verifier
-from derrick.errors import UsageError
-from derrick.manifest import ImageManifest, Index
+from derrick.download import Region, download
+from derrick.errors import TransportError, UsageError
+from derrick.manifest import Descriptor, ImageManifest, Index
 from derrick.ops.inspect import inspect_image
 from derrick.ops.resolve import fetch_child, fetch_config, resolve_image
-from derrick.reference import parse_registry
+from derrick.reference import Reference, parse_registry
+from derrick.registry import RegistryClient
 
 
 @click.group("tag")
@@ -201,12 +203,7 @@ def blob_get(repository: str, digest: str, output: Path | None, opts: Options) -
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f, opts.client(ref.registry) as client:
-            v = Verifier(dg)
-            with client.open_blob(ref, dg) as stream:
-                for chunk in stream.chunks():
-                    v.update(chunk)
-                    f.write(chunk)
-            v.verify()
+            _download_blob(client, ref, dg, f)
         if output is not None:
             os.replace(tmp, output)
             return
@@ -217,6 +214,30 @@ def blob_get(repository: str, digest: str, output: Path | None, opts: Options) -
             out.flush()
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _download_blob(client: RegistryClient, ref: Reference, digest: Digest, f: BinaryIO) -> None:
+    """Write blob ``digest`` of ``ref`` to ``f``, verified.
+
+    A body that breaks off is resumed with ``Range`` requests (up to the retry
+    count more times) when the registry said how large the blob is.
+    """
+    v = Verifier(digest)
+    total: int | None = None
+    try:
+        with client.open_blob(ref, digest) as stream:
+            total = stream.total
+            for chunk in stream.chunks():
+                v.update(chunk)
+                f.write(chunk)
+    except TransportError:
+        if total is None or not client.transport.retry.retries:
+            raise
+        f.flush()
+        desc = Descriptor("application/octet-stream", digest, total)
+        download(client, ref, desc, Region(f.fileno(), 0, total), have=v.count)
+        return
+    v.verify()
 
 
 @click.group("image")

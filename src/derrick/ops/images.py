@@ -269,14 +269,21 @@ def _read_local(
             for i, p in enumerate(entry.layer_paths)
         ]
         return ImageLayers(shown, config, layers, closers=[src.close])
+
+    def parse(d: Descriptor) -> ImageManifest | Index:
+        try:
+            return parse_manifest(src.read_blob(d.digest), d.media_type)
+        except ManifestError as e:  # say where the broken manifest is
+            raise ManifestError(f"{shown}: manifest {d.digest}: {e.message}", hint=e.hint) from None
+
     for _ in range(3):
         if not mt.is_index(desc.media_type):
             break
-        parsed = parse_manifest(src.read_blob(desc.digest), desc.media_type)
+        parsed = parse(desc)
         if not isinstance(parsed, Index):
             break
         desc = parsed.select(platform or Platform.host())
-    manifest = parse_manifest(src.read_blob(desc.digest), desc.media_type)
+    manifest = parse(desc)
     if not isinstance(manifest, ImageManifest):
         raise ManifestError(f"{shown}: {desc.digest} is not an image manifest")
     config = _parse_config(src.read_blob(manifest.config.digest), shown)

@@ -44,7 +44,14 @@ from derrick.layout.archive import (
     write_oci_archive,
 )
 from derrick.layout.oci import LAYOUT_FILE, OCILayout
-from derrick.manifest import Descriptor, ImageConfig, ImageManifest, Index, Platform
+from derrick.manifest import (
+    MAX_MANIFEST_SIZE,
+    Descriptor,
+    ImageConfig,
+    ImageManifest,
+    Index,
+    Platform,
+)
 from derrick.ops.resolve import fetch_child
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
@@ -257,6 +264,11 @@ def _config(
     layout: OCILayout | None,
     fetcher_count: Callable[[int], None],
 ) -> bytes:
+    if m.config.size > MAX_MANIFEST_SIZE:  # refused before a byte of it is downloaded
+        raise ManifestError(
+            f"config {m.config.digest} of {ref} is {m.config.size} bytes, "
+            f"more than the {MAX_MANIFEST_SIZE} byte limit"
+        )
     data: bytes | None = None
     if layout is not None and layout.has_blob(m.config.digest, m.config.size):
         with contextlib.suppress(DerrickError):
@@ -584,7 +596,8 @@ def _write_archive_file(
             )
         for digest in holes:
             fetcher.wait(digest)
-        os.fsync(fd)
+        # No fsync: the rename guards against interrupted and failed pulls, as for
+        # OCI layouts; forcing a GiB to disk here would double the time of a pull.
         os.replace(part, target)
         ok = True
         state.remove()

@@ -35,7 +35,8 @@ def fetch_child(client: RegistryClient, ref: Reference, desc: Descriptor) -> Ima
     got = client.get_manifest(ref.with_digest(desc.digest))
     if len(got.raw) != desc.size:
         raise ManifestError(
-            f"manifest {desc.digest} is {len(got.raw)} bytes but the index says {desc.size}"
+            f"manifest {desc.digest} of {ref.name} is {len(got.raw)} bytes "
+            f"but the index says {desc.size}"
         )
     if not isinstance(got.manifest, ImageManifest):
         raise ManifestError(f"index entry {desc.digest} of {ref} is not an image manifest")
