@@ -20,8 +20,9 @@ from derrick.manifest import Descriptor
 from derrick.ops.copy import streaming_opener
 from derrick.ops.push import BlobSource, transfer_blobs, verified_opener
 from derrick.reference import Reference
-from derrick.registry import RegistryClient, _uploaded_bytes
+from derrick.registry import RegistryClient
 from derrick.transport import RetryPolicy, Transport
+from derrick.upload import _uploaded_bytes
 
 DST = Reference.parse("dst.test/team/app:v1")
 SRC = Reference.parse("src.test/team/app:v1")

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from derrick import mediatypes as mt
+from derrick.api import pull_scope, push_scope
 from derrick.digest import Digest, Verifier
 from derrick.errors import ManifestError
 from derrick.manifest import Descriptor, ImageManifest, Index, Platform
@@ -30,7 +31,7 @@ from derrick.ops.push import (
     transfer_blobs,
 )
 from derrick.reference import Reference
-from derrick.registry import FetchedManifest, RegistryClient, pull_scope, push_scope
+from derrick.registry import FetchedManifest, RegistryClient
 
 _MAX_INDEX_DEPTH = 4
 _FOREIGN_LAYERS = frozenset(
