@@ -11,32 +11,16 @@ import hashlib
 import json
 import stat
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from support.cli import Cli, Isolation, isolate, run_subprocess
+from support.cli import Cli, Isolation, run_subprocess
 from support.faultproxy import FaultProxy, RecordedRequest, Reply
 from support.images import LayoutImage
 from support.registry import RegistryProcess
 from support.seed import SeededRegistries
 from support.tokenserver import TokenServer
-
-
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Isolation:
-    return isolate(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def cli(capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    return Cli(capsysbinary, monkeypatch)
-
-
-@pytest.fixture
-def seeded(seeded_registries: SeededRegistries) -> SeededRegistries:
-    return seeded_registries
 
 
 def sha256(data: bytes) -> str:

@@ -16,26 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from support.cli import Cli, Isolation, isolate, run_subprocess
+from support.cli import Cli, run_subprocess
 from support.faultproxy import FaultProxy, RecordedRequest, Reply
 from support.images import OCI_MANIFEST, LayoutImage
 from support.registry import free_port
 from support.seed import SeededRegistries
-
-
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Isolation:
-    return isolate(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def cli(capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    return Cli(capsysbinary, monkeypatch)
-
-
-@pytest.fixture
-def seeded(seeded_registries: SeededRegistries) -> SeededRegistries:
-    return seeded_registries
 
 
 def sha256(data: bytes) -> str:

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from support.cli import Cli, Isolation, isolate, run_subprocess
+from support.cli import Cli, Isolation, run_subprocess
 from support.faultproxy import FaultProxy, paginate_tags
 from support.images import (
     DOCKER_MANIFEST,
@@ -30,21 +30,6 @@ from support.registry import RegistryProcess
 from support.seed import SEEDED_NAMES, SeededRegistries
 
 # -- fixtures --------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Isolation:
-    return isolate(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def cli(capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    return Cli(capsysbinary, monkeypatch)
-
-
-@pytest.fixture
-def seeded(seeded_registries: SeededRegistries) -> SeededRegistries:
-    return seeded_registries
 
 
 def sha256(data: bytes) -> str:

@@ -31,7 +31,7 @@ from derrick.layout.reader import open_image_source
 from derrick.ops.pull import pull as do_pull
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
-from support.cli import Cli, Isolation, isolate
+from support.cli import Cli, Isolation
 from support.faultproxy import Fault, FaultProxy
 from support.images import OCI_MANIFEST, LayoutImage, canonical_json, sha256_digest
 from support.rawclient import RawClient
@@ -53,16 +53,6 @@ def fresh(proxy: FaultProxy) -> Iterator[None]:
     proxy.clear()
     yield
     proxy.clear()
-
-
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Isolation:
-    return isolate(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def cli(capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    return Cli(capsysbinary, monkeypatch)
 
 
 @pytest.fixture

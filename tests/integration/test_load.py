@@ -30,7 +30,7 @@ from derrick.ops.copy import copy_image
 from derrick.ops.pull import pull
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
-from support.cli import Cli, Isolation, isolate
+from support.cli import Cli
 from support.faultproxy import FaultProxy
 from support.images import AMD64, LayoutImage, LayoutWriter, file, with_parents
 from support.rawclient import RawClient
@@ -44,16 +44,6 @@ T = TypeVar("T")
 
 def sha256_file(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Isolation:
-    return isolate(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def cli(capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    return Cli(capsysbinary, monkeypatch)
 
 
 # -- 200 layers ------------------------------------------------------------------------------

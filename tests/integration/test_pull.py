@@ -33,7 +33,7 @@ from derrick.manifest import Descriptor, Platform
 from derrick.ops.pull import pull
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
-from support.cli import Cli, Isolation, isolate, run_subprocess
+from support.cli import Cli, Isolation, run_subprocess
 from support.faultproxy import Fault, FaultProxy
 from support.images import (
     DOCKER_MANIFEST_LIST,
@@ -54,16 +54,6 @@ _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
 # -- fixtures --------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Isolation:
-    return isolate(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def cli(capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    return Cli(capsysbinary, monkeypatch)
 
 
 @pytest.fixture

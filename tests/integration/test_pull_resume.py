@@ -33,7 +33,7 @@ from derrick.cache import BlobCache
 from derrick.ops.pull import pull
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
-from support.cli import Cli, Isolation, isolate
+from support.cli import Cli, Isolation
 from support.faultproxy import Fault, FaultProxy
 from support.images import LayoutImage, make_big_image, push_with_skopeo
 from support.registry import RegistryProcess
@@ -90,21 +90,11 @@ def big(registry_open: RegistryProcess, tmp_path_factory: pytest.TempPathFactory
         yield Big(layout, proxy, clean)
 
 
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Isolation:
-    return isolate(monkeypatch, tmp_path)
-
-
 @pytest.fixture
 def proxy(big: Big) -> Iterator[FaultProxy]:
     big.proxy.clear()
     yield big.proxy
     big.proxy.clear()
-
-
-@pytest.fixture
-def cli(capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    return Cli(capsysbinary, monkeypatch)
 
 
 def wait_for(what: str, cond: Callable[[], bool], timeout: float = 60) -> None:

@@ -27,7 +27,7 @@ from derrick.cache import BlobCache
 from derrick.ops.pull import pull
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
-from support.cli import Cli, Isolation, Result, isolate
+from support.cli import Cli, Isolation, Result
 from support.faultproxy import Fault, FaultProxy
 from support.images import LayoutImage, make_big_image
 from support.rawclient import RawClient
@@ -89,16 +89,6 @@ def medium(
         clean["blob"] = {".": victim.split(":")[1]}
         proxy.clear()
         yield Medium(layout, proxy, clean)
-
-
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Isolation:
-    return isolate(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def cli(capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    return Cli(capsysbinary, monkeypatch)
 
 
 @pytest.fixture

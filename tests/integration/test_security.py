@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support.cli import Cli, Isolation, isolate, run_subprocess
+from support.cli import Cli, Isolation, run_subprocess
 from support.faultproxy import FaultProxy, RecordedRequest, Reply, TunnelProxy
 from support.images import LayoutImage
 from support.rawclient import RawClient
@@ -36,21 +36,6 @@ from support.registry import RegistryProcess, start_registry
 from support.seed import SeededRegistries
 from support.tls import TLSMaterial
 from support.tokenserver import TokenServer
-
-
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Isolation:
-    return isolate(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def cli(capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    return Cli(capsysbinary, monkeypatch)
-
-
-@pytest.fixture
-def seeded(seeded_registries: SeededRegistries) -> SeededRegistries:
-    return seeded_registries
 
 
 def b64(text: str) -> str:
