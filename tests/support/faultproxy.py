@@ -54,6 +54,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from .background import ServerThread
+
 __all__ = [
     "Fault",
     "FaultProxy",
@@ -222,7 +224,7 @@ class FaultProxy:
         self.connections = 0  #: connections that carried requests
         self.stray_connections = 0  #: connections closed without a valid request
         self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ServerThread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -233,24 +235,15 @@ class FaultProxy:
             owner = proxy
 
         self._httpd = _QuietServer((self.bind, 0), Handler)
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fault-proxy",
-            daemon=True,
-        )
-        self._thread.start()
+        self._serving = ServerThread(self._httpd, "fault-proxy")
         return self
 
     def stop(self) -> None:
         self._release.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._serving is not None:
+            self._serving.stop()
+            self._serving = None
+        self._httpd = None
 
     def __enter__(self) -> FaultProxy:
         return self.start()
@@ -666,7 +659,7 @@ class TunnelProxy:
         self._lock = threading.Lock()
         self.lines: list[str] = []
         self._server: socketserver.ThreadingTCPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ServerThread | None = None
 
     @property
     def targets(self) -> list[str]:
@@ -697,23 +690,14 @@ class TunnelProxy:
                 pass
 
         self._server = Server(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="tunnel-proxy",
-            daemon=True,
-        )
-        self._thread.start()
+        self._serving = ServerThread(self._server, "tunnel-proxy")
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._serving is not None:
+            self._serving.stop()
+            self._serving = None
+        self._server = None
 
     def __enter__(self) -> TunnelProxy:
         return self.start()

@@ -55,6 +55,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from .background import ServerThread
+
 DEFAULT_USERS: dict[str, str] = {
     "alice": "alice-secret",  # full access (pull, push, delete) to every repository
     "reader": "reader-secret",  # pull only, everywhere
@@ -229,7 +231,7 @@ class TokenServer:
         self.cert_path = directory / "token-signer.crt"
         self.cert_path.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
         self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ServerThread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -241,23 +243,14 @@ class TokenServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="token-server",
-            daemon=True,
-        )
-        self._thread.start()
+        self._serving = ServerThread(self._httpd, "token-server")
         return self
 
     def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._serving is not None:
+            self._serving.stop()
+            self._serving = None
+        self._httpd = None
 
     def __enter__(self) -> TokenServer:
         return self.start()
