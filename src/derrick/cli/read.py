@@ -32,9 +32,26 @@ from derrick.reference import Reference, parse_registry
 from derrick.registry import RegistryClient
 
 
-@click.group("tag")
+class _TagGroup(click.Group):
+    """``derrick tag ls REPO``, plus ``derrick tag REF NEWTAG`` as short for ``tag add``."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in self.commands and "add" in self.commands:
+            return "add", self.commands["add"], args
+        return super().resolve_command(ctx, args)
+
+
+@click.group(
+    "tag",
+    cls=_TagGroup,
+    # "derrick tag --insecure REF NEWTAG" goes to add
+    context_settings={"ignore_unknown_options": True},
+    short_help="List tags, or tag an image.",
+)
 def tag_group() -> None:
-    """List tags of a repository."""
+    """List tags of a repository, or tag an image: derrick tag REF NEWTAG."""
 
 
 @tag_group.command("ls")

@@ -248,23 +248,6 @@ def image_copy(
 # -- tag ---------------------------------------------------------------------------------------
 
 
-class _TagGroup(click.Group):
-    """``derrick tag ls REPO`` and friends, plus ``derrick tag REF NEWTAG`` for ``tag add``."""
-
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
-        if args and args[0] not in self.commands:
-            return "add", self.commands["add"], args
-        return super().resolve_command(ctx, args)
-
-
-tag_group.__class__ = _TagGroup
-tag_group.ignore_unknown_options = True  # "derrick tag --insecure REF NEWTAG" goes to add
-tag_group.help = "List tags of a repository, or tag an image: derrick tag REF NEWTAG."
-tag_group.short_help = "List tags, or tag an image."
-
-
 @tag_group.command("add")
 @click.argument("reference")
 @click.argument("tags", nargs=-1, required=True)
