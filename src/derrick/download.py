@@ -88,90 +88,91 @@ def download(
     :class:`DigestMismatchError` if the content is wrong (the region must then
     be discarded) or the last transport error after the retries.
     """
-    verifier = Verifier(desc.digest, desc.size, what="blob")
+    job = _Download(client, ref, desc, region, progress, cancelled, written)
     if have > desc.size:
         have = 0
     if have:
-        have = region.rehash(verifier, have)
-        if progress:
-            progress(have)
-    received = [0]
+        have = region.rehash(job.verifier, have)
+        job.advance(have)
     try:
-        _fill(client, ref, desc, region, verifier, progress, cancelled, written, received)
-        verifier.verify()
+        job.fill()
+        job.verifier.verify()
     except DigestMismatchError:
         if not have:
             raise
         # The kept bytes may be what is wrong: start over, from the registry only.
-        if progress and verifier.count:
-            progress(-verifier.count)
-        verifier.reset()
-        _fill(client, ref, desc, region, verifier, progress, cancelled, written, received)
-        verifier.verify()
-    return received[0]
+        job.advance(-job.verifier.count)
+        job.verifier.reset()
+        job.fill()
+        job.verifier.verify()
+    return job.received
 
 
-def _fill(
-    client: RegistryClient,
-    ref: Reference,
-    desc: Descriptor,
-    region: Region,
-    verifier: Verifier,
-    progress: Progress | None,
-    cancelled: threading.Event | None,
-    written: Callable[[int], None] | None,
-    received: list[int],
-) -> None:
-    """Download what ``verifier`` has not seen yet, resuming a body that breaks off.
+class _Download:
+    """One blob being downloaded into a region: what is verified so far and where it goes."""
 
-    Failures before a body begins (a refused connection, 5xx, 429) were already
-    retried by the transport, and a 404 will not mend: those end the download.
-    """
-    attempts = 0
-    while verifier.count < desc.size:
-        try:
-            _stream(client, ref, desc, region, verifier, progress, cancelled, written, received)
-        except _BrokeOff as e:
-            attempts += 1
-            if attempts > client.transport.retry.retries or (
-                cancelled is not None and cancelled.is_set()
-            ):
-                raise e.error from None
-            client.transport.retry_sleep(attempts - 1)
-            continue
-        break
+    def __init__(
+        self,
+        client: RegistryClient,
+        ref: Reference,
+        desc: Descriptor,
+        region: Region,
+        progress: Progress | None,
+        cancelled: threading.Event | None,
+        written: Callable[[int], None] | None,
+    ) -> None:
+        self.client = client
+        self.ref = ref
+        self.desc = desc
+        self.region = region
+        self.progress = progress
+        self.cancelled = cancelled
+        self.written = written
+        self.verifier = Verifier(desc.digest, desc.size, what="blob")
+        self.received = 0  # bytes that came from the registry
 
+    def advance(self, nbytes: int) -> None:
+        if self.progress and nbytes:
+            self.progress(nbytes)
 
-def _stream(
-    client: RegistryClient,
-    ref: Reference,
-    desc: Descriptor,
-    region: Region,
-    verifier: Verifier,
-    progress: Progress | None,
-    cancelled: threading.Event | None,
-    written: Callable[[int], None] | None,
-    received: list[int],
-) -> None:
-    offset = verifier.count
-    with client.open_blob(ref, desc.digest, offset=offset) as stream:
-        if stream.offset != offset:
-            # The registry ignored the range: start over from the first byte.
-            if progress and offset:
-                progress(-offset)
-            verifier.reset()
-        pos = verifier.count
-        try:
-            for chunk in stream.chunks():
-                if cancelled is not None and cancelled.is_set():
-                    raise Cancelled("cancelled")
-                received[0] += len(chunk)
-                verifier.update(chunk)
-                region.write_at(pos, chunk)
-                pos += len(chunk)
-                if progress:
-                    progress(len(chunk))
-                if written:
-                    written(pos)
-        except TransportError as e:  # raised by the stream only: the rest can be asked for
-            raise _BrokeOff(e) from None
+    def fill(self) -> None:
+        """Download what the verifier has not seen yet, resuming a body that breaks off.
+
+        Failures before a body begins (a refused connection, 5xx, 429) were already
+        retried by the transport, and a 404 will not mend: those end the download.
+        """
+        retries = self.client.transport.retry.retries
+        attempts = 0
+        while self.verifier.count < self.desc.size:
+            try:
+                self._stream()
+            except _BrokeOff as e:
+                attempts += 1
+                if attempts > retries or (self.cancelled is not None and self.cancelled.is_set()):
+                    raise e.error from None
+                self.client.transport.retry_sleep(attempts - 1)
+                continue
+            break
+
+    def _stream(self) -> None:
+        verifier = self.verifier
+        offset = verifier.count
+        with self.client.open_blob(self.ref, self.desc.digest, offset=offset) as stream:
+            if stream.offset != offset:
+                # The registry ignored the range: start over from the first byte.
+                self.advance(-offset)
+                verifier.reset()
+            pos = verifier.count
+            try:
+                for chunk in stream.chunks():
+                    if self.cancelled is not None and self.cancelled.is_set():
+                        raise Cancelled("cancelled")
+                    self.received += len(chunk)
+                    verifier.update(chunk)
+                    self.region.write_at(pos, chunk)
+                    pos += len(chunk)
+                    self.advance(len(chunk))
+                    if self.written:
+                        self.written(pos)
+            except TransportError as e:  # raised by the stream only: the rest can be asked for
+                raise _BrokeOff(e) from None
