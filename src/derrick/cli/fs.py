@@ -21,7 +21,7 @@ from derrick.cli.common import (
     parse_platform,
     platform_option,
 )
-from derrick.cli.progress import BlobProgress, wants_progress
+from derrick.cli.progress import open_progress
 from derrick.cli.read import image_group
 from derrick.errors import UsageError
 from derrick.ops.analyze import diff_images, export_image, layer_report
@@ -59,9 +59,7 @@ def _opened(
 ) -> Iterator[ImageLayers]:
     """Open IMAGE, with a download progress display for registry images on a terminal."""
     with contextlib.ExitStack() as stack:
-        bar: BlobProgress | None = None
-        if wants_progress(quiet) and not is_local(target):
-            bar = stack.enter_context(BlobProgress(0, label="download"))
+        bar = open_progress(stack, quiet=quiet or is_local(target), label="download")
 
         def client(ref: Reference) -> Any:
             return opts.client(ref.registry)

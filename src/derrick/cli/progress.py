@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from contextlib import ExitStack
 from types import TracebackType
 
 from rich.console import Console
@@ -74,3 +75,10 @@ class BlobProgress:
 
 def wants_progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
+
+
+def open_progress(stack: ExitStack, *, quiet: bool, label: str) -> BlobProgress | None:
+    """Bars on stderr for the life of ``stack`` when it is a terminal and not ``quiet``."""
+    if not wants_progress(quiet):
+        return None
+    return stack.enter_context(BlobProgress(0, label=label))

@@ -17,7 +17,7 @@ from derrick.cli.common import (
     parse_ref,
     platform_option,
 )
-from derrick.cli.progress import BlobProgress, wants_progress
+from derrick.cli.progress import open_progress
 from derrick.cli.read import image_group
 from derrick.ops.pull import DEFAULT_JOBS, pull
 
@@ -81,22 +81,20 @@ def image_pull(
     """
     ref = parse_ref(reference)
     cache = BlobCache(cache_dir)
-    with opts.client(ref.registry) as client:
-        bar: BlobProgress | None = None
-        with contextlib.ExitStack() as stack:
-            if wants_progress(quiet):  # on stderr: data on stdout is not disturbed
-                bar = stack.enter_context(BlobProgress(0, label=ref.familiar()))
-            result = pull(
-                client,
-                ref,
-                dest,
-                format=out_format,  # type: ignore[arg-type]
-                platform=parse_platform(platform),
-                all_platforms=all_platforms,
-                jobs=jobs,
-                cache=cache,
-                progress=bar,
-            )
+    with opts.client(ref.registry) as client, contextlib.ExitStack() as stack:
+        # on stderr: data on stdout is not disturbed
+        bar = open_progress(stack, quiet=quiet, label=ref.familiar())
+        result = pull(
+            client,
+            ref,
+            dest,
+            format=out_format,  # type: ignore[arg-type]
+            platform=parse_platform(platform),
+            all_platforms=all_platforms,
+            jobs=jobs,
+            cache=cache,
+            progress=bar,
+        )
     if as_json:
         emit_json(
             {

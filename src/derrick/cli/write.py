@@ -19,7 +19,7 @@ from derrick.cli.common import (
     parse_ref,
     platform_option,
 )
-from derrick.cli.progress import BlobProgress, wants_progress
+from derrick.cli.progress import open_progress
 from derrick.cli.read import blob_group, image_group, manifest_group, tag_group
 from derrick.digest import Digest
 from derrick.errors import UsageError
@@ -146,9 +146,7 @@ def image_push(
     path, image_name = _split_source(src, name)
     ref = parse_ref(reference)
     with opts.client(ref.registry) as client, contextlib.ExitStack() as stack:
-        bar = None
-        if wants_progress(quiet):
-            bar = stack.enter_context(BlobProgress(0, label=ref.familiar()))
+        bar = open_progress(stack, quiet=quiet, label=ref.familiar())
         result = push(
             client,
             path,
@@ -214,9 +212,7 @@ def image_copy(
     src = parse_ref(src_ref)
     dst = Reference.parse(dst_ref, default_tag=None)
     with opts.client(dst.registry) as client, contextlib.ExitStack() as stack:
-        bar = None
-        if wants_progress(quiet):
-            bar = stack.enter_context(BlobProgress(0, label=dst.familiar()))
+        bar = open_progress(stack, quiet=quiet, label=dst.familiar())
         result = copy_image(
             client,
             src,
