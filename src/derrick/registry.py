@@ -9,6 +9,7 @@ reader with :class:`~derrick.digest.Verifier`, see :meth:`RegistryClient.open_bl
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -233,31 +234,24 @@ class RegistryClient(BlobUploads):
         if auth:
             hdrs["Authorization"] = auth
         # Credentials are for the registry only: not for a Link or Location elsewhere.
-        home = origin(httpx.URL(self._url(registry, "/")))
-        resp = self.transport.send(
+        send = functools.partial(
+            self.transport.send,
             method,
             url,
             headers=hdrs,
             content=content,
             stream=stream,
             retry=retry,
-            auth_origin=home,
+            auth_origin=origin(httpx.URL(self._url(registry, "/"))),
         )
+        resp = send()
         if resp.status_code == 401:
             fresh = auth is not None and auth.startswith("Bearer ")
             new = self.auth.respond(registry, resp, scopes, fresh=fresh)
             if new is not None:
                 resp.close()
-                hdrs["Authorization"] = new
-                resp = self.transport.send(
-                    method,
-                    url,
-                    headers=hdrs,
-                    content=content,
-                    stream=stream,
-                    retry=retry,
-                    auth_origin=home,
-                )
+                hdrs["Authorization"] = new  # the same dict send() passes
+                resp = send()
         if resp.status_code not in ok:
             try:
                 if stream:
