@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-APT_PACKAGES="docker-registry skopeo umoci podman apache2-utils time"
+APT_PACKAGES="python3-venv docker-registry skopeo umoci podman apache2-utils time"
 missing=""
 for p in $APT_PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -19,13 +19,23 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
 
+# A virtual environment of the project's own: the system python3 may be PEP 668-managed,
+# and its global packages are never touched.
+VENV="${DERRICK_VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "== creating the virtual environment $VENV"
+  python3 -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+export PATH="$(cd "$VENV/bin" && pwd):$PATH"
+
 echo "== installing derrick and its test dependencies"
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+"$PY" -m pip install -q --disable-pip-version-check -e '.[test]'
 
 echo "== ruff"
-python3 -m ruff check src tests benchmarks
-python3 -m ruff format --check src tests benchmarks
+"$PY" -m ruff check src tests benchmarks
+"$PY" -m ruff format --check src tests benchmarks
 echo "== mypy"
-python3 -m mypy
+"$PY" -m mypy
 echo "== pytest"
-python3 -m pytest -q -p no:cacheprovider "$@"
+"$PY" -m pytest -q -p no:cacheprovider "$@"

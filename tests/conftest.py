@@ -39,9 +39,7 @@ from __future__ import annotations
 
 import itertools
 import re
-import shutil
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -50,11 +48,7 @@ from support.registry import REGISTRY_BINARY, RegistryProcess, start_registry
 from support.seed import SeededRegistries, seed_registries
 from support.tls import TLSMaterial, generate_tls_material
 from support.tokenserver import TokenServer
-
-
-def _require(binary: str) -> None:
-    if shutil.which(binary) is None and not Path(binary).exists():
-        pytest.skip(f"{binary} is not installed")
+from support.tools import require
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +72,7 @@ def token_log(token_server: TokenServer) -> TokenServer:
 def _registry(
     factory: pytest.TempPathFactory, name: str, **kwargs: object
 ) -> Iterator[RegistryProcess]:
-    _require(REGISTRY_BINARY)
+    require(REGISTRY_BINARY)
     reg = start_registry(factory.mktemp(name), name=name, **kwargs)  # type: ignore[arg-type]
     try:
         yield reg
@@ -93,7 +87,7 @@ def registry_open(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry
 
 @pytest.fixture(scope="session")
 def registry_basic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
-    _require("htpasswd")
+    require("htpasswd")
     yield from _registry(tmp_path_factory, "registry-basic", auth="htpasswd")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import stat
 import subprocess
 import tarfile
@@ -41,6 +40,7 @@ from support.images import (
 from support.rawclient import RawClient
 from support.registry import RegistryProcess
 from support.seed import SeededRegistries
+from support.tools import require
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -126,8 +126,7 @@ def expected_snapshot(expected: dict[str, Expected], *, owners: bool = False) ->
 
 
 def umoci_rootfs(layout: LayoutImage, work: Path) -> Path:
-    if shutil.which("umoci") is None:
-        pytest.skip("umoci is not installed")
+    require("umoci")
     bundle = work / "bundle"
     subprocess.run(
         ["umoci", "unpack", "--rootless", "--image", f"{layout.path}:{layout.tag}", str(bundle)],

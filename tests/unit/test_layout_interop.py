@@ -23,18 +23,15 @@ from derrick.layout.archive import ArchiveImage, write_docker_archive, write_oci
 from derrick.layout.oci import OCILayout
 from derrick.layout.reader import open_image_source
 from derrick.manifest import ImageConfig, ImageManifest, parse_manifest
+from support.tools import require
 
 try:
     from .test_layout import BlobFiles, TestImage, make_image, make_index
 except ImportError:  # tests/unit is not a package
     from test_layout import BlobFiles, TestImage, make_image, make_index  # type: ignore[no-redef]
 
-SKOPEO = shutil.which("skopeo")
-UMOCI = shutil.which("umoci")
-PODMAN = shutil.which("podman")
-NAME = "127.0.0.1:5000/test/single:v1"
 
-needs_skopeo = pytest.mark.skipif(SKOPEO is None, reason="skopeo is not installed")
+NAME = "127.0.0.1:5000/test/single:v1"
 
 
 @pytest.fixture
@@ -56,8 +53,7 @@ def run(args: list[str], env: dict[str, str]) -> str:
 
 
 def skopeo(env: dict[str, str], *args: str) -> str:
-    assert SKOPEO is not None
-    return run([SKOPEO, "--insecure-policy", *args], env)
+    return run([require("skopeo"), "--insecure-policy", *args], env)
 
 
 def inspect(env: dict[str, str], ref: str, *extra: str) -> Any:
@@ -107,7 +103,6 @@ def _manifest(raw: str) -> ImageManifest:
     return m
 
 
-@needs_skopeo
 def test_skopeo_inspects_oci_layout(env: dict[str, str], oci_dir: Path, image: TestImage) -> None:
     info = inspect(env, f"oci:{oci_dir}:v1")
     assert info["Digest"] == str(image.manifest.digest)
@@ -119,7 +114,6 @@ def test_skopeo_inspects_oci_layout(env: dict[str, str], oci_dir: Path, image: T
     assert config.encode() == image.config
 
 
-@needs_skopeo
 def test_skopeo_inspects_oci_archive(
     env: dict[str, str], oci_archive: Path, image: TestImage
 ) -> None:
@@ -129,7 +123,6 @@ def test_skopeo_inspects_oci_archive(
         assert info["Layers"] == [str(d) for d in image.layer_digests]
 
 
-@needs_skopeo
 def test_skopeo_reads_docker_archive(
     env: dict[str, str], tmp_path: Path, docker_archive: Path, image: TestImage
 ) -> None:
@@ -155,7 +148,6 @@ def test_skopeo_reads_docker_archive(
                 f.read()  # verified
 
 
-@needs_skopeo
 def test_skopeo_reads_docker_archive_as_oci_layout(
     env: dict[str, str], tmp_path: Path, docker_archive: Path, image: TestImage
 ) -> None:
@@ -165,7 +157,6 @@ def test_skopeo_reads_docker_archive_as_oci_layout(
     assert info["Layers"] == [str(d) for d in image.layer_digests]
 
 
-@needs_skopeo
 def test_skopeo_copy_oci_archive_keeps_digests(
     env: dict[str, str], tmp_path: Path, oci_archive: Path, image: TestImage
 ) -> None:
@@ -177,7 +168,6 @@ def test_skopeo_copy_oci_archive_keeps_digests(
         assert desc.digest == image.manifest.digest
 
 
-@needs_skopeo
 def test_skopeo_copies_multi_platform_oci_archive(env: dict[str, str], tmp_path: Path) -> None:
     amd = make_image([{"a": b"amd64"}], arch="amd64")
     arm = make_image([{"a": b"arm64"}], arch="arm64")
@@ -199,7 +189,6 @@ def test_skopeo_copies_multi_platform_oci_archive(env: dict[str, str], tmp_path:
             assert src.read_blob(m.manifest.digest) == m.manifest.raw
 
 
-@needs_skopeo
 def test_reader_reads_skopeo_outputs(
     env: dict[str, str], tmp_path: Path, oci_dir: Path, image: TestImage
 ) -> None:
@@ -226,41 +215,40 @@ def test_reader_reads_skopeo_outputs(
         assert desc is not None and desc.digest == image.manifest.digest
 
 
-@pytest.mark.skipif(UMOCI is None, reason="umoci is not installed")
 def test_umoci_unpacks_oci_layout(env: dict[str, str], tmp_path: Path, oci_dir: Path) -> None:
-    assert UMOCI is not None
     bundle = tmp_path / "bundle"
-    run([UMOCI, "unpack", "--rootless", "--image", f"{oci_dir}:v1", str(bundle)], env)
+    run([require("umoci"), "unpack", "--rootless", "--image", f"{oci_dir}:v1", str(bundle)], env)
     assert (bundle / "rootfs" / "hello.txt").read_bytes() == b"hello\n"
     assert (bundle / "rootfs" / "etc" / "motd").read_bytes() == b"welcome\n" * 500
     assert json.loads((bundle / "config.json").read_bytes())["process"]["args"] == ["/bin/sh"]
 
 
-@pytest.mark.skipif(UMOCI is None, reason="umoci is not installed")
 def test_umoci_unpacks_extracted_oci_archive(
     env: dict[str, str], tmp_path: Path, oci_archive: Path
 ) -> None:
-    assert UMOCI is not None
     extracted = tmp_path / "extracted"
     with tarfile.open(oci_archive) as t:
         t.extractall(extracted, filter="data")
     bundle = tmp_path / "bundle"
-    run([UMOCI, "unpack", "--rootless", "--image", f"{extracted}:v1", str(bundle)], env)
+    run([require("umoci"), "unpack", "--rootless", "--image", f"{extracted}:v1", str(bundle)], env)
     assert (bundle / "rootfs" / "hello.txt").read_bytes() == b"hello\n"
 
 
 @pytest.fixture
 def podman_root(env: dict[str, str]) -> Iterator[Path]:
     """A short private directory for podman's storage (its runroot must be < 50 chars)."""
-    if PODMAN is None:
-        pytest.skip("podman is not installed")
+    require("podman")
     root = Path(tempfile.mkdtemp(prefix="derrick-podman-", dir="/tmp"))
     try:
         proc = subprocess.run(
-            [PODMAN, *_podman_args(root), "info"], env=env, capture_output=True, timeout=60
+            [require("podman"), *_podman_args(root), "info"],
+            env=env,
+            capture_output=True,
+            timeout=60,
         )
-        if proc.returncode != 0:
-            pytest.skip(f"podman cannot run here: {proc.stderr.decode(errors='replace')[-300:]}")
+        assert proc.returncode == 0, (
+            f"podman cannot run: {proc.stderr.decode(errors='replace')[-300:]}"
+        )
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -288,12 +276,11 @@ def test_podman_loads_archives(
     image: TestImage,
     kind: str,
 ) -> None:
-    assert PODMAN is not None
     archive = docker_archive if kind == "docker" else oci_archive
-    out = run([PODMAN, *_podman_args(podman_root), "load", "-i", str(archive)], env)
+    out = run([require("podman"), *_podman_args(podman_root), "load", "-i", str(archive)], env)
     assert NAME in out
     images = json.loads(
-        run([PODMAN, *_podman_args(podman_root), "images", "--format", "json"], env)
+        run([require("podman"), *_podman_args(podman_root), "images", "--format", "json"], env)
     )
     assert any(i["Id"] == image.manifest.config.digest.hex for i in images)
 
