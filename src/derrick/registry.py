@@ -290,38 +290,46 @@ class RegistryClient(BlobUploads):
                 f"{what} not found in the repository",
                 **kw,  # type: ignore[arg-type]
             )
+        unauthorized = status == 401 or "UNAUTHORIZED" in codes
+        denied = status == 403 or "DENIED" in codes
+        # Held back, the credentials were judged by no one: say so before anything else.
+        if (unauthorized or denied) and registry in self.auth.withheld:
+            return (UnauthorizedError if unauthorized else DeniedError)(
+                f"{what}: authentication required by {registry}, and credentials are "
+                "not sent over plain http",
+                hint=f"pass --insecure if you trust {registry} over http",
+                **kw,  # type: ignore[arg-type]
+            )
+        sent = registry in self.auth.sent
         scope = _insufficient_scope(resp)
-        if status == 401 and scope is not None and self.auth.credential(registry) is not None:
+        if status == 401 and scope is not None and sent:
             # A token was issued for these credentials, without the access asked for.
             return DeniedError(
                 f"{what}: access denied by {registry} (the credentials do not grant {scope})",
                 hint="the credentials in use lack permission for this repository",
                 **kw,  # type: ignore[arg-type]
             )
-        if (status == 401 or "UNAUTHORIZED" in codes) and registry in self.auth.withheld:
-            return UnauthorizedError(
-                f"{what}: authentication required by {registry}, and credentials are "
-                "not sent over plain http",
-                hint=f"pass --insecure if you trust {registry} over http",
-                **kw,  # type: ignore[arg-type]
-            )
-        if (status == 401 or "UNAUTHORIZED" in codes) and self.auth.credential(registry):
+        if unauthorized and sent:
             return UnauthorizedError(
                 f"{what}: {registry} rejected the credentials" + (f" ({first})" if first else ""),
                 hint=f"check the user name and password (derrick login {registry})",
                 **kw,  # type: ignore[arg-type]
             )
-        if status == 401 or "UNAUTHORIZED" in codes:
+        login_hint = (
+            f"log in with 'derrick login {registry}' or pass --username and --password-stdin"
+        )
+        if unauthorized:
             return UnauthorizedError(
                 f"{what}: authentication required by {registry}" + (f" ({first})" if first else ""),
-                hint=f"log in with 'derrick login {registry}' or pass --username "
-                "and --password-stdin",
+                hint=login_hint,
                 **kw,  # type: ignore[arg-type]
             )
-        if status == 403 or "DENIED" in codes:
+        if denied:
             return DeniedError(
                 f"{what}: access denied by {registry}" + (f" ({first})" if first else ""),
-                hint="the credentials in use lack permission for this repository",
+                hint="the credentials in use lack permission for this repository"
+                if sent
+                else login_hint,
                 **kw,  # type: ignore[arg-type]
             )
         if status == 429 or "TOOMANYREQUESTS" in codes:
@@ -377,14 +385,53 @@ class RegistryClient(BlobUploads):
         )
 
     def check_login(self, registry: str) -> None:
-        """Prove the configured credentials work for ``registry`` (``GET /v2/`` with auth)."""
+        """Prove that ``registry`` accepts the configured credentials.
+
+        An anonymous ``GET /v2/`` must be challenged; the answer to the challenge must
+        carry the credentials (a Basic header, or a token request with them that the
+        token service grants), and ``GET /v2/`` with that answer must succeed.  Nothing
+        less proves them: credentials held back over plain http, a registry that asks
+        for none, or a token granted without them all raise.
+        """
+        what = f"login to {registry}"
         if self.auth.credential(registry) is None:
             from derrick.errors import CredentialsError
 
             raise CredentialsError(f"no credentials for {registry} to log in with")
-        self._request(
-            "GET", registry, self._url(registry, "/v2/"), scopes=[], what=f"login to {registry}"
+        url = self._url(registry, "/v2/")
+        resp = self.transport.send("GET", url)
+        if resp.status_code == 200:
+            raise UnsupportedError(
+                f"{what}: {registry} asks for no credentials (GET /v2/ succeeds without "
+                "them), so it cannot tell whether they are right",
+                hint="check the registry address, or pass --username and --password-stdin "
+                "to each command instead",
+                status=200,
+                url=redact_url(url),
+            )
+        if resp.status_code != 401:
+            raise self._error(resp, registry, what)
+        header = self.auth.login(registry, resp)
+        if header is None:
+            if registry in self.auth.withheld:
+                raise self._error(resp, registry, what)
+            challenge = resp.headers.get("www-authenticate", "")
+            raise UnauthorizedError(
+                f"{what}: the credentials cannot answer the challenge of {registry} "
+                f"({challenge[:100] or 'none'})",
+                hint="derrick answers Basic and Bearer challenges with a user name and "
+                "password or an identity token",
+                status=401,
+                url=redact_url(url),
+            )
+        resp = self.transport.send(
+            "GET",
+            url,
+            headers={"Authorization": header},
+            auth_origin=origin(httpx.URL(self._url(registry, "/"))),
         )
+        if resp.status_code != 200:
+            raise self._error(resp, registry, what)
 
     def _paged(
         self, registry: str, url: str, key: str, scopes: Sequence[str], what: str

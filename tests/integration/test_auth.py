@@ -120,6 +120,72 @@ def test_login_over_plain_http_needs_insecure(
     assert not env.config_json.exists()
 
 
+@pytest.mark.parametrize("password", ["alice-secret", "WRONG"])
+def test_login_token_registry_over_plain_http_needs_insecure(
+    cli: Cli, env: Isolation, seeded: SeededRegistries, token_log: TokenServer, password: str
+) -> None:
+    """Held-back credentials prove nothing, even though an anonymous token opens ``/v2/``."""
+    reg = seeded.token.registry
+    argv = ["login", reg.host, "-u", "alice", "--password-stdin"]
+    line = cli(*argv, stdin=password + "\n").failed()
+    assert "not sent over plain http" in line
+    assert "--insecure" in line
+    assert password not in line
+    assert not any(e.has_auth for e in token_log.log)
+    assert not env.config_json.exists()
+
+
+def test_login_token_registry_credentials_reach_token_service(
+    cli: Cli, env: Isolation, seeded: SeededRegistries, token_log: TokenServer
+) -> None:
+    reg = seeded.token.registry
+    r = cli(*login_argv(reg, "alice"), stdin="alice-secret\n").ok()
+    assert f"Login succeeded for {reg.host}" in r.err
+    assert [(e.has_auth, e.user, e.status) for e in token_log.log] == [(True, "alice", 200)]
+
+    token_log.clear_log()
+    env.config_json.unlink()
+    r = cli(*login_argv(reg, "alice"), stdin="WRONG\n")
+    line = r.failed()
+    assert "refused the credentials" in line
+    assert [(e.has_auth, e.user, e.status) for e in token_log.log] == [(True, None, 401)]
+    assert not env.config_json.exists()
+
+
+def test_login_basic_registry_credentials_answered_on_v2(
+    cli: Cli, env: Isolation, seeded: SeededRegistries
+) -> None:
+    reg = seeded.basic.registry
+    with FaultProxy(reg.url) as proxy:
+        argv = ["login", proxy.host, "--insecure", "-u", "tester", "--password-stdin"]
+        cli(*argv, stdin="tester-secret\n").ok()
+        v2 = [(q.headers.get("authorization"), q.status) for q in proxy.requests_to("/v2/")]
+        saved = proxy.host
+    assert v2[-1] == ("Basic " + b64("tester:tester-secret"), 200)
+    assert saved in json.loads(env.config_json.read_text())["auths"]
+
+    with FaultProxy(reg.url) as proxy:
+        argv = ["login", proxy.host, "--insecure", "-u", "tester", "--password-stdin"]
+        line = cli(*argv, stdin="WRONG\n").failed()
+        v2 = [(q.headers.get("authorization"), q.status) for q in proxy.requests_to("/v2/")]
+        refused = proxy.host
+    assert "rejected the credentials" in line
+    assert v2[-1] == ("Basic " + b64("tester:WRONG"), 401)
+    assert list(json.loads(env.config_json.read_text())["auths"]) == [saved]
+    assert refused != saved
+
+
+def test_login_to_a_registry_without_auth_fails(
+    cli: Cli, env: Isolation, seeded: SeededRegistries
+) -> None:
+    """A registry that asks for no credentials cannot say whether they are right."""
+    reg = seeded.open.registry
+    line = cli(*login_argv(reg, "tester"), stdin="anything\n").failed()
+    assert reg.host in line
+    assert "no credentials" in line
+    assert not env.config_json.exists()
+
+
 def test_credentials_from_docker_auth_config(
     cli: Cli, monkeypatch: pytest.MonkeyPatch, seeded: SeededRegistries
 ) -> None:
@@ -350,6 +416,52 @@ def test_credentials_not_sent_over_plain_http_without_insecure(
         assert proxy.requests
         assert not any("authorization" in q.headers for q in proxy.requests)
     assert "--insecure" in line
+
+
+@pytest.mark.parametrize("how", ["login", "flags"])
+@pytest.mark.parametrize("command", ["tag ls", "manifest head"])
+def test_token_registry_says_credentials_held_back(
+    cli: Cli,
+    env: Isolation,
+    seeded: SeededRegistries,
+    token_log: TokenServer,
+    how: str,
+    command: str,
+) -> None:
+    """Not "lack permission": no credentials went anywhere, so none were judged."""
+    reg = seeded.token.registry
+    img = seeded.token["private/single"]
+    target = img.reference if command == "manifest head" else f"{reg.host}/private/single"
+    argv = [*command.split(), target]
+    stdin = None
+    if how == "login":
+        env.config_json.write_text(json.dumps({"auths": {reg.host: {"auth": b64("alice:x")}}}))
+    else:
+        argv += ["-u", "alice", "--password-stdin"]
+        stdin = "alice-secret"
+    line = cli(*argv, stdin=stdin).failed()
+    assert "not sent over plain http" in line
+    assert "--insecure" in line
+    assert "permission" not in line and "do not grant" not in line
+    assert token_log.log and not any(e.has_auth for e in token_log.log)
+
+
+def test_credentials_that_cannot_be_sent_are_not_blamed(
+    seeded: SeededRegistries, token_log: TokenServer
+) -> None:
+    """A user name without a password answers no token request: that is no lack of access."""
+    from derrick.auth.credentials import Credential
+    from derrick.errors import UnauthorizedError
+    from derrick.reference import Reference
+    from derrick.registry import RegistryClient
+
+    ref = Reference.parse(seeded.token["private/single"].reference)
+    client = RegistryClient(credentials=lambda _: Credential("alice"), insecure=True)
+    with client, pytest.raises(UnauthorizedError) as info:
+        client.list_tags(ref)
+    assert "authentication required" in str(info.value)
+    assert "permission" not in str(info.value)
+    assert [(e.has_auth, e.user) for e in token_log.log] == [(False, None)]
 
 
 # -- TLS -------------------------------------------------------------------------------------

@@ -167,6 +167,9 @@ class TokenLogEntry:
     offline_token: bool = False
     refresh_token_issued: bool = False
     account: str | None = None  #: the ``account`` query parameter of a GET, if any
+    #: the request carried credentials (a GET's ``Authorization``, a POST's password or
+    #: refresh token), whether or not they were accepted
+    has_auth: bool = False
     issued: list[str] = field(default_factory=list)  #: the token (and refresh token) issued
 
     def as_dict(self) -> dict[str, Any]:
@@ -373,6 +376,7 @@ class TokenServer:
             status=200,
             offline_token=offline,
             account=query.get("account", [None])[0],
+            has_auth=bool(authorization),
         )
         try:
             user: str | None = None
@@ -444,6 +448,7 @@ class TokenServer:
             scopes=scopes,
             granted=[],
             status=200,
+            has_auth=bool(one("password") or one("refresh_token")),
         )
         try:
             user: str | None

@@ -370,7 +370,8 @@ def test_pagination_link_to_another_host_gets_no_credentials() -> None:
             UnauthorizedError,
             "derrick login",
         ),
-        (403, errors("DENIED", "requested access is denied"), DeniedError, "lack permission"),
+        # anonymous: no credentials lack anything, logging in is what may help
+        (403, errors("DENIED", "requested access is denied"), DeniedError, "derrick login"),
         (500, errors("UNKNOWN", "boom"), ServerError, "boom"),
         (418, None, ProtocolError, "unexpected HTTP 418"),
     ],
@@ -385,6 +386,22 @@ def test_manifest_error_mapping(status: int, body: Any, exc: type[Exception], te
         client.get_manifest(ref())
     assert text in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_denied_after_credentials_were_sent_blames_them() -> None:
+    def handler(req: httpx.Request) -> httpx.Response:
+        if "authorization" not in req.headers:
+            return json_response(
+                401, errors("UNAUTHORIZED"), **{"WWW-Authenticate": 'Basic realm="r"'}
+            )
+        return json_response(403, errors("DENIED", "requested access is denied"))
+
+    with (
+        make_client(handler, cred=Credential("u", "secret"), retries=0) as client,
+        pytest.raises(DeniedError) as info,
+    ):
+        client.get_manifest(ref())
+    assert "lack permission" in str(info.value)
 
 
 def test_blob_not_found() -> None:

@@ -5,6 +5,10 @@ for the scopes the challenge names joined with those the operation needs.
 With an identity token (a refresh token) the OAuth2 ``POST`` grant is used;
 otherwise a ``GET`` with Basic credentials, or anonymously.  Tokens are cached
 per (registry, scopes) until shortly before they expire.
+
+The authenticator remembers, per registry, whether credentials were held back
+(plain http to a host not named insecure) and whether they were ever sent, so
+that an error can say which of the two happened.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ class Token:
     value: str
     expires_at: float
     scopes: tuple[str, ...]
+    #: the token request carried credentials (a token granted anonymously proves nothing)
+    with_credentials: bool = False
 
     def valid(self, now: float | None = None) -> bool:
         return (now or time.monotonic()) < self.expires_at - EXPIRY_MARGIN
@@ -64,6 +70,8 @@ class Authenticator:
         self.token_requests: list[tuple[str, tuple[str, ...]]] = []
         #: registries whose credentials were held back because they speak plain http
         self.withheld: set[str] = set()
+        #: registries the credentials were sent to (a Basic header, or a token request)
+        self.sent: set[str] = set()
 
     def credential(self, registry: str) -> Credential | None:
         with self._lock:
@@ -82,16 +90,20 @@ class Authenticator:
             return None
         return cred
 
+    def _basic(self, registry: str, cred: Credential | None) -> str | None:
+        """The Basic header of ``cred``, recorded as sent; None without user name and password."""
+        if cred is None or cred.username is None or cred.password is None:
+            return None
+        self.sent.add(registry)
+        return basic_header(cred.username, cred.password)
+
     def header(self, registry: str, scopes: Sequence[str], url: httpx.URL) -> str | None:
         """The header to send before any challenge is seen, if one is known to work."""
         ch = self._schemes.get(registry)
         if ch is None:
             return None
         if ch.scheme == "basic":
-            cred = self.usable_credential(registry, url)
-            if cred and cred.username is not None and cred.password is not None:
-                return basic_header(cred.username, cred.password)
-            return None
+            return self._basic(registry, self.usable_credential(registry, url))
         if ch.scheme == "bearer":
             key = (registry, tuple(merge_scope(scopes)))
             tok = self._tokens.get(key)
@@ -121,11 +133,39 @@ class Authenticator:
             return f"Bearer {tok.value}"
         if basic is not None:
             self._schemes[registry] = basic
-            cred = self.usable_credential(registry, resp.request.url)
-            if cred and cred.username is not None and cred.password is not None:
-                return basic_header(cred.username, cred.password)
-            return None
+            return self._basic(registry, self.usable_credential(registry, resp.request.url))
         return None
+
+    def login(self, registry: str, resp: httpx.Response) -> str | None:
+        """Answer the 401 of an anonymous ``GET /v2/`` with the credentials themselves.
+
+        The header returned carries them: a Basic header, or a token that the token
+        service granted to a request with the credentials on it (never a cached token,
+        never one granted anonymously).  None when they cannot be sent: held back
+        (see :attr:`withheld`), unfit for the challenge, or no challenge derrick answers.
+        A token service that refuses them raises :class:`UnauthorizedError`.
+        """
+        challenges = parse_challenges(resp.headers.get_list("www-authenticate"))
+        bearer = next((c for c in challenges if c.scheme == "bearer" and c.realm), None)
+        basic = next((c for c in challenges if c.scheme == "basic"), None)
+        if bearer is None and basic is None:
+            return None
+        cred = self.usable_credential(registry, resp.request.url)
+        if cred is None:
+            return None
+        if bearer is not None:
+            if not cred.identity_token and (cred.username is None or cred.password is None):
+                return None
+            self._schemes[registry] = bearer
+            scopes = tuple(merge_scope(bearer.scope.split() if bearer.scope else []))
+            tok = self._fetch_token(registry, bearer, scopes, resp.request.url)
+            if not tok.with_credentials:
+                return None
+            self._tokens[(registry, scopes)] = tok
+            return f"Bearer {tok.value}"
+        assert basic is not None
+        self._schemes[registry] = basic
+        return self._basic(registry, cred)
 
     def _fetch_token(
         self, registry: str, ch: Challenge, scopes: tuple[str, ...], registry_url: httpx.URL
@@ -150,7 +190,9 @@ class Authenticator:
             )
         self.token_requests.append((registry, scopes))
         headers = {"Accept": "application/json"}
+        sent = False
         if cred and cred.identity_token:
+            sent = True
             form: list[tuple[str, str]] = [
                 ("grant_type", "refresh_token"),
                 ("refresh_token", cred.identity_token),
@@ -175,18 +217,21 @@ class Authenticator:
             if cred and cred.username is not None and cred.password is not None:
                 headers["Authorization"] = basic_header(cred.username, cred.password)
                 params.append(("account", cred.username))
+                sent = True
             url = realm_url.copy_merge_params(params) if params else realm_url
             resp = self._transport.send(
                 "GET", str(url), headers=headers, auth_origin=origin(realm_url)
             )
+        if sent:
+            self.sent.add(registry)
         if resp.status_code in (401, 403):
-            who = "the credentials" if cred else "anonymous access"
+            who = "the credentials" if sent else "anonymous access"
             raise UnauthorizedError(
                 f"the token service of {registry} refused {who} (HTTP {resp.status_code})",
                 status=resp.status_code,
                 url=redact_url(realm),
                 hint=f"check the user name and password (derrick login {registry})"
-                if cred
+                if sent
                 else f"this repository needs credentials: derrick login {registry}",
             )
         if resp.status_code != 200:
@@ -208,4 +253,4 @@ class Authenticator:
                 url=redact_url(realm),
             )
         lifetime = max(lifetime, MIN_TOKEN_LIFETIME)
-        return Token(value, time.monotonic() + lifetime, scopes)
+        return Token(value, time.monotonic() + lifetime, scopes, with_credentials=sent)

@@ -45,7 +45,10 @@ def cli() -> None:
 @click.argument("registry")
 @connection_options
 def login(registry: str, opts: Options) -> None:
-    """Check credentials for REGISTRY and save them in Docker's config.json.
+    """Check credentials with REGISTRY and save them in Docker's config.json.
+
+    They are saved only once the registry (or its token service) has been sent them
+    and accepted them; over plain http that needs --insecure.
 
     \b
     Example:
