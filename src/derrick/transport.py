@@ -8,12 +8,15 @@ Redirects are followed by hand so that the ``Authorization`` header is dropped
 whenever a redirect leaves the origin it was meant for (blob downloads are
 commonly redirected to a storage host that must never see registry
 credentials).
+
+The connections are derrick's own (:mod:`derrick.connections`: large socket reads, an
+expiry check that cannot race a request); importing this module changes nothing in
+httpx or httpcore for anyone else.
 """
 
 from __future__ import annotations
 
 import email.utils
-import functools
 import ipaddress
 import logging
 import random
@@ -24,57 +27,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
-import httpcore
 import httpx
 
+from derrick.connections import http_client
 from derrick.errors import DerrickError, TLSError, TransportError
 
 log = logging.getLogger("derrick.http")
-
-#: Bytes asked of the socket per read.  httpcore reads 64 KiB at a time; for
-#: blob bodies that means thousands of trips through its parser per 100 MiB, and
-#: that per-read Python work (with the GIL held) is what limits parallel
-#: downloads.  Bigger reads cut the CPU cost of a pull by about a third (measured
-#: with benchmarks/bench.py).  Raising it only changes how much one read may
-#: return, never what is read, so it is safe for any other httpx user in the
-#: process too.
-SOCKET_READ_SIZE = 512 * 1024
-_http11 = getattr(getattr(httpcore, "_sync", None), "http11", None)
-_conn_cls = getattr(_http11, "HTTP11Connection", None)
-if _conn_cls is not None and getattr(_conn_cls, "READ_NUM_BYTES", 0) < SOCKET_READ_SIZE:
-    _conn_cls.READ_NUM_BYTES = SOCKET_READ_SIZE
-
-
-def _atomic_expiry_check(has_expired: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    """``HTTP11Connection.has_expired`` with the connection's state lock held.
-
-    httpcore (1.0.9) decides a pooled connection is dead when it is idle and its
-    socket is readable, reading the state and polling the socket apart.  With
-    many threads on one pool, a request handed that connection can start in
-    between and get its answer back: the socket is readable, the connection is
-    closed under the request, and the request hangs until its read timeout
-    (seen as 30 s stalls when 20 copies share 4 connections).  Taking the lock
-    the request takes to start makes the check see one state or the other.
-    """
-
-    @functools.wraps(has_expired)
-    def checked(self: Any) -> bool:
-        lock = getattr(self, "_state_lock", None)
-        if lock is None:
-            return has_expired(self)
-        with lock:
-            return has_expired(self)
-
-    checked.__derrick_atomic__ = True  # type: ignore[attr-defined]
-    return checked
-
-
-_has_expired = getattr(_conn_cls, "has_expired", None)
-if _has_expired is not None and not getattr(_has_expired, "__derrick_atomic__", False):
-    _conn_cls.has_expired = _atomic_expiry_check(_has_expired)  # type: ignore[union-attr]
 
 #: Status codes that are worth another try.
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -232,21 +192,14 @@ class Transport:
         with self._lock:
             client = self._clients.get(key)
             if client is None:
-                verify_arg: ssl.SSLContext | bool = True
-                if scheme == "https":
-                    verify_arg = self.tls.context_for(host, verify=verify)
-                limits = httpx.Limits(
+                client = http_client(
+                    ssl_context=self.tls.context_for(host, verify=verify)
+                    if scheme == "https"
+                    else None,
+                    timeout=self.timeout,
                     max_connections=self.max_connections,
-                    max_keepalive_connections=self.max_connections,
-                )
-                client = httpx.Client(
-                    verify=verify_arg,
-                    timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 15.0)),
-                    limits=limits,
-                    follow_redirects=False,
-                    headers={"User-Agent": self.user_agent},
-                    mounts=self._mounts or None,
-                    trust_env=True,
+                    user_agent=self.user_agent,
+                    mounts=self._mounts,
                 )
                 self._clients[key] = client
             return client
