@@ -37,6 +37,7 @@ from derrick.errors import (
     ProtocolError,
     RegistryError,
     RegistryErrorDetail,
+    Remedy,
     ServerError,
     TooManyRequestsError,
     TransportError,
@@ -154,12 +155,13 @@ def _stream_error(e: Exception, resp: httpx.Response) -> DerrickError:
     if isinstance(e, httpx.TimeoutException):
         return TransportError(
             f"download from {url} timed out: nothing arrived for longer than the timeout",
-            hint="raise --timeout, or run the command again; finished blobs are kept "
-            "and partial ones resume",
+            hint="finished blobs are kept and partial ones resume",
+            remedy=Remedy("timeout"),
         )
     return TransportError(
         f"download from {url} broke off: {e or type(e).__name__}",
-        hint="run the command again; finished blobs are kept and partial ones resume",
+        hint="finished blobs are kept and partial ones resume",
+        remedy=Remedy("retry"),
     )
 
 
@@ -276,7 +278,7 @@ class RegistryClient(BlobUploads):
         ):
             return ManifestUnknownError(
                 f"{what} not found: the tag or digest is not in the repository",
-                hint="list the tags with 'derrick tag ls'",
+                remedy=Remedy("tags"),
                 **kw,  # type: ignore[arg-type]
             )
         if "NAME_UNKNOWN" in codes:
@@ -297,7 +299,7 @@ class RegistryClient(BlobUploads):
             return (UnauthorizedError if unauthorized else DeniedError)(
                 f"{what}: authentication required by {registry}, and credentials are "
                 "not sent over plain http",
-                hint=f"pass --insecure if you trust {registry} over http",
+                remedy=Remedy("insecure", host=registry),
                 **kw,  # type: ignore[arg-type]
             )
         sent = registry in self.auth.sent
@@ -312,24 +314,21 @@ class RegistryClient(BlobUploads):
         if unauthorized and sent:
             return UnauthorizedError(
                 f"{what}: {registry} rejected the credentials" + (f" ({first})" if first else ""),
-                hint=f"check the user name and password (derrick login {registry})",
+                remedy=Remedy("credentials", registry=registry),
                 **kw,  # type: ignore[arg-type]
             )
-        login_hint = (
-            f"log in with 'derrick login {registry}' or pass --username and --password-stdin"
-        )
+        login = Remedy("login", registry=registry)
         if unauthorized:
             return UnauthorizedError(
                 f"{what}: authentication required by {registry}" + (f" ({first})" if first else ""),
-                hint=login_hint,
+                remedy=login,
                 **kw,  # type: ignore[arg-type]
             )
         if denied:
             return DeniedError(
                 f"{what}: access denied by {registry}" + (f" ({first})" if first else ""),
-                hint="the credentials in use lack permission for this repository"
-                if sent
-                else login_hint,
+                hint="the credentials in use lack permission for this repository" if sent else None,
+                remedy=None if sent else login,
                 **kw,  # type: ignore[arg-type]
             )
         if status == 429 or "TOOMANYREQUESTS" in codes:
@@ -404,8 +403,8 @@ class RegistryClient(BlobUploads):
             raise UnsupportedError(
                 f"{what}: {registry} asks for no credentials (GET /v2/ succeeds without "
                 "them), so it cannot tell whether they are right",
-                hint="check the registry address, or pass --username and --password-stdin "
-                "to each command instead",
+                hint="check the registry address",
+                remedy=Remedy("inline-credentials", registry=registry),
                 status=200,
                 url=redact_url(url),
             )
@@ -419,7 +418,7 @@ class RegistryClient(BlobUploads):
             raise UnauthorizedError(
                 f"{what}: the credentials cannot answer the challenge of {registry} "
                 f"({challenge[:100] or 'none'})",
-                hint="derrick answers Basic and Bearer challenges with a user name and "
+                hint="Basic and Bearer challenges are answered with a user name and "
                 "password or an identity token",
                 status=401,
                 url=redact_url(url),
@@ -529,7 +528,7 @@ class RegistryClient(BlobUploads):
         try:
             manifest = parse_manifest(raw, content_type)
         except ManifestError as e:
-            raise ManifestError(f"{what}: {e.message}", hint=e.hint) from None
+            raise ManifestError(f"{what}: {e.message}", hint=e.hint, remedy=e.remedy) from None
         return FetchedManifest(
             manifest=manifest,
             digest=digest,

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from derrick.connections import http_client
-from derrick.errors import DerrickError, TLSError, TransportError
+from derrick.errors import DerrickError, Remedy, TLSError, TransportError
 
 log = logging.getLogger("derrick.http")
 
@@ -125,8 +125,7 @@ class TLSConfig:
                 ctx.load_verify_locations(cafile=str(self.ca_cert))
             except (OSError, ssl.SSLError) as e:
                 raise TLSError(
-                    f"cannot load CA certificate {self.ca_cert}: {e}",
-                    hint="pass a PEM file with --ca-cert",
+                    f"cannot load CA certificate {self.ca_cert}: {e}", remedy=Remedy("ca-file")
                 ) from None
         if self.certs_dir is not None:
             hostdir = self.certs_dir / host.replace(":", ":")
@@ -318,7 +317,7 @@ class Transport:
             if target.scheme == "http" and not self.allows_http(host):
                 raise TransportError(
                     f"refusing plain-http request to {redact_url(target)}",
-                    hint=f"pass --insecure if {host} is a registry you trust over http",
+                    remedy=Remedy("insecure", host=host),
                 )
             client = self._client(host, target.scheme)
             body = content() if callable(content) else content
@@ -357,18 +356,19 @@ class Transport:
         if isinstance(e, httpx.ConnectError) and _is_cert_problem(e):
             return TLSError(
                 f"TLS certificate of {host} could not be verified ({_short(e)})",
-                hint="pass the registry's CA with --ca-cert FILE, "
-                f"or put it in {certs / host / 'ca.crt'}, or use --insecure",
+                remedy=Remedy("ca-cert", host=host, path=str(certs / host / "ca.crt")),
             )
         if isinstance(e, httpx.ConnectError) and _is_tls_problem(e):
             return TLSError(
                 f"TLS handshake with {host} failed ({_short(e)})",
-                hint="if the registry speaks plain http, pass --insecure",
+                hint="the registry may speak plain http",
+                remedy=Remedy("insecure", host=host),
             )
         if isinstance(e, httpx.TimeoutException):
             return TransportError(
                 f"timed out talking to {host} ({shown})",
-                hint="check the registry is up, or raise --timeout",
+                hint="check the registry is up",
+                remedy=Remedy("timeout"),
             )
         if isinstance(e, httpx.ConnectError):
             return TransportError(
@@ -377,7 +377,8 @@ class Transport:
             )
         return TransportError(
             f"connection to {host} failed: {_short(e)} ({shown})",
-            hint="the connection was dropped; run the command again, or raise --retries",
+            hint="the connection was dropped",
+            remedy=Remedy("retries"),
         )
 
 

@@ -25,7 +25,7 @@ import httpx
 
 from derrick.auth.challenge import Challenge, merge_scope, parse_challenges
 from derrick.auth.credentials import Credential
-from derrick.errors import UnauthorizedError
+from derrick.errors import Remedy, UnauthorizedError
 from derrick.transport import Transport, origin, redact_url
 
 #: Seconds assumed for a token that states no lifetime, and the least we accept.
@@ -186,7 +186,7 @@ class Authenticator:
                 "credentials will not be sent there",
                 status=401,
                 url=realm,
-                hint=f"pass --insecure if you trust {realm_host} over http",
+                remedy=Remedy("insecure", host=realm_host),
             )
         self.token_requests.append((registry, scopes))
         headers = {"Accept": "application/json"}
@@ -230,9 +230,8 @@ class Authenticator:
                 f"the token service of {registry} refused {who} (HTTP {resp.status_code})",
                 status=resp.status_code,
                 url=redact_url(realm),
-                hint=f"check the user name and password (derrick login {registry})"
-                if sent
-                else f"this repository needs credentials: derrick login {registry}",
+                hint=None if sent else "this repository needs credentials",
+                remedy=Remedy("credentials" if sent else "login", registry=registry),
             )
         if resp.status_code != 200:
             raise UnauthorizedError(

@@ -16,6 +16,7 @@ from derrick.auth.credentials import Credential, CredentialStore
 from derrick.cli import transfer  # noqa: F401  (registers image pull)
 from derrick.cli import write as _write  # noqa: F401  (registers push, copy, tag, deletes)
 from derrick.cli.common import Options, connection_options
+from derrick.cli.errors import error_text
 from derrick.cli.read import (
     blob_group,
     image_group,
@@ -110,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 141
     except UsageError as e:
-        click.echo(f"derrick: error: {e}", err=True)
+        click.echo(f"derrick: error: {error_text(e)}", err=True)
         return 2
     except DerrickError as e:
-        click.echo(f"derrick: error: {e}", err=True)
+        click.echo(f"derrick: error: {error_text(e)}", err=True)
         return 1
     except OSError as e:
         click.echo(
