@@ -1,8 +1,9 @@
 """The one place derrick does HTTP.
 
-:class:`Transport` owns the connection pools, TLS settings, the choice between
-https and plain http, retries with backoff, and redirects.  It knows nothing of
-registries or auth: :mod:`derrick.registry` builds requests and hands them here.
+:class:`Transport` owns the connection pools, TLS settings, retries with backoff, and
+redirects.  It knows nothing of registries or auth: :mod:`derrick.registry` builds
+requests and hands them here.  Which scheme a host speaks is asked of it explicitly
+(:meth:`Transport.probe_scheme`), never found out as a side effect of building a URL.
 
 Redirects are followed by hand so that the ``Authorization`` header is dropped
 whenever a redirect leaves the origin it was meant for (blob downloads are
@@ -142,7 +143,7 @@ class TLSConfig:
 
 
 class Transport:
-    """Connection pools, scheme choice, retries and redirects for every request.
+    """Connection pools, retries and redirects for every request, and the scheme probe.
 
     ``insecure_hosts`` are registries the user named insecure: plain http is
     allowed and TLS is not verified.  Loopback hosts may also fall back to
@@ -173,9 +174,7 @@ class Transport:
         self._mounts = dict(mounts or {})
         self._sleep = sleep
         self._clients: dict[tuple[str, bool], httpx.Client] = {}
-        self._schemes: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._discovery = threading.Lock()
 
     # -- configuration -----------------------------------------------------------------
 
@@ -215,21 +214,10 @@ class Transport:
 
     # -- scheme discovery --------------------------------------------------------------
 
-    def base_url(self, host: str) -> str:
-        """``https://host`` or, for insecure and loopback hosts that speak plain http,
-        ``http://host``.  Decided once per host by trying https first."""
-        scheme = self._schemes.get(host)
-        if scheme is None:
-            # One probe per host: threads starting at once wait for it, rather than each
-            # opening probe connections beside the connection limit.
-            with self._discovery:
-                scheme = self._schemes.get(host)
-                if scheme is None:
-                    scheme = self._discover_scheme(host)
-                    self._schemes[host] = scheme
-        return f"{scheme}://{host}"
-
-    def _discover_scheme(self, host: str) -> str:
+    def probe_scheme(self, host: str) -> str:
+        """``"https"``, or ``"http"`` for an insecure or loopback host that answers
+        https with something other than TLS.  Costs a request for such hosts (one
+        ``GET /v2/`` over https); callers ask once per host and remember the answer."""
         if not self.allows_http(host):
             return "https"
         try:

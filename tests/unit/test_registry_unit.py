@@ -32,7 +32,8 @@ from derrick.errors import (
     UnauthorizedError,
 )
 from derrick.reference import Reference
-from derrick.registry import _LINK_RE, RateLimit, RegistryClient
+from derrick.registry import RateLimit, RegistryClient
+from derrick.registry.tags import LINK_RE
 from derrick.transport import (
     RetryPolicy,
     Transport,
@@ -248,13 +249,13 @@ def test_retry_policy_delay() -> None:
     ],
 )
 def test_link_header_next(header: str, target: str) -> None:
-    m = _LINK_RE.search(header)
+    m = LINK_RE.search(header)
     assert m is not None and m.group(1) == target
 
 
 @pytest.mark.parametrize("header", ['</prev>; rel="prev"', "", "garbage", "<>"])
 def test_link_header_without_next(header: str) -> None:
-    m = _LINK_RE.search(header)
+    m = LINK_RE.search(header)
     assert m is None or m.group(1) == ""
 
 

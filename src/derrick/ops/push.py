@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from derrick import mediatypes as mt
-from derrick.api import push_scope
 from derrick.digest import Digest, Verifier, hash_file
 from derrick.download import Cancelled
 from derrick.errors import DerrickError, LayoutError, ManifestError, UsageError
@@ -33,7 +32,7 @@ from derrick.layout.oci import blob_member
 from derrick.layout.reader import ImageSource, open_image_source
 from derrick.manifest import Descriptor, ImageManifest, Index, parse_manifest
 from derrick.reference import Reference
-from derrick.registry import RegistryClient
+from derrick.registry import RegistryClient, push_scope
 
 #: Blobs up to this size go up in one request; larger ones in chunks of this size.
 DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
