@@ -131,14 +131,12 @@ class _Transfer:
             return self.stats
         if self.progress is not None:
             self.progress.planned(sum(b.desc.size for b in blobs))
-        # One request first, so the workers find a token (or basic auth) already known.
-        first = self.client.head_blob(self.dst, blobs[0].desc.digest, scopes=self.scopes)
         pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="derrick-push")
         futures: list[Future[None]] = []
         failed = True
         try:
-            for i, blob in enumerate(blobs):
-                futures.append(pool.submit(self._one, blob, first if i == 0 else -1))
+            for blob in blobs:
+                futures.append(pool.submit(self._one, blob))
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             errors = [e for f in futures if f in done and (e := f.exception()) is not None]
             if errors:
@@ -152,17 +150,12 @@ class _Transfer:
             pool.shutdown(wait=True, cancel_futures=failed)
         return self.stats
 
-    def _one(self, blob: BlobSource, known: int | None) -> None:
-        """Transfer one blob; ``known`` is a HEAD answer already had (-1: not asked yet)."""
+    def _one(self, blob: BlobSource) -> None:
+        """Transfer one blob (workers start at once: the client asks for a token once)."""
         if self.cancelled.is_set():
             raise Cancelled("cancelled")
         desc = blob.desc
-        have = (
-            self.client.head_blob(self.dst, desc.digest, scopes=self.scopes)
-            if known == -1
-            else known
-        )
-        if have is not None:
+        if self.client.head_blob(self.dst, desc.digest, scopes=self.scopes) is not None:
             self._done_without_upload(desc, skipped=True)
             return
         if self.mount_from is not None and self.client.mount_blob(

@@ -91,8 +91,7 @@ class Session:
             headers["Authorization"] = offered
         resp = self.send(call, headers)
         if resp.status_code == 401:
-            fresh = offered is not None and offered.startswith("Bearer ")
-            answer = self.auth.respond(registry, resp, call.scopes, fresh=fresh)
+            answer = self.auth.respond(registry, resp, call.scopes, rejected=offered)
             if answer is not None:
                 resp.close()
                 headers["Authorization"] = answer
