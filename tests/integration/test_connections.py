@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
+import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,11 +18,15 @@ from httpcore._sync.http11 import HTTP11Connection
 
 from derrick.connections import SOCKET_READ_SIZE, DerrickHTTP11Connection
 from derrick.digest import Digest
-from derrick.errors import TransportError
+from derrick.errors import TLSError, TransportError
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
 from support.faultproxy import TunnelProxy
+from support.images import LayoutImage
+from support.rawclient import RawClient
+from support.registry import start_registry
 from support.seed import SeededRegistries
+from support.tls import TLSMaterial
 
 HTTPCORE_READ = 64 * 1024
 BLOB_SIZE = 4 * 1024 * 1024
@@ -100,8 +108,8 @@ def test_https_proxy_tunnels_are_derricks_connections(
         monkeypatch.setenv("HTTPS_PROXY", proxy.url)
         with RegistryClient(ca_cert=img.registry.ca_cert) as client:
             assert client.list_tags(Reference.parse(img.reference)) == ["v1"]
-            assert proxy.targets == [host]
-            assert proxy.lines[0].startswith("CONNECT ")
+            assert set(proxy.targets) == {host}
+            assert all(line.startswith("CONNECT ") for line in proxy.lines)
             assert _open_connections(DerrickHTTP11Connection, host)
             assert not _open_connections(HTTP11Connection, host)
 
@@ -111,3 +119,52 @@ def test_a_connection_that_cannot_be_opened_is_not_kept(seeded: SeededRegistries
         with pytest.raises(TransportError, match="cannot connect"):
             client.list_tags(Reference.parse("localhost:1/nothing/here:v1"))
         assert client.list_tags(Reference.parse(seeded.open["test/single"].reference)) == ["v1"]
+
+
+def test_probing_a_plain_http_registry_loads_no_ca_store(
+    monkeypatch: pytest.MonkeyPatch, seeded: SeededRegistries
+) -> None:
+    """Whether a loopback registry speaks TLS is asked without verifying (so without the
+    ~20 ms of loading the system's CAs); what follows over https is verified."""
+    made: list[str] = []
+    real = ssl.create_default_context
+
+    def counted(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        made.append("verifying")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    with RegistryClient() as client:
+        assert client.list_tags(Reference.parse(seeded.open["test/single"].reference)) == ["v1"]
+    assert made == []
+
+    img = seeded.tls["test/single"]
+    with RegistryClient(ca_cert=img.registry.ca_cert) as client:
+        assert client.list_tags(Reference.parse(img.reference)) == ["v1"]
+    assert made == ["verifying"]
+    with RegistryClient() as client, pytest.raises(TLSError, match="could not be verified"):
+        client.list_tags(Reference.parse(img.reference))
+
+
+def test_insecure_still_presents_the_client_certificate(
+    tmp_path: Path,
+    tls_material: TLSMaterial,
+    test_images: dict[str, LayoutImage],
+) -> None:
+    """An insecure registry skips verifying its certificate, not presenting derrick's."""
+    reg = start_registry(tmp_path / "mtls", name="mtls", tls=tls_material, client_cas=True)
+    try:
+        with RawClient(reg) as raw:
+            raw.push_layout(test_images["single"], "mtls/single", "v1")
+        hostdir = tmp_path / "certs.d" / reg.host
+        hostdir.mkdir(parents=True)
+        shutil.copy(tls_material.client_cert, hostdir / "client.cert")
+        shutil.copy(tls_material.client_key, hostdir / "client.key")
+        ref = Reference.parse(f"{reg.host}/mtls/single:v1")
+        with RegistryClient(insecure=True, certs_dir=tmp_path / "certs.d") as client:
+            assert str(client.head_manifest(ref).descriptor.digest) == test_images["single"].digest
+        no_cert = RegistryClient(insecure=True, certs_dir=tmp_path / "none")
+        with no_cert, pytest.raises(TLSError, match="asks for a client certificate"):
+            no_cert.head_manifest(ref)
+    finally:
+        reg.stop()
