@@ -10,26 +10,16 @@ import sys
 
 import click
 
-import derrick.cli.fs  # noqa: F401  (registers image unpack, export, diff, layers)
 from derrick import __version__
-from derrick.auth.credentials import Credential, CredentialStore
-from derrick.cli import transfer  # noqa: F401  (registers image pull)
-from derrick.cli import write as _write  # noqa: F401  (registers push, copy, tag, deletes)
 from derrick.cli.common import Options, connection_options
 from derrick.cli.errors import error_text
-from derrick.cli.read import (
-    blob_group,
-    image_group,
-    manifest_group,
-    ratelimit,
-    repo_group,
-    tag_group,
-)
+from derrick.cli.groups import COMMANDS, GROUPS, LazyGroup
 from derrick.errors import DerrickError, UsageError
-from derrick.reference import parse_registry
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup, lazy=COMMANDS[""], context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(__version__, prog_name="derrick")
 def cli() -> None:
     """derrick: pull, push, copy and inspect container images over the registry API.
@@ -55,6 +45,9 @@ def login(registry: str, opts: Options) -> None:
     Example:
       echo "$TOKEN" | derrick login localhost:5000 -u ci --password-stdin
     """
+    from derrick.auth.credentials import Credential, CredentialStore
+    from derrick.reference import parse_registry
+
     reg = parse_registry(registry)
     if opts.username is None:
         opts.username = click.prompt("Username", err=True)
@@ -78,6 +71,9 @@ def logout(registry: str) -> None:
     Example:
       derrick logout localhost:5000
     """
+    from derrick.auth.credentials import CredentialStore
+    from derrick.reference import parse_registry
+
     reg = parse_registry(registry)
     if CredentialStore().erase(reg):
         click.echo(f"Removed credentials for {reg}", err=True)
@@ -85,16 +81,17 @@ def logout(registry: str) -> None:
         click.echo(f"No saved credentials for {reg}", err=True)
 
 
-cli.add_command(tag_group)
-cli.add_command(repo_group)
-cli.add_command(manifest_group)
-cli.add_command(blob_group)
-cli.add_command(image_group)
-cli.add_command(ratelimit)
+for _group in GROUPS:
+    cli.add_command(_group)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn errors into one-line messages and exit codes."""
+    # httpx imports its own command-line client (httpx._main) as it is imported, and with
+    # it rich's syntax highlighting and pygments: ~60 ms that the derrick command never
+    # uses.  The command owns its process, so it tells Python that module is not there
+    # (httpx then falls back to a stub main()); importing derrick as a library does not.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     try:
         cli.main(args=argv, prog_name="derrick", standalone_mode=False)
     except click.exceptions.Abort:

@@ -17,8 +17,8 @@ from derrick.cli.common import (
     parse_ref,
     platform_option,
 )
+from derrick.cli.groups import image_group
 from derrick.cli.progress import open_progress
-from derrick.cli.read import image_group
 from derrick.ops.pull import DEFAULT_JOBS, pull
 
 
