@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -54,7 +54,7 @@ class SingleFlight(Generic[K, V]):
             if flight.error is not None:
                 raise flight.error
             if flight.finished:
-                return flight.value  # type: ignore[return-value]
+                return cast(V, flight.value)
 
     def _lead(self, key: K, flight: _Flight[V], work: Callable[[], V]) -> V:
         try:
