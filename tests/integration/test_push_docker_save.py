@@ -189,6 +189,10 @@ def test_layers_out_of_order_in_a_docker_25_0_0_manifest_are_not_pushed(
     assert isinstance(manifest, ImageManifest)
     assert [str(d.digest) for d in manifest.layers] == image.diff_ids
     assert str(result.digest) == sha256(expected_manifest(image)) != sha256(image.oci_manifest)
+    # named the way index.json names it, the image is still read as manifest.json says
+    with derrick_client(registry_open) as client:
+        for name in ("v1", "docker.io/library/app:v1"):
+            assert push(client, archive.path, ref, name).digest == result.digest
 
 
 def test_docker_25_archives_hold_what_docker_wrote(

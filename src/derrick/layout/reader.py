@@ -592,10 +592,28 @@ class ImageSource:
             except LayoutError:
                 pass
             else:
+                named = self._docker_entry_for(desc)
+                if named is not None:  # read as its manifest.json entry says
+                    return SelectedImage(self._oci_for_docker(named), named, _entry_tags(desc))
                 return SelectedImage(desc, None, _entry_tags(desc))
             raise
         chosen = (name,) if name in entry.repo_tags else entry.repo_tags
         return SelectedImage(self._oci_for_docker(entry), entry, _tags_of(chosen))
+
+    def _docker_entry_for(self, desc: Descriptor) -> DockerArchiveEntry | None:
+        """The manifest.json entry of the image manifest ``desc`` (by its config), if any."""
+        if not mt.is_image_manifest(desc.media_type) or not self.has_blob(desc.digest):
+            return None
+        try:
+            parsed = parse_manifest(self.read_blob(desc.digest), desc.media_type)
+        except DerrickError:
+            return None
+        if not isinstance(parsed, ImageManifest):
+            return None
+        for entry in self.docker_images():
+            if self.image_id(entry) == parsed.config.digest:
+                return entry
+        return None
 
     def _oci_for_docker(self, entry: DockerArchiveEntry) -> Descriptor | None:
         if self._index is None:
