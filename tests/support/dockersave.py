@@ -43,6 +43,7 @@ import json
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -274,8 +275,7 @@ class _Tree:
 
 
 def _created(image: SavedImage) -> int:
-    from datetime import datetime
-
+    """The image's creation time, which Docker gives the files it saves for it."""
     created = image.config_json.get("created")
     return int(datetime.fromisoformat(created).timestamp()) if created else 0
 
