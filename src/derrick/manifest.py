@@ -258,11 +258,16 @@ def _load_json(raw: bytes, what: str) -> Any:
         raise ManifestError(f"{what} is not valid JSON: {str(e)[:200]}") from None
 
 
-def parse_manifest(raw: bytes, content_type: str | None = None) -> Manifest:
+def parse_manifest(
+    raw: bytes, content_type: str | None = None, *, null_manifests: bool = False
+) -> Manifest:
     """Parse manifest bytes into an :class:`ImageManifest` or :class:`Index`.
 
     The media type comes from the document's ``mediaType`` field, else from
-    ``content_type`` (the HTTP Content-Type), else from its shape.
+    ``content_type`` (the HTTP Content-Type), else from its shape.  With
+    ``null_manifests`` an index whose ``manifests`` is ``null`` (as some
+    ``docker save`` versions write into ``index.json``) has no entries instead
+    of being refused.
     """
     obj = _load_json(raw, "manifest")
     if not isinstance(obj, dict):
@@ -288,7 +293,10 @@ def parse_manifest(raw: bytes, content_type: str | None = None) -> Manifest:
             hint="the image must be re-pushed in the Docker schema 2 or OCI format",
         )
     if media_type in mt.INDEXES:
-        items = _want(obj, "manifests", list, "index")
+        if null_manifests and "manifests" in obj and obj["manifests"] is None:
+            items = []
+        else:
+            items = _want(obj, "manifests", list, "index")
         return Index(
             raw=raw,
             media_type=media_type,

@@ -79,18 +79,23 @@ def jobs_option(f: Any) -> Any:
 
 
 def _split_source(src: str, tag: str | None) -> tuple[str, str | None]:
-    """``DIR``, ``DIR:NAME`` or ``FILE:NAME`` (optionally ``oci:``-style prefixed)."""
+    """``DIR``, ``DIR:NAME`` or ``FILE:NAME`` (optionally ``oci:``-style prefixed).
+
+    NAME may hold colons itself (``app.tar:app:1.0``): the path is the longest
+    part before a colon that exists.
+    """
     for prefix in _TRANSPORTS:
         if src.startswith(prefix) and not Path(src).exists():
             src = src[len(prefix) :]
             break
     name = None
-    if not Path(src).exists() and ":" in src:
-        path, _, name = src.rpartition(":")
-        if Path(path).exists():
-            src = path
-        else:
-            name = None
+    if not Path(src).exists():
+        colon = src.rfind(":")
+        while colon > 0:
+            if Path(src[:colon]).exists():
+                src, name = src[:colon], src[colon + 1 :]
+                break
+            colon = src.rfind(":", 0, colon)
     if name is not None and tag is not None:
         raise UsageError(f"the image is named twice: {name!r} in SRC and {tag!r} by --tag")
     return src, name if name is not None else tag
@@ -116,7 +121,11 @@ def _stats_text(stats: TransferStats) -> str:
 @image_group.command("push")
 @click.argument("src")
 @click.argument("reference")
-@click.option("--tag", "name", help="Which image of SRC to push: its tag (ref name) or RepoTag.")
+@click.option(
+    "--tag",
+    "name",
+    help="Which image of SRC to push: its tag (ref name), RepoTag or image ID.",
+)
 @jobs_option
 @chunk_size_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
@@ -136,15 +145,19 @@ def image_push(
 
     SRC is an OCI layout directory, an OCI archive or a docker-archive
     (docker save, legacy or OCI style).  Pick one of several images with
-    DIR:TAG or --tag; the only one is the default.  Digests are preserved.
+    SRC:NAME or --tag: a tag (ref name) of a layout, a RepoTag or image ID
+    (12 or more hex digits) of a docker-archive; the only one is the default.
+    REFERENCE without a tag takes the image's tag in SRC (an untagged image
+    needs one given).  Digests are preserved.
 
     \b
     Examples:
-      derrick image push ./app-layout:1.0 localhost:5000/team/app:1.0
-      derrick image push app.tar localhost:5000/team/app:1.0 --tag app:1.0
+      derrick image push ./app-layout:1.0 localhost:5000/team/app
+      derrick image push app.tar:app:1.0 localhost:5000/team/app
+      derrick image push untagged.tar localhost:5000/team/app:1.0
     """
     path, image_name = _split_source(src, name)
-    ref = parse_ref(reference)
+    ref = Reference.parse(reference, default_tag=None)
     with opts.client(ref.registry) as client, contextlib.ExitStack() as stack:
         bar = open_progress(stack, quiet=quiet, label=ref.familiar())
         result = push(
@@ -160,7 +173,7 @@ def image_push(
         emit_json(
             {
                 "source": result.source,
-                "reference": str(ref),
+                "reference": str(result.ref),
                 "digest": str(result.digest),
                 "mediaType": result.media_type,
                 "manifests": [str(d) for d in result.manifests],
@@ -169,7 +182,8 @@ def image_push(
         )
     elif not quiet:
         click.echo(
-            f"Pushed {path} to {ref} ({result.digest}): {_stats_text(result.stats)}", err=True
+            f"Pushed {path} to {result.ref} ({result.digest}): {_stats_text(result.stats)}",
+            err=True,
         )
 
 

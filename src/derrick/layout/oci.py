@@ -116,11 +116,15 @@ def check_layout_file(data: bytes, where: str) -> None:
 
 
 def parse_index_json(data: bytes, where: str) -> Index:
-    """Parse an ``index.json``; raise :class:`LayoutError` if it is not an image index."""
+    """Parse an ``index.json``; raise :class:`LayoutError` if it is not an image index.
+
+    ``"manifests": null`` is read as no entries: Docker 25.0.0 and 25.0.1 write
+    it when they save only untagged images.
+    """
     if len(data) > MAX_INDEX_SIZE:
         raise LayoutError(f"{where}: index.json is larger than {MAX_INDEX_SIZE} bytes")
     try:
-        parsed = parse_manifest(data)
+        parsed = parse_manifest(data, null_manifests=True)
     except DerrickError as e:
         raise LayoutError(f"{where}: index.json is malformed: {e.message}") from None
     if not isinstance(parsed, Index):

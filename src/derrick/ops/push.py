@@ -11,12 +11,23 @@ digests equal the source's.
 A legacy ``docker save`` archive (``<id>/layer.tar`` files and no OCI
 manifest) has no registry manifest to preserve: one is written for it, a
 Docker schema 2 manifest with the config as is and each layer as stored
-(``application/vnd.docker.image.rootfs.diff.tar`` for plain tars).
+(``application/vnd.docker.image.rootfs.diff.tar`` for plain tars).  So is
+one for a newer archive whose OCI manifest is missing from ``index.json`` or
+disagrees with ``manifest.json``.  Such an image's config must list as many
+layers as ``manifest.json`` does, each plain tar layer must be the one its
+config names (its digest is its diff ID), and files named by their digest
+(``blobs/sha256/<hex>``, ``<hex>.json``) must hash to it.
+
+A destination without tag or digest takes the tag the image has in the
+source: the tag of its ``ref.name`` (or image name) in an OCI layout or
+archive, its RepoTag in a docker-archive.  An image without one, or with
+several, needs the tag named.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -30,8 +41,13 @@ from derrick.digest import Digest, Verifier, hash_file
 from derrick.download import Cancelled
 from derrick.errors import DerrickError, LayoutError, ManifestError, UsageError
 from derrick.layout.oci import blob_member
-from derrick.layout.reader import ImageSource, open_image_source
-from derrick.manifest import Descriptor, ImageManifest, Index, parse_manifest
+from derrick.layout.reader import (
+    DockerArchiveEntry,
+    ImageSource,
+    SelectedImage,
+    open_image_source,
+)
+from derrick.manifest import Descriptor, ImageConfig, ImageManifest, Index, parse_manifest
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
 
@@ -40,6 +56,8 @@ DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
 DEFAULT_JOBS = 4
 _READ_SIZE = 1 << 20
 _MAX_INDEX_DEPTH = 4
+#: docker-archive paths that name their content's sha256: ``blobs/sha256/<hex>``, ``<hex>.json``.
+_NAMED_BY_DIGEST = re.compile(r"^(?:blobs/sha256/([0-9a-f]{64})|([0-9a-f]{64})\.json)$")
 
 #: Yields a blob's content from the given offset.
 Opener = Callable[[int], Iterable[bytes]]
@@ -395,37 +413,88 @@ def docker_manifest_for(config: bytes, layers: Sequence[Descriptor]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def _plan_legacy_docker(source: ImageSource, name: str | None, jobs: int) -> _Plan:
-    """A plan for a ``docker save`` image without an OCI manifest: write its manifest."""
-    entry = source.docker_image(name)
+def _check_named(source: ImageSource, path: str, digest: Digest) -> None:
+    """A file named by its digest must have that digest."""
+    m = _NAMED_BY_DIGEST.match(path)
+    named = (m.group(1) or m.group(2)) if m else None
+    if named is not None and (digest.algorithm != "sha256" or digest.hex != named):
+        raise LayoutError(
+            f"{path} in {source.description} does not match its name: its content is {digest}",
+            hint="the archive is damaged; save the image again",
+        )
+
+
+def _plan_legacy_docker(source: ImageSource, entry: DockerArchiveEntry, jobs: int) -> _Plan:
+    """A plan for a ``docker save`` image without a usable OCI manifest: write its manifest."""
     config = source.read_file(entry.config_path)
     config_desc = Descriptor(mt.DOCKER_CONFIG, Digest.of(config), len(config))
+    _check_named(source, entry.config_path, config_desc.digest)
+    where = f"the image {entry.config_path} of {source.description}"
+    try:
+        diff_ids = ImageConfig.parse(config).diff_ids
+    except ManifestError as e:
+        raise LayoutError(f"{where}: {e.message}") from None
+    if len(diff_ids) != len(entry.layer_paths):
+        raise LayoutError(
+            f"{where} has {len(entry.layer_paths)} layers in manifest.json but its config "
+            f"lists {len(diff_ids)} (rootfs.diff_ids)",
+            hint="the archive is damaged; save the image again",
+        )
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="derrick-hash") as pool:
         hashed = list(pool.map(lambda p: _hash_path(source, p), entry.layer_paths))
     plan = _Plan()
     plan.blobs[config_desc.digest] = BlobSource(config_desc, lambda off: [config[off:]])
     layers: list[Descriptor] = []
-    for path, (digest, size) in zip(entry.layer_paths, hashed, strict=True):
+    for i, (path, (digest, size)) in enumerate(zip(entry.layer_paths, hashed, strict=True)):
+        _check_named(source, path, digest)
         desc = Descriptor(_layer_media_type(source, path), digest, size)
+        if desc.media_type == mt.DOCKER_LAYER and digest != diff_ids[i]:
+            raise LayoutError(
+                f"layer {path} of {where} is {digest}, but its config names {diff_ids[i]} "
+                f"(rootfs.diff_ids[{i}])",
+                hint="the archive is damaged; save the image again",
+            )
         layers.append(desc)
         plan.blobs.setdefault(digest, BlobSource(desc, _source_opener(source, path, desc)))
     plan.manifests.append(ManifestBlob(docker_manifest_for(config, layers), mt.DOCKER_MANIFEST))
     return plan
 
 
+def plan_image(source: ImageSource, selected: SelectedImage, *, jobs: int = 1) -> _Plan:
+    """The blobs and manifests of an image :meth:`ImageSource.select` chose."""
+    if selected.desc is None:
+        if selected.docker is None:  # pragma: no cover - select() always finds one
+            raise LayoutError(f"no image to push in {source.description}")
+        return _plan_legacy_docker(source, selected.docker, jobs)
+    plan = _Plan()
+    _add_manifest(source, selected.desc, plan)
+    return plan
+
+
 def plan_source(source: ImageSource, name: str | None = None, *, jobs: int = 1) -> _Plan:
     """The blobs and manifests of the image called ``name`` in ``source``."""
-    if source.kind == "docker-archive":
-        desc = source.resolve(name)
-        if desc is None:
-            return _plan_legacy_docker(source, name, jobs)
-    else:
-        desc = source.resolve(name)
-        if desc is None:
-            raise LayoutError(f"no image to push in {source.description}")
-    plan = _Plan()
-    _add_manifest(source, desc, plan)
-    return plan
+    return plan_image(source, source.select(name), jobs=jobs)
+
+
+def destination(ref: Reference, selected: SelectedImage, shown: str) -> Reference:
+    """``ref``, or, without tag and digest, ``ref`` with the tag the image has in its source.
+
+    ``shown`` names the source in errors.  Raises :class:`UsageError` when the
+    image has no tag, or several, to take.
+    """
+    if ref.tag is not None or ref.digest is not None:
+        return ref
+    if len(selected.tags) == 1:
+        return ref.with_tag(selected.tags[0])
+    if not selected.tags:
+        raise UsageError(
+            f"{shown} is not tagged, so {ref} needs a tag to push it as",
+            hint=f"add one, e.g. {ref.name}:latest",
+        )
+    raise UsageError(
+        f"{shown} is tagged {', '.join(selected.tags)}, so {ref} needs the tag to push it as",
+        hint=f"add one, e.g. {ref.name}:{selected.tags[0]}",
+    )
 
 
 # -- push ------------------------------------------------------------------------------------
@@ -443,11 +512,14 @@ def push(
 ) -> PushResult:
     """Push the image called ``name`` (or the only one) of ``source_path`` to ``ref``.
 
-    ``ref`` names the destination by tag (or by the image's own digest).  With
-    ``chunk_size`` None every blob goes up in one request.
+    ``ref`` names the destination by tag (or by the image's own digest); without
+    either, the image's tag in the source is used (see :func:`destination`).
+    With ``chunk_size`` None every blob goes up in one request.
     """
     with open_image_source(source_path) as source:
-        plan = plan_source(source, name, jobs=jobs)
+        selected = source.select(name)
+        ref = destination(ref, selected, f"{source_path}:{name}" if name else str(source_path))
+        plan = plan_image(source, selected, jobs=jobs)
         stats = transfer_blobs(
             client,
             ref,
