@@ -1,0 +1,106 @@
+"""Where the CLI's output goes: a reader that stops early, a terminal, a local path.
+
+* A pipe whose reader has gone (``derrick tag ls … | head -1``): derrick stops quietly with
+  status 141, as ``ls | head`` does, with nothing on stderr.
+* An archive to standard output that is a terminal is refused before anything is fetched.
+* ``image copy`` to or from a local path says which command does that instead of reading
+  the path as a Docker Hub repository.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from derrick.ops.push import put_blob
+from derrick.reference import Reference
+from support.registry import RegistryProcess
+from support.seed import SeededRegistries, derrick_client
+
+DERRICK = [sys.executable, "-m", "derrick.cli.main"]
+
+
+def _into_closed_pipe(*argv: Any) -> tuple[int, str]:
+    """Run derrick with standard output a pipe whose reader has already gone."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = subprocess.run(
+            [*DERRICK, *(str(a) for a in argv)],
+            stdin=subprocess.DEVNULL,
+            stdout=w,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ),
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(w)
+    return proc.returncode, proc.stderr.decode(errors="replace")
+
+
+# -- a reader that stops early ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tag", "ls", "{repo}"],
+        ["tag", "ls", "{repo}", "--format", "json"],
+        ["manifest", "get", "{ref}"],
+        ["manifest", "get", "{ref}", "--format", "raw"],
+        ["image", "config", "{ref}"],
+        ["image", "inspect", "{ref}"],
+        ["image", "pull", "{ref}", "-o", "-", "--format", "oci-archive"],
+        ["image", "export", "{ref}", "-o", "-"],
+        ["image", "pull", "--help"],
+    ],
+    ids=lambda a: " ".join(x for x in a if not x.startswith("{")),
+)
+def test_reader_gone_before_the_first_byte(seeded: SeededRegistries, argv: list[str]) -> None:
+    img = seeded.open["test/single"]
+    repo = f"{img.registry.host}/{img.repo}"
+    code, err = _into_closed_pipe(*(a.format(repo=repo, ref=img.reference) for a in argv))
+    assert err == ""  # no traceback, no "Exception ignored", no error line
+    assert code == 141
+
+
+def test_reader_stops_mid_blob(
+    registry_open: RegistryProcess,
+    unique_repo: Callable[..., str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``derrick blob get REPO DIGEST | head -c 100``: a blob far larger than a pipe holds."""
+    blob = tmp_path / "big.bin"
+    blob.write_bytes(os.urandom(4 * 1024 * 1024))
+    ref = Reference.parse(f"{registry_open.host}/{unique_repo()}")
+    with derrick_client(registry_open) as client:
+        desc, _ = put_blob(client, ref, blob)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    with (tmp_path / "stderr").open("w+b") as err:
+        proc = subprocess.Popen(
+            [*DERRICK, "blob", "get", str(ref), str(desc.digest)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=dict(os.environ),
+        )
+        assert proc.stdout is not None
+        head = proc.stdout.read(100)
+        proc.stdout.close()
+        code = proc.wait(timeout=60)
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    assert head == blob.read_bytes()[:100]
+    assert stderr == ""
+    assert code == 141
+    assert list(scratch.iterdir()) == []  # the verified copy is gone too
