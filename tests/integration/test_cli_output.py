@@ -20,6 +20,7 @@ import pytest
 
 from derrick.ops.push import put_blob
 from derrick.reference import Reference
+from support.cli import Isolation
 from support.registry import RegistryProcess
 from support.seed import SeededRegistries, derrick_client
 
@@ -104,3 +105,52 @@ def test_reader_stops_mid_blob(
     assert stderr == ""
     assert code == 141
     assert list(scratch.iterdir()) == []  # the verified copy is gone too
+
+
+# -- a terminal ------------------------------------------------------------------------------
+
+
+def _on_terminal(*argv: Any) -> tuple[int, str]:
+    """Run derrick with stdout and stderr a terminal (a pty); return its status and screen."""
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(
+            [*DERRICK, *(str(a) for a in argv)],
+            stdin=subprocess.DEVNULL,
+            stdout=slave,
+            stderr=slave,
+            env={**os.environ, "TERM": "xterm", "COLUMNS": "120"},
+        )
+        os.close(slave)
+        slave = -1
+        screen = b""
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every writer has closed the terminal
+                break
+            if not data:
+                break
+            screen += data
+        code = proc.wait(timeout=60)
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    return code, screen.decode(errors="replace")
+
+
+@pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive"])
+def test_pull_refuses_to_write_an_archive_to_a_terminal(
+    seeded: SeededRegistries, env: Isolation, fmt: str
+) -> None:
+    img = seeded.open["test/eight"]
+    log = img.registry.log_size()
+    code, screen = _on_terminal("image", "pull", img.reference, "-o", "-", "--format", fmt)
+    lines = [line for line in screen.splitlines() if line.strip()]
+    assert code == 2
+    assert len(lines) == 1, screen  # no progress display, no tar
+    assert lines[0].startswith("derrick: error: refusing to write an archive to a terminal")
+    assert "-o FILE" in lines[0]
+    assert "/v2/" not in img.registry.log_since(log)  # nothing was asked of the registry
+    assert list(env.cache.iterdir()) == []  # nor fetched into the cache
