@@ -20,7 +20,8 @@ import pytest
 
 from derrick.ops.push import put_blob
 from derrick.reference import Reference
-from support.cli import Isolation
+from support.cli import Cli, Isolation
+from support.images import LayoutImage
 from support.registry import RegistryProcess
 from support.seed import SeededRegistries, derrick_client
 
@@ -154,3 +155,74 @@ def test_pull_refuses_to_write_an_archive_to_a_terminal(
     assert "-o FILE" in lines[0]
     assert "/v2/" not in img.registry.log_since(log)  # nothing was asked of the registry
     assert list(env.cache.iterdir()) == []  # nor fetched into the cache
+
+
+# -- image copy and local paths --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dest", "advice"),
+    [
+        ("{tmp}/out", "derrick image pull {src} -o {tmp}/out"),
+        ("mydir", "derrick image pull {src} -o mydir"),  # an existing directory
+        ("./x", "derrick image pull {src} -o ./x"),
+        ("../x", "derrick image pull {src} -o ../x"),
+        ("x.tar", "derrick image pull {src} -o x.tar"),
+        ("oci:layout", "derrick image pull {src} -o layout --format oci"),
+        ("oci-archive:img.tar", "derrick image pull {src} -o img.tar --format oci-archive"),
+        ("docker-archive:img", "derrick image pull {src} -o img --format docker-archive"),
+    ],
+)
+def test_copy_to_a_local_path_says_to_pull(
+    cli: Cli,
+    seeded: SeededRegistries,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    dest: str,
+    advice: str,
+) -> None:
+    img = seeded.open["test/single"]
+    work = tmp_path / "work"
+    (work / "mydir").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    dest = dest.format(tmp=tmp_path)
+    log = img.registry.log_size()
+    r = cli("image", "copy", img.reference, dest)
+    line = r.failed()
+    assert r.code == 2
+    assert f"{dest} is a local path" in line
+    assert advice.format(src=img.reference, tmp=tmp_path) in line
+    assert "/v2/" not in img.registry.log_since(log)
+    assert sorted(p.name for p in work.iterdir()) == ["mydir"]
+    assert list((work / "mydir").iterdir()) == []
+
+
+def test_copy_from_a_local_path_says_to_push(
+    cli: Cli,
+    seeded: SeededRegistries,
+    test_images: dict[str, LayoutImage],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    layout = test_images["single"]
+    monkeypatch.chdir(layout.path.parent)
+    dst = f"{seeded.open.registry.host}/scratch/from-disk:v1"
+    for src in (str(layout.path), f"./{layout.path.name}:v1", f"oci:{layout.path}:v1"):
+        line = cli("image", "copy", src, dst).failed()
+        assert f"{src} is a local path" in line
+        assert f"derrick image push {src} {dst}" in line
+    line = cli("image", "copy", "./a", str(tmp_path / "b.tar")).failed()
+    assert "./a and " in line and "local paths" in line
+    assert "derrick image pull" in line and "derrick image push" in line
+
+
+def test_copy_docker_prefix_means_a_registry(
+    cli: Cli, seeded: SeededRegistries, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    img = seeded.open["test/single"]
+    host = img.registry.host
+    monkeypatch.chdir(tmp_path)
+    Path(host).mkdir()  # a directory that looks like the registry's name is no local path here
+    cli("image", "copy", f"docker://{img.reference}", f"docker://{host}/scratch/copy.tar").ok()
+    r = cli("manifest", "head", f"{host}/scratch/copy.tar:{img.tag}").ok()
+    assert r.out.strip() == img.digest
