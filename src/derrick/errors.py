@@ -43,7 +43,12 @@ class ManifestError(DerrickError):
 
 
 class PlatformNotFoundError(DerrickError):
-    """An index has no manifest for the requested platform."""
+    """An index has no manifest for the requested platform, or an image is of another one."""
+
+
+class NotAnImageError(ManifestError):
+    """A manifest is an OCI artifact (Helm chart, signature, SBOM…), not a container image,
+    where only an image will do (a filesystem, a docker-archive)."""
 
 
 class CredentialsError(DerrickError):

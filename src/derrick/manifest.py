@@ -199,10 +199,26 @@ class ImageManifest:
     layers: tuple[Descriptor, ...]
     annotations: Mapping[str, str] | None = None
     subject: Descriptor | None = None
+    artifact_type: str | None = None
 
     @property
     def digest(self) -> Digest:
         return Digest.of(self.raw)
+
+    @property
+    def is_image(self) -> bool:
+        """Whether this is a container image: its config is an image config.
+
+        Anything else (a Helm chart, a signature, an SBOM…) is an OCI artifact,
+        with no platform and no filesystem.
+        """
+        return mt.is_image_config(self.config.media_type)
+
+    @property
+    def kind(self) -> str:
+        """The artifact type: ``artifactType``, else the config's media type (as the
+        image-spec says to read an artifact without one)."""
+        return self.artifact_type or self.config.media_type
 
     def descriptor(self, platform: Platform | None = None) -> Descriptor:
         return Descriptor(self.media_type, self.digest, len(self.raw), platform=platform)
@@ -317,6 +333,7 @@ def parse_manifest(
             ),
             annotations=_str_map(obj, "annotations", "manifest"),
             subject=Descriptor.from_json(subject, "manifest.subject") if subject else None,
+            artifact_type=_opt(obj, "artifactType", str, "manifest"),
         )
     raise ManifestError(
         f"unsupported manifest media type {media_type!r}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 
 import click
@@ -19,6 +20,7 @@ from derrick.cli.common import (
 )
 from derrick.cli.progress import open_progress
 from derrick.cli.read import image_group
+from derrick.errors import UsageError
 from derrick.ops.pull import DEFAULT_JOBS, pull
 
 
@@ -79,6 +81,11 @@ def image_pull(
       derrick image pull alpine:3.20 -o alpine.tar            # docker load -i alpine.tar
       derrick image pull app:1.0 --format oci-archive -o - | gzip > app.oci.tgz
     """
+    if dest == "-" and sys.stdout.isatty():  # before a byte is fetched or a bar is shown
+        raise UsageError(
+            "refusing to write an archive to a terminal",
+            hint="redirect standard output to a file or a pipe, or pass -o FILE",
+        )
     ref = parse_ref(reference)
     cache = BlobCache(cache_dir)
     with opts.client(ref.registry) as client, contextlib.ExitStack() as stack:

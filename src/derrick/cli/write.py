@@ -24,6 +24,7 @@ from derrick.cli.read import blob_group, image_group, manifest_group, tag_group
 from derrick.digest import Digest
 from derrick.errors import UsageError
 from derrick.ops.copy import copy_image, tag_image
+from derrick.ops.images import is_local
 from derrick.ops.push import DEFAULT_JOBS, TransferStats, push, put_blob
 from derrick.reference import Reference
 
@@ -99,6 +100,52 @@ def _split_source(src: str, tag: str | None) -> tuple[str, str | None]:
     if name is not None and tag is not None:
         raise UsageError(f"the image is named twice: {name!r} in SRC and {tag!r} by --tag")
     return src, name if name is not None else tag
+
+
+def _local_path(value: str) -> bool:
+    """Whether an argument of ``image copy`` names a path on disk rather than a registry.
+
+    ``docker://`` forces a registry; ``oci:``-style prefixes, paths (``/…``, ``./…``,
+    ``../…``, ``~/…``), names ending in ``.tar`` and anything that exists are local.
+    """
+    if value.startswith("docker://"):
+        return False
+    return (
+        value.startswith((*_TRANSPORTS, "/", "./", "../", "~/"))
+        or value in (".", "..", "~")
+        or value.endswith(".tar")
+        or is_local(value)
+    )
+
+
+def _pull_command(src: str, dest: str) -> str:
+    for prefix in _TRANSPORTS:
+        if dest.startswith(prefix):
+            return f"derrick image pull {src} -o {dest[len(prefix) :]} --format {prefix[:-1]}"
+    return f"derrick image pull {src} -o {dest}"
+
+
+def _refuse_local_paths(src: str, dst: str) -> None:
+    """``image copy`` goes from registry to registry: say what to use for a path instead."""
+    src_local, dst_local = _local_path(src), _local_path(dst)
+    if src_local and dst_local:
+        raise UsageError(
+            f"image copy copies between registries; {src} and {dst} are local paths",
+            hint="derrick image pull writes a registry's image to disk, "
+            "derrick image push uploads one from disk",
+        )
+    if dst_local:
+        raise UsageError(
+            f"image copy copies between registries, and {dst} is a local path",
+            hint=f"to write the image to disk use: {_pull_command(src, dst)} "
+            "(or prefix DST_REF with docker:// if it names a registry)",
+        )
+    if src_local:
+        raise UsageError(
+            f"image copy copies between registries, and {src} is a local path",
+            hint=f"to upload an image from disk use: derrick image push {src} {dst} "
+            "(or prefix SRC_REF with docker:// if it names a registry)",
+        )
 
 
 def _stats_json(stats: TransferStats) -> dict[str, int]:
@@ -214,7 +261,8 @@ def image_copy(
     verified on the way; on one registry they are mounted instead.  Without
     --all-platforms one platform of an index is copied (--platform, default
     this machine's).  DST_REF without a tag takes SRC_REF's.  --username
-    applies to the destination registry.
+    applies to the destination registry.  A path on disk is no reference: use
+    image pull or image push for that (docker://REF forces a registry).
 
     \b
     Examples:
@@ -223,8 +271,9 @@ def image_copy(
     """
     if all_platforms and platform:
         raise UsageError("--platform and --all-platforms exclude each other")
-    src = parse_ref(src_ref)
-    dst = Reference.parse(dst_ref, default_tag=None)
+    _refuse_local_paths(src_ref, dst_ref)
+    src = parse_ref(src_ref.removeprefix("docker://"))
+    dst = Reference.parse(dst_ref.removeprefix("docker://"), default_tag=None)
     with opts.client(dst.registry) as client, contextlib.ExitStack() as stack:
         bar = open_progress(stack, quiet=quiet, label=dst.familiar())
         result = copy_image(

@@ -106,6 +106,7 @@ class ImageLayers:
 
 
 _LOCAL_PREFIXES = ("oci:", "oci-archive:", "docker-archive:")
+_NO_FILESYSTEM = "it has no filesystem to read"
 
 
 def _split_local(target: str) -> tuple[Path, str | None] | None:
@@ -187,10 +188,11 @@ def _open_remote(
     jobs: int,
     progress: PullProgress | None,
 ) -> ImageLayers:
-    from derrick.ops.resolve import fetch_config, resolve_image
+    from derrick.ops.resolve import require_image, resolve_image, resolved_config
 
     img = resolve_image(client, ref, platform)
-    config = fetch_config(client, ref, img.manifest)
+    require_image(str(ref), img.manifest, _NO_FILESYSTEM)
+    config = resolved_config(client, img)
     _check_diff_ids(str(ref), config, len(img.manifest.layers))
     if progress is not None:
         progress.planned(sum(d.size for d in img.manifest.layers))
@@ -252,6 +254,7 @@ def _read_local(
     src: object, path: Path, name: str | None, platform: Platform | None
 ) -> ImageLayers:
     from derrick.layout.reader import ImageSource
+    from derrick.ops.resolve import check_config_platform, check_platform, require_image
 
     assert isinstance(src, ImageSource)
     shown = f"{path}:{name}" if name else str(path)
@@ -259,6 +262,7 @@ def _read_local(
     if desc is None:  # a docker-archive without OCI manifests
         entry = src.docker_image(name)
         config = _parse_config(src.read_file(entry.config_path), shown)
+        check_config_platform(shown, config, platform)
         _check_diff_ids(shown, config, len(entry.layer_paths))
 
         def file_opener(p: str) -> Callable[[], BinaryIO]:
@@ -276,6 +280,7 @@ def _read_local(
         except ManifestError as e:  # say where the broken manifest is
             raise ManifestError(f"{shown}: manifest {d.digest}: {e.message}", hint=e.hint) from None
 
+    from_index = False
     for _ in range(3):
         if not mt.is_index(desc.media_type):
             break
@@ -283,10 +288,14 @@ def _read_local(
         if not isinstance(parsed, Index):
             break
         desc = parsed.select(platform or Platform.host())
+        from_index = True
     manifest = parse(desc)
     if not isinstance(manifest, ImageManifest):
         raise ManifestError(f"{shown}: {desc.digest} is not an image manifest")
+    require_image(shown, manifest, _NO_FILESYSTEM)
     config = _parse_config(src.read_blob(manifest.config.digest), shown)
+    if not from_index:
+        check_platform(shown, manifest, config, platform)
     _check_diff_ids(shown, config, len(manifest.layers))
 
     def blob_opener(digest: Digest) -> Callable[[], BinaryIO]:

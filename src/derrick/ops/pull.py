@@ -52,7 +52,7 @@ from derrick.manifest import (
     Index,
     Platform,
 )
-from derrick.ops.resolve import fetch_child
+from derrick.ops.resolve import check_platform, fetch_child, fetch_config, require_image
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
 
@@ -245,6 +245,10 @@ def _select_images(
     top = client.get_manifest(ref)
     m = top.manifest
     if isinstance(m, ImageManifest):
+        if platform is not None and not all_platforms:  # the platform is in the config
+            check_platform(
+                str(ref), m, fetch_config(client, ref, m) if m.is_image else None, platform
+            )
         return None, top.descriptor, [(m, top.descriptor)]
     if all_platforms:
         images = []
@@ -277,6 +281,8 @@ def _config(
         path, received = cache.fetch_counted(client, ref, m.config)
         fetcher_count(received)
         data = path.read_bytes()
+    if not m.is_image:
+        return data  # an artifact's config: whatever its type says
     try:
         ImageConfig.parse(data)  # refuse a config that is not one before writing anything
     except ManifestError as e:
@@ -319,6 +325,9 @@ def pull(
     cache = cache or BlobCache()
     existing = _existing_layout(Path(dest_s)) if fmt == "oci" else None
     index, top_desc, images = _select_images(client, ref, platform, all_platforms)
+    if fmt == "docker-archive":
+        for m, _ in images:
+            require_image(str(ref), m, "a docker-archive holds container images only")
     fetcher = _Fetcher(client, ref, cache, jobs, progress)
     failed = True
     try:

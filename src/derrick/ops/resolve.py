@@ -1,11 +1,16 @@
-"""Resolve a reference to one platform's image: manifest, config and layers."""
+"""Resolve a reference to one platform's image: manifest, config and layers.
+
+A platform asked for is found in an index by its entries' platforms; an image
+that is not in an index has its platform in its config, and is checked against
+that.  An OCI artifact (a Helm chart, a signature, an SBOM…) has none.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from derrick.digest import Digest
-from derrick.errors import ManifestError
+from derrick.errors import ManifestError, NotAnImageError, PlatformNotFoundError
 from derrick.manifest import Descriptor, ImageConfig, ImageManifest, Index, Platform
 from derrick.reference import Reference
 from derrick.registry import FetchedManifest, RegistryClient
@@ -19,6 +24,7 @@ class ResolvedImage:
     top: FetchedManifest  # what the reference names: an index or a manifest
     manifest: ImageManifest  # the chosen platform's image manifest
     descriptor: Descriptor  # the image manifest's descriptor (with platform when from an index)
+    config: ImageConfig | None = None  # the config, when it was read to check the platform
 
     @property
     def digest(self) -> Digest:
@@ -46,11 +52,20 @@ def fetch_child(client: RegistryClient, ref: Reference, desc: Descriptor) -> Ima
 def resolve_image(
     client: RegistryClient, ref: Reference, platform: Platform | None = None
 ) -> ResolvedImage:
-    """Fetch what ``ref`` names; if it is an index, pick ``platform`` (default: the host's)."""
+    """Fetch what ``ref`` names; if it is an index, pick ``platform`` (default: the host's).
+
+    A manifest that is not in an index is taken whatever its platform, unless
+    ``platform`` is given: then its config must name that platform
+    (:class:`PlatformNotFoundError` otherwise, as for an index without it).
+    """
     top = client.get_manifest(ref)
     m = top.manifest
     if isinstance(m, ImageManifest):
-        return ResolvedImage(ref, top, m, top.descriptor)
+        config = None
+        if platform is not None:
+            config = fetch_config(client, ref, m) if m.is_image else None
+            check_platform(str(ref), m, config, platform)
+        return ResolvedImage(ref, top, m, top.descriptor, config)
     desc = m.select(platform or Platform.host())
     return ResolvedImage(ref, top, fetch_child(client, ref, desc), desc)
 
@@ -61,3 +76,61 @@ def fetch_config(client: RegistryClient, ref: Reference, manifest: ImageManifest
         return ImageConfig.parse(raw)
     except ManifestError as e:
         raise ManifestError(f"config {manifest.config.digest} of {ref}: {e.message}") from None
+
+
+def resolved_config(client: RegistryClient, img: ResolvedImage) -> ImageConfig:
+    """The config of a resolved image (read once)."""
+    return img.config or fetch_config(client, img.ref, img.manifest)
+
+
+def config_platform(config: ImageConfig) -> Platform | None:
+    """The platform an image config names; None if it names none."""
+    return config.platform if config.os and config.architecture else None
+
+
+def check_platform(
+    what: str, manifest: ImageManifest, config: ImageConfig | None, want: Platform | None
+) -> None:
+    """Refuse an image that is not of platform ``want`` (if given).
+
+    For a manifest that was not chosen from an index: its platform is the one
+    its ``config`` names.  An OCI artifact has none.
+    """
+    if want is None:
+        return
+    if not manifest.is_image or config is None:
+        raise PlatformNotFoundError(
+            f"no image for platform {want}: {what} is not a container image but an artifact "
+            f"of type {manifest.kind}, which has no platform",
+            hint="leave out --platform",
+        )
+    check_config_platform(what, config, want)
+
+
+def check_config_platform(what: str, config: ImageConfig, want: Platform | None) -> None:
+    """Refuse the image of ``config`` (one not chosen from an index) unless it is of ``want``."""
+    if want is None:
+        return
+    have = config_platform(config)
+    if have is None:
+        raise PlatformNotFoundError(
+            f"no image for platform {want}: {what} is a single-platform image whose config "
+            "names no platform",
+            hint="leave out --platform",
+        )
+    if not have.matches(want):
+        raise PlatformNotFoundError(
+            f"no image for platform {want}: {what} is a single-platform image for {have}",
+            hint=f"use --platform {have}, or leave --platform out",
+        )
+
+
+def require_image(what: str, manifest: ImageManifest, why: str) -> None:
+    """Refuse an OCI artifact where only a container image will do (``why`` says what)."""
+    if manifest.is_image:
+        return
+    raise NotAnImageError(
+        f"{what} is not a container image but an artifact of type {manifest.kind}: {why}",
+        hint="pull it to an OCI layout (-o DIR) or an OCI archive (--format oci-archive), "
+        "or copy it to a registry with derrick image copy",
+    )
