@@ -24,6 +24,7 @@ from derrick.cli.read import blob_group, image_group, manifest_group, tag_group
 from derrick.digest import Digest
 from derrick.errors import UsageError
 from derrick.ops.copy import copy_image, tag_image
+from derrick.ops.images import split_path_name
 from derrick.ops.push import DEFAULT_JOBS, TransferStats, push, put_blob
 from derrick.reference import Reference
 
@@ -85,12 +86,10 @@ def _split_source(src: str, tag: str | None) -> tuple[str, str | None]:
             src = src[len(prefix) :]
             break
     name = None
-    if not Path(src).exists() and ":" in src:
-        path, _, name = src.rpartition(":")
-        if Path(path).exists():
-            src = path
-        else:
-            name = None
+    if not Path(src).exists():
+        found = split_path_name(src)  # DIR:v1, DIR:registry/repo:v1, DIR:sha256:…
+        if found is not None:
+            src, name = found[0], found[1] or None
     if name is not None and tag is not None:
         raise UsageError(f"the image is named twice: {name!r} in SRC and {tag!r} by --tag")
     return src, name if name is not None else tag

@@ -21,6 +21,7 @@ bytes already there (see :mod:`derrick.download`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -43,7 +44,7 @@ from derrick.layout.archive import (
     write_docker_archive,
     write_oci_archive,
 )
-from derrick.layout.oci import LAYOUT_FILE, OCILayout
+from derrick.layout.oci import LAYOUT_FILE, OCILayout, full_name
 from derrick.manifest import (
     MAX_MANIFEST_SIZE,
     Descriptor,
@@ -87,6 +88,10 @@ class PullResult:
     digest: Digest  # digest of what was stored at the top (index or manifest)
     images: list[PulledImage] = field(default_factory=list)
     downloaded_bytes: int = 0
+    #: OCI layout: when the layout now holds more than one image under the pull's tag (of
+    #: different repositories), the full names of all of them; the tag alone is then
+    #: ambiguous and an image is picked by its full name or digest
+    same_tag: list[str] = field(default_factory=list)
 
 
 def infer_format(dest: str, fmt: str | None) -> Format:
@@ -321,6 +326,7 @@ def pull(
     index, top_desc, images = _select_images(client, ref, platform, all_platforms)
     fetcher = _Fetcher(client, ref, cache, jobs, progress)
     failed = True
+    same_tag: list[str] = []
     try:
         pulled = [
             PulledImage(m, d, _config(client, ref, cache, m, existing, fetcher.count))
@@ -328,7 +334,9 @@ def pull(
         ]
         layers = _unique_layers(pulled)
         if fmt == "oci":
-            _pull_layout(Path(dest_s), existing, ref, fetcher, pulled, layers, index, top_desc)
+            same_tag = _pull_layout(
+                Path(dest_s), existing, ref, fetcher, pulled, layers, index, top_desc
+            )
         else:
             images_ = _archive_images(ref, pulled, index)
             writer = write_oci_archive if fmt == "oci-archive" else write_docker_archive
@@ -352,6 +360,7 @@ def pull(
         digest=top_desc.digest,
         images=pulled,
         downloaded_bytes=fetcher.downloaded,
+        same_tag=same_tag,
     )
 
 
@@ -387,7 +396,8 @@ def _pull_layout(
     layers: Sequence[Descriptor],
     index: Index | None,
     top_desc: Descriptor,
-) -> None:
+) -> list[str]:
+    """Pull into the layout ``dest``; see :attr:`PullResult.same_tag` for what is returned."""
     wanted = [
         layer
         for layer in layers
@@ -397,8 +407,7 @@ def _pull_layout(
     for layer in wanted:
         fetcher.submit(layer)
     if existing is not None:
-        _write_layout(existing, ref, fetcher, pulled, index, top_desc)
-        return
+        return _write_layout(existing, ref, fetcher, pulled, index, top_desc)
     # Everything is in the cache before the new layout is started: an interrupted
     # pull leaves nothing beside the destination (and resumes from the cache).
     for layer in wanted:
@@ -410,14 +419,17 @@ def _pull_layout(
         _write_layout(OCILayout.create(tmp), ref, fetcher, pulled, index, top_desc)
         try:
             os.rename(tmp, dest)  # an empty directory at dest is replaced
+            return []
         except OSError as e:
-            raise LayoutError(
-                f"cannot move the new layout into place at {dest}: {e.strerror}",
-                hint="choose a new or empty directory",
-            ) from None
-    except BaseException:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (dest / LAYOUT_FILE).exists():
+                raise LayoutError(
+                    f"cannot move the new layout into place at {dest}: {e.strerror}",
+                    hint="choose a new or empty directory",
+                ) from None
+        # Another pull created the layout meanwhile: add this image to it instead.
+        return _write_layout(OCILayout.create(dest), ref, fetcher, pulled, index, top_desc)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _make_temp_dir(parent: Path, prefix: str) -> Path:
@@ -438,7 +450,7 @@ def _write_layout(
     pulled: Sequence[PulledImage],
     index: Index | None,
     top_desc: Descriptor,
-) -> None:
+) -> list[str]:
     for p in pulled:
         layout.write_blob(p.config, p.manifest.config.digest)
         for layer in p.manifest.layers:
@@ -457,7 +469,12 @@ def _write_layout(
             platform=pulled[0].descriptor.platform,
         )
     # the index entry last: until then the layout does not name the new image
-    layout.add_manifest(desc, ref_name=_ref_name(ref), image_name=str(ref))
+    tag = _ref_name(ref)
+    layout.add_manifest(desc, ref_name=tag, image_name=str(ref))
+    tagged = layout.tagged(tag) if tag else []
+    if len({d.digest for d in tagged}) < 2:
+        return []
+    return list(dict.fromkeys(full_name(d) for d in tagged))
 
 
 def _ref_name(ref: Reference) -> str | None:
