@@ -18,14 +18,15 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from derrick.layout.oci import OCILayout
 from support.cli import Cli, Isolation
-from support.images import LayoutImage
+from support.images import LayoutImage, make_big_image
 from support.rawclient import RawClient
 from support.registry import RegistryProcess
 from support.seed import SeededRegistries
@@ -130,8 +131,6 @@ def test_concurrent_pulls_into_an_existing_layout_keep_every_tag(
     six_refs: dict[str, str], env: Isolation, tmp_path: Path
 ) -> None:
     """Six processes add an image each to one existing layout at once, several times."""
-    from derrick.layout.oci import OCILayout
-
     tool_env = skopeo_env(tmp_path / "skopeo")
     for n in range(ROUNDS):
         layout = tmp_path / f"existing-{n}"
@@ -215,3 +214,113 @@ def test_same_tag_of_two_repositories_keeps_both_images(
         for _ in range(2):
             cli("image", "pull", a, "-o", layout).ok()
             assert names_in(layout) == [("v1", b, eight.digest), ("v1", a, amd64)]
+
+
+# -- the disk fails the pull -----------------------------------------------------------------
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def medium(registry_open: RegistryProcess, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An image of two incompressible 1 MiB layers: more than a 1 MiB disk holds."""
+    layout = make_big_image(tmp_path_factory.mktemp("medium") / "layout", layers=2, layer_size=MiB)
+    with RawClient(registry_open) as raw:
+        raw.push_layout(layout, "disk/medium", "v1")
+    return f"{registry_open.host}/disk/medium:v1"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted for the test (the tests run as root)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def grow(mnt: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,size=16m", str(mnt)], check=True)
+
+
+def test_full_disk_under_an_archive_names_it_and_what_is_kept(
+    cli: Cli, medium: str, small_disk: Path
+) -> None:
+    out = small_disk / "app.tar"
+    line = cli("image", "pull", medium, "-o", out, "-q").failed()
+    kept = [".app.tar.derrick-partial", ".app.tar.derrick-partial.json"]
+    assert sorted(p.name for p in small_disk.iterdir()) == kept
+    assert line == (
+        f"derrick: error: no space left on device writing {out}; "
+        f"{small_disk / kept[0]} (and its .json resume state) is kept: "
+        "make room and run the same command again to resume, or delete them"
+    )
+    grow(small_disk)
+    r = cli("image", "pull", medium, "-o", out, "--json").ok()
+    assert json.loads(r.out)["downloadedBytes"] < 2 * MiB  # resumed, not started over
+    assert sorted(p.name for p in small_disk.iterdir()) == ["app.tar"]
+
+
+def test_full_disk_under_a_layout_names_it(
+    cli: Cli, medium: str, small_disk: Path, env: Isolation
+) -> None:
+    out = small_disk / "layout"
+    line = cli("image", "pull", medium, "-o", out, "-q").failed()
+    assert list(small_disk.iterdir()) == []
+    assert line == (
+        f"derrick: error: no space left on device writing {out}; the unfinished layout was "
+        f"removed and the downloaded blobs stay in the blob cache {env.cache}: "
+        "make room and run the same command again"
+    )
+
+    # an existing layout keeps its index as it was
+    existing = small_disk / "existing"
+    OCILayout.create(existing)
+    line = cli("image", "pull", medium, "-o", existing, "-q").failed()
+    assert line == (
+        f"derrick: error: no space left on device writing {existing}; its index.json is "
+        "unchanged (blobs copied into it are kept): make room and run the same command again"
+    )
+    assert index_entries(existing) == []
+    assert not [p for p in existing.rglob("*") if p.name.startswith(".")]
+
+    grow(small_disk)
+    for dest in (out, existing):
+        r = cli("image", "pull", medium, "-o", dest, "--json").ok()
+        assert json.loads(r.out)["downloadedBytes"] == 0
+        assert [e["annotations"][IMAGE_NAME] for e in index_entries(dest)] == [medium]
+
+
+def test_full_disk_under_the_cache_names_it_and_the_destination(
+    cli: Cli, medium: str, small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = small_disk / "cache"
+    monkeypatch.setenv("DERRICK_CACHE_DIR", str(cache))
+    out = tmp_path / "layout"
+    line = cli("image", "pull", medium, "-o", out, "-q").failed()
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if "derrick" in p.name]
+    partial = sorted((cache / "blobs" / "sha256").glob("*.partial"))
+    # one or both layers had begun when the disk filled up
+    if len(partial) == 1:
+        kept = f"the partial download {partial[0]} is kept"
+    else:
+        assert len(partial) == 2, partial
+        kept = f"2 partial downloads in {cache / 'blobs' / 'sha256'} (*.partial) are kept"
+    assert line == (
+        f"derrick: error: no space left on device writing the blob cache {cache} "
+        f"(pulling to {out}); {kept}: make room and run the same command again to resume, "
+        f"or delete {'it' if len(partial) == 1 else 'them'}; "
+        "--cache-dir or DERRICK_CACHE_DIR chooses another cache"
+    )
+    grow(small_disk)
+    cli("image", "pull", medium, "-o", out, "-q").ok()
+    assert not list((cache / "blobs" / "sha256").glob("*.partial"))
+
+
+def test_archive_into_missing_directories(cli: Cli, medium: str, tmp_path: Path) -> None:
+    out = tmp_path / "newdir" / "sub" / "app.tar"
+    cli("image", "pull", medium, "-o", out, "-q").ok()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["app.tar"]

@@ -37,7 +37,14 @@ from typing import BinaryIO, Literal, Protocol
 from derrick.cache import BlobCache
 from derrick.digest import Digest
 from derrick.download import Region, download
-from derrick.errors import DerrickError, DigestMismatchError, LayoutError, ManifestError, UsageError
+from derrick.errors import (
+    DerrickError,
+    DigestMismatchError,
+    DiskError,
+    LayoutError,
+    ManifestError,
+    UsageError,
+)
 from derrick.layout.archive import (
     ArchiveImage,
     BlobFile,
@@ -199,8 +206,13 @@ class _Fetcher:
     def _fetch(self, desc: Descriptor) -> Path:
         if self.progress:
             self.progress.blob_started(desc)
-        path, received = self.cache.fetch_counted(
-            self.client, self.ref, desc, progress=self._advance(desc), cancelled=self.cancelled
+        path, received = _from_cache(
+            self.cache,
+            self.client,
+            self.ref,
+            desc,
+            progress=self._advance(desc),
+            cancelled=self.cancelled,
         )
         self.count(received)
         if self.progress:
@@ -279,7 +291,7 @@ def _config(
         with contextlib.suppress(DerrickError):
             data = layout.read_blob(m.config.digest)  # verified
     if data is None:
-        path, received = cache.fetch_counted(client, ref, m.config)
+        path, received = _from_cache(cache, client, ref, m.config)
         fetcher_count(received)
         data = path.read_bytes()
     try:
@@ -351,6 +363,11 @@ def pull(
             else:
                 _write_archive_file(Path(dest_s), writer, images_, layers, fetcher)
         failed = False
+    except (_CacheFailure, OSError) as e:
+        if dest_s == "-" and not isinstance(e, _CacheFailure):
+            raise  # a closed pipe and the like: the caller's to report
+        fetcher.close(failed=True)  # no worker may still be writing what is reported on
+        raise _disk_error(e, dest_s, fmt, existing is not None, cache, images) from None
     finally:
         fetcher.close(failed=failed)
     return PullResult(
@@ -364,6 +381,95 @@ def pull(
     )
 
 
+class _CacheFailure(Exception):
+    """An OS error writing the blob cache, told apart from one writing the destination."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _from_cache(
+    cache: BlobCache,
+    client: RegistryClient,
+    ref: Reference,
+    desc: Descriptor,
+    *,
+    progress: Callable[[int], None] | None = None,
+    cancelled: threading.Event | None = None,
+) -> tuple[Path, int]:
+    """:meth:`BlobCache.fetch_counted`, its OS errors marked as the cache's."""
+    try:
+        return cache.fetch_counted(client, ref, desc, progress=progress, cancelled=cancelled)
+    except OSError as e:
+        raise _CacheFailure(e) from e
+
+
+def _disk_error(
+    error: BaseException,
+    dest: str,
+    fmt: Format,
+    existing: bool,
+    cache: BlobCache,
+    images: Sequence[tuple[ImageManifest, Descriptor]],
+) -> DiskError:
+    """What to say of an OS error during a pull: it names the path the user gave (or the
+    blob cache), not an internal name, and what is left behind to resume, if anything."""
+    e = error.error if isinstance(error, _CacheFailure) else error
+    assert isinstance(e, OSError)
+    reason = e.strerror or str(e) or type(e).__name__
+    reason = reason[:1].lower() + reason[1:]
+    again = (
+        "make room and run the same command again"
+        if e.errno in (errno.ENOSPC, errno.EDQUOT)
+        else "fix that and run the same command again"
+    )
+    kept: list[str] = []  # what is left behind, for a re-run to resume
+    files = 0
+    plural = False
+    if isinstance(error, _CacheFailure):
+        blobs = [b for m, _ in images for b in (m.config, *m.layers)]
+        partial = sorted({p for b in blobs if (p := cache.partial_path(b.digest)).exists()})
+        if len(partial) == 1:
+            kept.append(f"the partial download {partial[0]}")
+        elif partial:
+            where = partial[0].parent if len({p.parent for p in partial}) == 1 else cache.root
+            kept.append(f"{len(partial)} partial downloads in {where} (*.partial)")
+            plural = True
+        files += len(partial)
+    if fmt != "oci" and dest != "-":
+        target = Path(dest)
+        part = target.parent / f".{target.name}.derrick-partial"
+        if part.exists() and part.with_name(part.name + ".json").exists():
+            kept.append(f"{part} (and its .json resume state)")
+            files += 2
+        elif part.exists():
+            kept.append(str(part))
+            files += 1
+    if kept:
+        hint = (
+            f"{' and '.join(kept)} {'are' if plural or len(kept) > 1 else 'is'} kept: "
+            f"{again} to resume, "
+            f"or delete {'them' if files > 1 else 'it'}"
+        )
+    elif fmt == "oci" and existing:
+        hint = f"its index.json is unchanged (blobs copied into it are kept): {again}"
+    elif fmt == "oci":
+        hint = (
+            "the unfinished layout was removed and the downloaded blobs stay in "
+            f"the blob cache {cache.root}: {again}"
+        )
+    else:
+        hint = f"nothing is left behind: {again}"
+    if isinstance(error, _CacheFailure):
+        return DiskError(
+            f"{reason} writing the blob cache {cache.root} (pulling to {dest})",
+            errno=e.errno,
+            hint=f"{hint}; --cache-dir or DERRICK_CACHE_DIR chooses another cache",
+        )
+    return DiskError(f"{reason} writing {dest}", errno=e.errno, hint=hint)
+
+
 def _unique_layers(pulled: Sequence[PulledImage]) -> list[Descriptor]:
     seen: dict[Digest, Descriptor] = {}
     for p in pulled:
@@ -375,7 +481,12 @@ def _unique_layers(pulled: Sequence[PulledImage]) -> list[Descriptor]:
 def _existing_layout(dest: Path) -> OCILayout | None:
     """The OCI layout at ``dest`` if there is one; refuse what cannot become one."""
     if (dest / LAYOUT_FILE).exists():
-        return OCILayout.create(dest)
+        try:
+            return OCILayout.create(dest)
+        except OSError as e:
+            raise DiskError(
+                f"cannot write to the OCI layout {dest}: {e.strerror or e}", errno=e.errno
+            ) from None
     if dest.exists() or dest.is_symlink():
         if not dest.is_dir():
             raise LayoutError(f"{dest} exists and is not a directory")
@@ -556,9 +667,18 @@ class _ResumeState:
         with self._lock:
             data = json.dumps({"holes": self.holes, "done": self.done}).encode()
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with contextlib.suppress(OSError):
+        try:
             tmp.write_bytes(data)
             os.replace(tmp, self.path)
+            return
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        # No room for a new file (a full disk): overwrite the last state in place.  A torn
+        # write costs nothing but a download: kept bytes are re-hashed before any is used.
+        with contextlib.suppress(OSError), open(self.path, "r+b") as f:
+            f.write(data)
+            f.truncate()
 
     def remove(self) -> None:
         with contextlib.suppress(OSError):
@@ -582,6 +702,7 @@ def _write_archive_file(
     run resumes them.
     """
     parent = target.parent if str(target.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
     part = parent / f".{target.name}.derrick-partial"
     state = _ResumeState(parent / f".{target.name}.derrick-partial.json")
     by_digest = {layer.digest: layer for layer in layers}
