@@ -7,7 +7,10 @@ stays flat whatever the image size, and nothing unverified gets a final name.
   hard-linked into the layout (no copy on the same filesystem).  A new layout is
   assembled in a hidden directory beside the destination once every blob is in
   the cache, then renamed into place; an existing layout gets the blobs it lacks
-  and, last, its ``index.json`` entry.
+  and, last, its ``index.json`` entry (under the layout's lock, so pulls into one
+  layout at once all keep their entries).  A pull whose new layout another pull
+  beat into place adds its image to that one.  The entry is named by the tag
+  and the full reference; it replaces only an entry of the same full reference.
 * Archive file: the tar is laid out with a hole for each layer not in the cache,
   and workers ``pwrite`` each layer into its hole as it arrives (one pass, no
   temporary copy).  The file is hidden (``.NAME.derrick-partial``) until complete;
@@ -15,7 +18,9 @@ stays flat whatever the image size, and nothing unverified gets a final name.
 * Standard output: layers go through the cache and are written in order.
 
 An interrupted download resumes with a ``Range`` request, after re-hashing the
-bytes already there (see :mod:`derrick.download`).
+bytes already there (see :mod:`derrick.download`).  An OS error (a full disk, say)
+is reported as a :class:`~derrick.errors.DiskError` naming the destination as
+given, or the blob cache, and what is kept to resume.
 """
 
 from __future__ import annotations
@@ -462,8 +467,9 @@ def _disk_error(
     else:
         hint = f"nothing is left behind: {again}"
     if isinstance(error, _CacheFailure):
+        shown = "standard output" if dest == "-" else dest
         return DiskError(
-            f"{reason} writing the blob cache {cache.root} (pulling to {dest})",
+            f"{reason} writing the blob cache {cache.root} (pulling to {shown})",
             errno=e.errno,
             hint=f"{hint}; --cache-dir or DERRICK_CACHE_DIR chooses another cache",
         )
