@@ -59,6 +59,17 @@ class LayoutError(DerrickError):
     """An OCI layout, OCI archive or docker-archive is malformed or unsafe."""
 
 
+class DiskError(DerrickError):
+    """Writing to the local disk failed (no space left, permission denied, read-only, …).
+
+    The message names the path the user gave and what was left behind.
+    """
+
+    def __init__(self, message: str, *, errno: int | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.errno = errno
+
+
 class UsageError(DerrickError):
     """The caller combined options or arguments that cannot work together."""
 

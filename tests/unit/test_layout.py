@@ -487,3 +487,28 @@ def test_sha512_blobs(tmp_path: Path) -> None:
     assert layout.write_blob(b"data", d) == d
     assert layout.blob_path(d).parent.name == "sha512"
     assert layout.read_blob(d) == b"data"
+
+
+def test_add_manifest_waits_for_the_layout_lock(tmp_path: Path) -> None:
+    """index.json changes under a flock on the layout directory, which another process (here:
+    another open file description) holding it delays; no lock file appears in the layout."""
+    import fcntl
+
+    root = tmp_path / "l"
+    layout = OCILayout.create(root)
+    desc = store_in_layout(layout, make_image())
+    before = sorted(p.name for p in root.iterdir())
+    fd = os.open(root, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    adder = threading.Thread(target=layout.add_manifest, args=(desc,), kwargs={"ref_name": "v1"})
+    try:
+        adder.start()
+        adder.join(0.5)
+        assert adder.is_alive(), "add_manifest did not wait for the layout's lock"
+        assert layout.index().manifests == ()
+    finally:
+        os.close(fd)
+    adder.join(10)
+    assert not adder.is_alive()
+    assert [d.annotations for d in layout.index().manifests] == [{ANNOTATION_REF_NAME: "v1"}]
+    assert sorted(p.name for p in root.iterdir()) == before

@@ -119,3 +119,10 @@ def image_pull(
             f"{human_size(result.downloaded_bytes)} downloaded",
             err=True,
         )
+    if result.same_tag:
+        click.echo(
+            f"derrick: warning: {dest} now holds {len(result.same_tag)} images tagged "
+            f"{ref.tag!r}: {', '.join(result.same_tag)}; {ref.tag!r} alone picks none of them: "
+            f"use a full name (oci:{dest}:{ref}) or a digest",
+            err=True,
+        )

@@ -24,7 +24,7 @@ from derrick.cli.read import blob_group, image_group, manifest_group, tag_group
 from derrick.digest import Digest
 from derrick.errors import UsageError
 from derrick.ops.copy import copy_image, tag_image
-from derrick.ops.images import is_local
+from derrick.ops.images import is_local, split_path_name
 from derrick.ops.push import DEFAULT_JOBS, TransferStats, push, put_blob
 from derrick.reference import Reference
 
@@ -91,12 +91,9 @@ def _split_source(src: str, tag: str | None) -> tuple[str, str | None]:
             break
     name = None
     if not Path(src).exists():
-        colon = src.rfind(":")
-        while colon > 0:
-            if Path(src[:colon]).exists():
-                src, name = src[:colon], src[colon + 1 :]
-                break
-            colon = src.rfind(":", 0, colon)
+        found = split_path_name(src)  # DIR:v1, DIR:registry/repo:v1, DIR:sha256:…
+        if found is not None:
+            src, name = found[0], found[1] or None
     if name is not None and tag is not None:
         raise UsageError(f"the image is named twice: {name!r} in SRC and {tag!r} by --tag")
     return src, name if name is not None else tag

@@ -7,13 +7,25 @@ entries name the images it holds, and content-addressed blobs under
 
 Every file is written under a temporary name in the same directory and moved
 into place with ``os.replace``, so a final name never refers to a half-written
-file.  Concurrent writers to one layout are not coordinated.
+file.  Blobs are content-addressed, so writers never disagree about one; the
+read-change-write of ``index.json`` is done holding an exclusive ``flock`` on the
+layout directory itself (opened read-only), so concurrent derrick processes
+adding images to one layout do not lose each other's entries.  The lock needs no
+file of its own in the layout; tools that do not take it (skopeo, umoci) are not
+coordinated with.
+
+Naming follows skopeo and containerd: an index entry's
+``org.opencontainers.image.ref.name`` is the tag (``v1``) and its
+``io.containerd.image.name`` the full reference (``registry.example/team/app:v1``).
+One layout may hold images of several repositories under the same tag; an entry
+is replaced only by one with the same full name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
@@ -138,21 +150,54 @@ def entry_name(desc: Descriptor) -> str:
     return ann.get(ANNOTATION_REF_NAME) or ann.get(ANNOTATION_IMAGE_NAME) or str(desc.digest)
 
 
-def entry_names(entries: Sequence[Descriptor]) -> list[str]:
-    """The names (ref.name, else image name) of the named entries, each once."""
+def full_name(desc: Descriptor) -> str:
+    """An index entry's full image name (``io.containerd.image.name``), else its digest."""
+    return (desc.annotations or {}).get(ANNOTATION_IMAGE_NAME) or str(desc.digest)
+
+
+def entry_names(entries: Sequence[Descriptor], *, unnamed: bool = False) -> list[str]:
+    """Names that pick each entry, each once, in index order.
+
+    An entry's ref.name (tag) when no other image has it, else its full name (or
+    its digest when it has none); an entry without a ref.name by its full name,
+    and by its digest only when ``unnamed``.
+    """
+    images_by_tag: dict[str, set[Digest]] = {}
+    for d in entries:
+        tag = (d.annotations or {}).get(ANNOTATION_REF_NAME)
+        if tag:
+            images_by_tag.setdefault(tag, set()).add(d.digest)
     out: list[str] = []
     for d in entries:
         ann = d.annotations or {}
-        name = ann.get(ANNOTATION_REF_NAME) or ann.get(ANNOTATION_IMAGE_NAME)
+        tag = ann.get(ANNOTATION_REF_NAME)
+        name: str | None
+        if tag:
+            name = tag if len(images_by_tag[tag]) == 1 else full_name(d)
+        else:
+            name = ann.get(ANNOTATION_IMAGE_NAME) or (str(d.digest) if unnamed else None)
         if name and name not in out:
             out.append(name)
     return out
 
 
-def resolve_entry(entries: Sequence[Descriptor], name: str | None, where: str) -> Descriptor:
-    """Find the index entry called ``name`` (ref.name, image name or digest).
+def _listing(entries: Sequence[Descriptor]) -> str:
+    """``full-name (digest)`` of each entry, or the digest alone when it has no full name."""
+    out: list[str] = []
+    for d in entries:
+        name = full_name(d)
+        item = name if name == str(d.digest) else f"{name} ({d.digest})"
+        if item not in out:
+            out.append(item)
+    return ", ".join(out)
 
-    With ``name`` None the index must hold exactly one entry.
+
+def resolve_entry(entries: Sequence[Descriptor], name: str | None, where: str) -> Descriptor:
+    """Find the index entry called ``name``: its ref.name (tag), full name or digest.
+
+    With ``name`` None the index must hold exactly one entry.  A tag that names
+    different images (of different repositories) picks none of them: the error
+    lists their full names and digests, either of which picks one.
     """
     if name is None:
         if len(entries) == 1:
@@ -161,23 +206,25 @@ def resolve_entry(entries: Sequence[Descriptor], name: str | None, where: str) -
             raise LayoutError(f"{where} holds no images")
         raise LayoutError(
             f"{where} holds {len(entries)} images; choose one of: "
-            + ", ".join(entry_name(d) for d in entries)
+            + ", ".join(entry_names(entries, unnamed=True))
         )
-    for key in (ANNOTATION_REF_NAME, ANNOTATION_IMAGE_NAME):
+    for key, what, by in (
+        (ANNOTATION_REF_NAME, "tagged", "its full name or digest"),
+        (ANNOTATION_IMAGE_NAME, "named", "its digest"),
+    ):
         found = [d for d in entries if (d.annotations or {}).get(key) == name]
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1 and len({d.digest for d in found}) == 1:
+        if found and len({d.digest for d in found}) == 1:
             return found[0]
         if found:
             raise LayoutError(
-                f"{where} has {len(found)} different images named {name!r}",
-                hint="name the image by its digest",
+                f"{where} has {len({d.digest for d in found})} different images {what} "
+                f"{name!r}: {_listing(found)}",
+                hint=f"pick one by {by} instead of {name!r}",
             )
     found = [d for d in entries if str(d.digest) == name]
     if found:
         return found[0]
-    names = ", ".join(entry_name(d) for d in entries) or "none"
+    names = ", ".join(entry_names(entries, unnamed=True)) or "none"
     raise LayoutError(f"no image named {name!r} in {where} (it has: {names})")
 
 
@@ -263,7 +310,9 @@ class OCILayout:
         if (root / LAYOUT_FILE).exists():
             check_layout_file((root / LAYOUT_FILE).read_bytes(), str(root))
             if not (root / INDEX_FILE).exists():
-                atomic_write(root / INDEX_FILE, empty_index_bytes())
+                with cls(root).locked():
+                    if not (root / INDEX_FILE).exists():
+                        atomic_write(root / INDEX_FILE, empty_index_bytes())
             layout = cls.open(root)
             (root / BLOBS_DIR).mkdir(exist_ok=True)
             return layout
@@ -407,6 +456,20 @@ class OCILayout:
         """Names of the index entries (ref.name, else image name), in index order."""
         return entry_names(self.index().manifests)
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the layout's exclusive lock, which every change of ``index.json`` takes.
+
+        The lock is a ``flock`` on the layout directory itself, opened read-only,
+        so it needs no file in the layout and goes away with the process.
+        """
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # also releases the lock
+
     def add_manifest(
         self,
         desc: Descriptor,
@@ -416,9 +479,12 @@ class OCILayout:
     ) -> Descriptor:
         """Add ``desc`` (a manifest or index stored as a blob) to ``index.json``.
 
-        Entries with the same ``ref_name`` are replaced (a tag names one image);
-        an unnamed entry for the same digest is not duplicated.  Returns the
-        descriptor as written.
+        An entry with the same full ``image_name`` is replaced (a reference names
+        one image); without an ``image_name``, an entry with the same ``ref_name``
+        and no full name either.  Entries of other images keep their place, even
+        under the same tag, and an identical entry is not duplicated.  The index
+        is read, changed and rewritten holding the layout's lock
+        (:meth:`locked`).  Returns the descriptor as written.
         """
         if not self.has_blob(desc.digest, desc.size):
             raise LayoutError(
@@ -427,22 +493,39 @@ class OCILayout:
                 hint="write the manifest blob first",
             )
         new = named_descriptor(desc, ref_name, image_name)
-        raw = self._index_bytes()
-        index = parse_index_json(raw, str(self.root))
-        obj = json.loads(raw)
-        kept: list[Any] = []
-        for item, parsed in zip(obj["manifests"], index.manifests, strict=True):
-            ann = parsed.annotations or {}
-            if ref_name is not None and ann.get(ANNOTATION_REF_NAME) == ref_name:
-                continue
-            if parsed.digest == new.digest and ann == (new.annotations or {}):
-                continue
-            kept.append(item)
-        kept.append(new.to_json())
-        obj["manifests"] = kept
-        obj.setdefault("schemaVersion", 2)
-        atomic_write(self.root / INDEX_FILE, _dump(obj))
+        new_ann = new.annotations or {}
+        with self.locked():
+            raw = self._index_bytes()
+            index = parse_index_json(raw, str(self.root))
+            obj = json.loads(raw)
+            kept: list[Any] = []
+            for item, parsed in zip(obj["manifests"], index.manifests, strict=True):
+                ann = parsed.annotations or {}
+                if image_name is not None and ann.get(ANNOTATION_IMAGE_NAME) == image_name:
+                    continue
+                if (
+                    image_name is None
+                    and ref_name is not None
+                    and ann.get(ANNOTATION_REF_NAME) == ref_name
+                    and ANNOTATION_IMAGE_NAME not in ann
+                ):
+                    continue
+                if parsed.digest == new.digest and ann == new_ann:
+                    continue
+                kept.append(item)
+            kept.append(new.to_json())
+            obj["manifests"] = kept
+            obj.setdefault("schemaVersion", 2)
+            atomic_write(self.root / INDEX_FILE, _dump(obj))
         return new
+
+    def tagged(self, ref_name: str) -> list[Descriptor]:
+        """The index entries whose ref.name is ``ref_name``, in index order."""
+        return [
+            d
+            for d in self.index().manifests
+            if (d.annotations or {}).get(ANNOTATION_REF_NAME) == ref_name
+        ]
 
     def resolve(self, name: str | None = None) -> Descriptor:
         """The index entry called ``name`` (ref.name, image name or digest).

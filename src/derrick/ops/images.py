@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from derrick.registry import RegistryClient
 
 
+from derrick.layout.oci import LAYOUT_FILE
 from derrick.layout.tarread import TarReader
 
 log = logging.getLogger("derrick.images")
@@ -109,6 +110,20 @@ _LOCAL_PREFIXES = ("oci:", "oci-archive:", "docker-archive:")
 _NO_FILESYSTEM = "it has no filesystem to read"
 
 
+def split_path_name(text: str) -> tuple[str, str] | None:
+    """``(path, name)`` for ``PATH:NAME`` where ``PATH`` exists, else None.
+
+    The split is at the last ``:`` that leaves an existing path before it, so a
+    name may hold colons itself: a full image name (``host:5000/team/app:v1``)
+    or a digest (``sha256:…``).
+    """
+    pos = len(text)
+    while (pos := text.rfind(":", 0, pos)) > 0:
+        if os.path.exists(text[:pos]):
+            return text[:pos], text[pos + 1 :]
+    return None
+
+
 def _split_local(target: str) -> tuple[Path, str | None] | None:
     """``(path, name)`` if ``target`` names a local image source, else None."""
     for prefix in _LOCAL_PREFIXES:
@@ -116,6 +131,9 @@ def _split_local(target: str) -> tuple[Path, str | None] | None:
             rest = target[len(prefix) :]
             if os.path.exists(rest):
                 return Path(rest), None
+            found = split_path_name(rest)
+            if found is not None:
+                return Path(found[0]), found[1] or None
             path, sep, name = rest.rpartition(":")
             if sep and path:
                 return Path(path), name or None
@@ -124,10 +142,16 @@ def _split_local(target: str) -> tuple[Path, str | None] | None:
         return None
     if os.path.exists(target):
         return Path(target), None
-    path, sep, name = target.rpartition(":")
-    if sep and path and "/" not in name and os.path.exists(path):
-        return Path(path), name or None
-    return None
+    found = split_path_name(target)
+    if found is None:
+        return None
+    path, name = found
+    # host:port/repo is a registry reference even beside a directory called host; a full
+    # image name picks from a path only when that is an OCI layout or an archive file
+    is_source = os.path.isfile(path) or os.path.exists(os.path.join(path, LAYOUT_FILE))
+    if "/" in name and not is_source:
+        return None
+    return Path(path), name or None
 
 
 def _check_diff_ids(name: str, config: ImageConfig, count: int) -> None:

@@ -7,7 +7,10 @@ stays flat whatever the image size, and nothing unverified gets a final name.
   hard-linked into the layout (no copy on the same filesystem).  A new layout is
   assembled in a hidden directory beside the destination once every blob is in
   the cache, then renamed into place; an existing layout gets the blobs it lacks
-  and, last, its ``index.json`` entry.
+  and, last, its ``index.json`` entry (under the layout's lock, so pulls into one
+  layout at once all keep their entries).  A pull whose new layout another pull
+  beat into place adds its image to that one.  The entry is named by the tag
+  and the full reference; it replaces only an entry of the same full reference.
 * Archive file: the tar is laid out with a hole for each layer not in the cache,
   and workers ``pwrite`` each layer into its hole as it arrives (one pass, no
   temporary copy).  The file is hidden (``.NAME.derrick-partial``) until complete;
@@ -15,12 +18,15 @@ stays flat whatever the image size, and nothing unverified gets a final name.
 * Standard output: layers go through the cache and are written in order.
 
 An interrupted download resumes with a ``Range`` request, after re-hashing the
-bytes already there (see :mod:`derrick.download`).
+bytes already there (see :mod:`derrick.download`).  An OS error (a full disk, say)
+is reported as a :class:`~derrick.errors.DiskError` naming the destination as
+given, or the blob cache, and what is kept to resume.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -36,14 +42,21 @@ from typing import BinaryIO, Literal, Protocol
 from derrick.cache import BlobCache
 from derrick.digest import Digest
 from derrick.download import Region, download
-from derrick.errors import DerrickError, DigestMismatchError, LayoutError, ManifestError, UsageError
+from derrick.errors import (
+    DerrickError,
+    DigestMismatchError,
+    DiskError,
+    LayoutError,
+    ManifestError,
+    UsageError,
+)
 from derrick.layout.archive import (
     ArchiveImage,
     BlobFile,
     write_docker_archive,
     write_oci_archive,
 )
-from derrick.layout.oci import LAYOUT_FILE, OCILayout
+from derrick.layout.oci import LAYOUT_FILE, OCILayout, full_name
 from derrick.manifest import (
     MAX_MANIFEST_SIZE,
     Descriptor,
@@ -87,6 +100,10 @@ class PullResult:
     digest: Digest  # digest of what was stored at the top (index or manifest)
     images: list[PulledImage] = field(default_factory=list)
     downloaded_bytes: int = 0
+    #: OCI layout: when the layout now holds more than one image under the pull's tag (of
+    #: different repositories), the full names of all of them; the tag alone is then
+    #: ambiguous and an image is picked by its full name or digest
+    same_tag: list[str] = field(default_factory=list)
 
 
 def infer_format(dest: str, fmt: str | None) -> Format:
@@ -194,8 +211,13 @@ class _Fetcher:
     def _fetch(self, desc: Descriptor) -> Path:
         if self.progress:
             self.progress.blob_started(desc)
-        path, received = self.cache.fetch_counted(
-            self.client, self.ref, desc, progress=self._advance(desc), cancelled=self.cancelled
+        path, received = _from_cache(
+            self.cache,
+            self.client,
+            self.ref,
+            desc,
+            progress=self._advance(desc),
+            cancelled=self.cancelled,
         )
         self.count(received)
         if self.progress:
@@ -278,7 +300,7 @@ def _config(
         with contextlib.suppress(DerrickError):
             data = layout.read_blob(m.config.digest)  # verified
     if data is None:
-        path, received = cache.fetch_counted(client, ref, m.config)
+        path, received = _from_cache(cache, client, ref, m.config)
         fetcher_count(received)
         data = path.read_bytes()
     if not m.is_image:
@@ -330,6 +352,7 @@ def pull(
             require_image(str(ref), m, "a docker-archive holds container images only")
     fetcher = _Fetcher(client, ref, cache, jobs, progress)
     failed = True
+    same_tag: list[str] = []
     try:
         pulled = [
             PulledImage(m, d, _config(client, ref, cache, m, existing, fetcher.count))
@@ -337,7 +360,9 @@ def pull(
         ]
         layers = _unique_layers(pulled)
         if fmt == "oci":
-            _pull_layout(Path(dest_s), existing, ref, fetcher, pulled, layers, index, top_desc)
+            same_tag = _pull_layout(
+                Path(dest_s), existing, ref, fetcher, pulled, layers, index, top_desc
+            )
         else:
             images_ = _archive_images(ref, pulled, index)
             writer = write_oci_archive if fmt == "oci-archive" else write_docker_archive
@@ -352,6 +377,11 @@ def pull(
             else:
                 _write_archive_file(Path(dest_s), writer, images_, layers, fetcher)
         failed = False
+    except (_CacheFailure, OSError) as e:
+        if dest_s == "-" and not isinstance(e, _CacheFailure):
+            raise  # a closed pipe and the like: the caller's to report
+        fetcher.close(failed=True)  # no worker may still be writing what is reported on
+        raise _disk_error(e, dest_s, fmt, existing is not None, cache, images) from None
     finally:
         fetcher.close(failed=failed)
     return PullResult(
@@ -361,7 +391,98 @@ def pull(
         digest=top_desc.digest,
         images=pulled,
         downloaded_bytes=fetcher.downloaded,
+        same_tag=same_tag,
     )
+
+
+class _CacheFailure(Exception):
+    """An OS error writing the blob cache, told apart from one writing the destination."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _from_cache(
+    cache: BlobCache,
+    client: RegistryClient,
+    ref: Reference,
+    desc: Descriptor,
+    *,
+    progress: Callable[[int], None] | None = None,
+    cancelled: threading.Event | None = None,
+) -> tuple[Path, int]:
+    """:meth:`BlobCache.fetch_counted`, its OS errors marked as the cache's."""
+    try:
+        return cache.fetch_counted(client, ref, desc, progress=progress, cancelled=cancelled)
+    except OSError as e:
+        raise _CacheFailure(e) from e
+
+
+def _disk_error(
+    error: BaseException,
+    dest: str,
+    fmt: Format,
+    existing: bool,
+    cache: BlobCache,
+    images: Sequence[tuple[ImageManifest, Descriptor]],
+) -> DiskError:
+    """What to say of an OS error during a pull: it names the path the user gave (or the
+    blob cache), not an internal name, and what is left behind to resume, if anything."""
+    e = error.error if isinstance(error, _CacheFailure) else error
+    assert isinstance(e, OSError)
+    reason = e.strerror or str(e) or type(e).__name__
+    reason = reason[:1].lower() + reason[1:]
+    again = (
+        "make room and run the same command again"
+        if e.errno in (errno.ENOSPC, errno.EDQUOT)
+        else "fix that and run the same command again"
+    )
+    kept: list[str] = []  # what is left behind, for a re-run to resume
+    files = 0
+    plural = False
+    if isinstance(error, _CacheFailure):
+        blobs = [b for m, _ in images for b in (m.config, *m.layers)]
+        partial = sorted({p for b in blobs if (p := cache.partial_path(b.digest)).exists()})
+        if len(partial) == 1:
+            kept.append(f"the partial download {partial[0]}")
+        elif partial:
+            where = partial[0].parent if len({p.parent for p in partial}) == 1 else cache.root
+            kept.append(f"{len(partial)} partial downloads in {where} (*.partial)")
+            plural = True
+        files += len(partial)
+    if fmt != "oci" and dest != "-":
+        target = Path(dest)
+        part = target.parent / f".{target.name}.derrick-partial"
+        if part.exists() and part.with_name(part.name + ".json").exists():
+            kept.append(f"{part} (and its .json resume state)")
+            files += 2
+        elif part.exists():
+            kept.append(str(part))
+            files += 1
+    if kept:
+        hint = (
+            f"{' and '.join(kept)} {'are' if plural or len(kept) > 1 else 'is'} kept: "
+            f"{again} to resume, "
+            f"or delete {'them' if files > 1 else 'it'}"
+        )
+    elif fmt == "oci" and existing:
+        hint = f"its index.json is unchanged (blobs copied into it are kept): {again}"
+    elif fmt == "oci":
+        hint = (
+            "the unfinished layout was removed and the downloaded blobs stay in "
+            f"the blob cache {cache.root}: {again}"
+        )
+    else:
+        hint = f"nothing is left behind: {again}"
+    if isinstance(error, _CacheFailure):
+        shown = "standard output" if dest == "-" else dest
+        return DiskError(
+            f"{reason} writing the blob cache {cache.root} (pulling to {shown})",
+            errno=e.errno,
+            hint=f"{hint}; --cache-dir or DERRICK_CACHE_DIR chooses another cache",
+        )
+    return DiskError(f"{reason} writing {dest}", errno=e.errno, hint=hint)
 
 
 def _unique_layers(pulled: Sequence[PulledImage]) -> list[Descriptor]:
@@ -375,7 +496,12 @@ def _unique_layers(pulled: Sequence[PulledImage]) -> list[Descriptor]:
 def _existing_layout(dest: Path) -> OCILayout | None:
     """The OCI layout at ``dest`` if there is one; refuse what cannot become one."""
     if (dest / LAYOUT_FILE).exists():
-        return OCILayout.create(dest)
+        try:
+            return OCILayout.create(dest)
+        except OSError as e:
+            raise DiskError(
+                f"cannot write to the OCI layout {dest}: {e.strerror or e}", errno=e.errno
+            ) from None
     if dest.exists() or dest.is_symlink():
         if not dest.is_dir():
             raise LayoutError(f"{dest} exists and is not a directory")
@@ -396,7 +522,8 @@ def _pull_layout(
     layers: Sequence[Descriptor],
     index: Index | None,
     top_desc: Descriptor,
-) -> None:
+) -> list[str]:
+    """Pull into the layout ``dest``; see :attr:`PullResult.same_tag` for what is returned."""
     wanted = [
         layer
         for layer in layers
@@ -406,8 +533,7 @@ def _pull_layout(
     for layer in wanted:
         fetcher.submit(layer)
     if existing is not None:
-        _write_layout(existing, ref, fetcher, pulled, index, top_desc)
-        return
+        return _write_layout(existing, ref, fetcher, pulled, index, top_desc)
     # Everything is in the cache before the new layout is started: an interrupted
     # pull leaves nothing beside the destination (and resumes from the cache).
     for layer in wanted:
@@ -419,14 +545,17 @@ def _pull_layout(
         _write_layout(OCILayout.create(tmp), ref, fetcher, pulled, index, top_desc)
         try:
             os.rename(tmp, dest)  # an empty directory at dest is replaced
+            return []
         except OSError as e:
-            raise LayoutError(
-                f"cannot move the new layout into place at {dest}: {e.strerror}",
-                hint="choose a new or empty directory",
-            ) from None
-    except BaseException:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (dest / LAYOUT_FILE).exists():
+                raise LayoutError(
+                    f"cannot move the new layout into place at {dest}: {e.strerror}",
+                    hint="choose a new or empty directory",
+                ) from None
+        # Another pull created the layout meanwhile: add this image to it instead.
+        return _write_layout(OCILayout.create(dest), ref, fetcher, pulled, index, top_desc)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _make_temp_dir(parent: Path, prefix: str) -> Path:
@@ -447,7 +576,7 @@ def _write_layout(
     pulled: Sequence[PulledImage],
     index: Index | None,
     top_desc: Descriptor,
-) -> None:
+) -> list[str]:
     for p in pulled:
         layout.write_blob(p.config, p.manifest.config.digest)
         for layer in p.manifest.layers:
@@ -466,7 +595,12 @@ def _write_layout(
             platform=pulled[0].descriptor.platform,
         )
     # the index entry last: until then the layout does not name the new image
-    layout.add_manifest(desc, ref_name=_ref_name(ref), image_name=str(ref))
+    tag = _ref_name(ref)
+    layout.add_manifest(desc, ref_name=tag, image_name=str(ref))
+    tagged = layout.tagged(tag) if tag else []
+    if len({d.digest for d in tagged}) < 2:
+        return []
+    return list(dict.fromkeys(full_name(d) for d in tagged))
 
 
 def _ref_name(ref: Reference) -> str | None:
@@ -548,9 +682,18 @@ class _ResumeState:
         with self._lock:
             data = json.dumps({"holes": self.holes, "done": self.done}).encode()
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with contextlib.suppress(OSError):
+        try:
             tmp.write_bytes(data)
             os.replace(tmp, self.path)
+            return
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        # No room for a new file (a full disk): overwrite the last state in place.  A torn
+        # write costs nothing but a download: kept bytes are re-hashed before any is used.
+        with contextlib.suppress(OSError), open(self.path, "r+b") as f:
+            f.write(data)
+            f.truncate()
 
     def remove(self) -> None:
         with contextlib.suppress(OSError):
@@ -574,6 +717,7 @@ def _write_archive_file(
     run resumes them.
     """
     parent = target.parent if str(target.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
     part = parent / f".{target.name}.derrick-partial"
     state = _ResumeState(parent / f".{target.name}.derrick-partial.json")
     by_digest = {layer.digest: layer for layer in layers}
