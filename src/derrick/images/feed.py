@@ -50,8 +50,9 @@ class Feed:
 
     ``progress`` is told the bytes done as they are hashed (a negative count when a new
     pass or a restart from the first byte goes back).  :attr:`received` counts the bytes
-    read from the source over every pass; :attr:`verified` is True once a pass reached
-    the end and the content matched.
+    read from the source over every pass; :attr:`verified` is True once a pass hashed
+    the whole blob and it matched (checked before its last chunk is given out, so a
+    consumer that stops after taking exactly the blob's size needs nothing more).
     """
 
     def __init__(
@@ -139,6 +140,7 @@ class Feed:
                         end = pos + n
                         if end == size:
                             verifier.verify()  # before the last bytes go out
+                            self.verified = True
                         piece = chunk if pos >= given else chunk[given - pos :]
                         pos = end
                         self._report(n)
