@@ -8,7 +8,7 @@ import pytest
 
 from derrick import mediatypes as mt
 from derrick.digest import Digest
-from derrick.errors import ManifestError, PlatformNotFoundError
+from derrick.errors import ManifestError, PlatformNotFoundError, UsageError
 from derrick.images.model import ImageName, Selection
 from derrick.images.plan import MAX_INDEX_DEPTH, PlanItem, plan
 from derrick.manifest import Descriptor, Platform, parse_manifest
@@ -212,3 +212,8 @@ def test_a_config_too_large_is_refused_before_it_is_read() -> None:
     with pytest.raises(ManifestError, match="byte limit"):
         plan([PlanItem(src, "big")])
     assert src.opens == []
+
+
+def test_a_selection_of_all_and_some_platforms_is_refused() -> None:
+    with pytest.raises(UsageError, match="not both"):
+        Selection(all=True, platforms=(AMD64,))

@@ -203,8 +203,9 @@ def image_copy(
     Blobs stream straight through (nothing is stored locally) and are
     verified on the way; on one registry they are mounted instead.  Without
     --all-platforms one platform of an index is copied (--platform, default
-    this machine's).  DST_REF without a tag takes SRC_REF's.  --username
-    applies to the destination registry.
+    this machine's); a single image is copied whatever its platform, unless
+    --platform names another.  DST_REF without a tag takes SRC_REF's.
+    --username applies to the destination registry.
 
     \b
     Examples:

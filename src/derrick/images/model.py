@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import Literal, Protocol, runtime_checkable
 
 from derrick.digest import Digest
+from derrick.errors import UsageError
 from derrick.manifest import Descriptor, ImageManifest, Index, Platform
 
 #: A piece of a blob.  A memoryview may be a view of a buffer the producer reuses: it
@@ -156,6 +157,10 @@ class Selection:
 
     platforms: tuple[Platform, ...] = ()
     all: bool = False
+
+    def __post_init__(self) -> None:
+        if self.all and self.platforms:
+            raise UsageError("a selection takes all platforms, or the ones named: not both")
 
     @property
     def explicit(self) -> bool:

@@ -82,7 +82,7 @@ def copy(
     :class:`~derrick.images.model.Selection`; None: this machine's).  ``names`` is what
     the copy is called in the sink (None keeps the source's name, its tag; ``()`` none:
     a registry stores it by digest only).  ``jobs`` blobs move at once.  ``cancel``,
-    when given, stops the copy when set (and is set by the copy when a blob fails).
+    when given, stops the copy when set (and the copy sets it when it fails).
     ``retry`` is how often and how patiently a blob body that breaks off is asked for
     again (default :class:`~derrick.transport.RetryPolicy`; pass
     ``client.transport.retry`` to follow a client's).  ``cache`` is consulted for
