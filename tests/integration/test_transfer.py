@@ -564,3 +564,42 @@ def test_registry_repository_names_and_resolve(
     assert repo.image_name(str(desc.digest)) == ImageName(f"{registry_open.host}/test/multi")
     assert repo.resolve(str(desc.digest)) == desc
     assert repo.manifest(desc) == repo.manifest(desc)  # kept bytes once, then fetched
+
+
+def test_cli_copy_to_a_repository_the_reader_cannot_push_to_is_denied(
+    seeded: SeededRegistries,
+    registry_token: RegistryProcess,
+    unique_repo: Callable[..., str],
+    cli: Cli,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    login_env(monkeypatch, registry_token, "reader")
+    repo = unique_repo("private/scratch")
+    line = cli(
+        "image",
+        "copy",
+        "--insecure",
+        seeded.token["private/single"].reference,
+        f"{registry_token.host}/{repo}:v1",
+    ).failed()
+    assert "denied" in line and repo in line
+
+
+def test_cli_copy_drives_the_progress_bars(
+    proxy: FaultProxy,
+    registry_open: RegistryProcess,
+    test_images: dict[str, LayoutImage],
+    unique_repo: Callable[..., str],
+    cli: Cli,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import derrick.cli.progress
+
+    monkeypatch.setattr(derrick.cli.progress, "wants_progress", lambda quiet: not quiet)
+    monkeypatch.setenv("COLUMNS", "300")
+    layout = test_images["single"]
+    repo = unique_repo()
+    res = cli("image", "copy", f"{proxy.host}/test/single:v1", f"{registry_open.host}/{repo}")
+    size = sum(layout.blob_path(d).stat().st_size for d in layout.blob_digests)
+    assert f"{size}/{size} bytes" in res.ok().err  # the total bar is full
+    check_copy(registry_open, repo, "v1", layout)
