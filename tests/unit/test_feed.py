@@ -11,6 +11,7 @@ import pytest
 from derrick.errors import (
     BlobUnknownError,
     Cancelled,
+    DerrickError,
     DigestMismatchError,
     ManifestError,
     TransportError,
@@ -19,7 +20,7 @@ from derrick.images.feed import Feed, read_small
 from derrick.images.pool import BlobPool
 from derrick.manifest import Descriptor
 from derrick.transport import RetryPolicy
-from support.memory import MemorySource
+from support.memory import MemoryBody, MemorySource
 
 NO_WAIT = RetryPolicy(retries=3, backoff=0.0)
 
@@ -106,6 +107,20 @@ def test_a_source_that_ignores_the_offset_is_read_from_the_start_without_repeats
     assert src.opened(desc.digest) == [0, 250]  # asked from 250, served from 0
     assert feed.received == 1250
     assert sum(progress) == len(data) and -250 in progress
+
+
+def test_a_source_that_starts_anywhere_else_is_refused() -> None:
+    class Odd(MemorySource):
+        def open_blob(self, desc: Descriptor, offset: int = 0) -> MemoryBody:
+            body = super().open_blob(desc, offset)
+            body.offset = 7 if offset else 0
+            return body
+
+    src = Odd(chunk_size=100)
+    desc = src.blob(blob())
+    src.breaks[desc.digest] = [250]
+    with pytest.raises(DerrickError, match="started at byte 7, not 250"):
+        b"".join(feed_of(src, desc).chunks())
 
 
 def test_breaks_beyond_the_retry_limit_raise_the_transport_error() -> None:

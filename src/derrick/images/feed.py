@@ -121,8 +121,8 @@ class Feed:
             body = self.source.open_blob(self.desc, pos)  # errors here are not retried
             with body:
                 if body.offset != pos:
-                    if body.offset != 0:
-                        raise TransportError(
+                    if body.offset != 0:  # neither where asked nor the start
+                        raise DerrickError(
                             f"{self.what}: the source started at byte {body.offset}, "
                             f"not {pos} as asked"
                         )
