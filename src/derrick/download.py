@@ -17,17 +17,15 @@ import threading
 from collections.abc import Callable
 
 from derrick.digest import Verifier
-from derrick.errors import DerrickError, DigestMismatchError, TransportError
+from derrick.errors import Cancelled, DigestMismatchError, TransportError
 from derrick.manifest import Descriptor
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
 
+__all__ = ["CHUNK", "Cancelled", "Progress", "Region", "download"]
+
 CHUNK = 1 << 20
 Progress = Callable[[int], None]
-
-
-class Cancelled(DerrickError):
-    """The operation was cancelled because another part of it failed."""
 
 
 class _BrokeOff(Exception):

@@ -74,6 +74,10 @@ class UsageError(DerrickError):
     """The caller combined options or arguments that cannot work together."""
 
 
+class Cancelled(DerrickError):
+    """The operation stopped because it was cancelled, or because another part of it failed."""
+
+
 class TransportError(DerrickError):
     """The registry could not be reached, or the connection failed mid-way."""
 

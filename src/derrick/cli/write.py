@@ -19,11 +19,15 @@ from derrick.cli.common import (
     parse_ref,
     platform_option,
 )
-from derrick.cli.progress import open_progress
+from derrick.cli.progress import BlobProgress, open_progress
 from derrick.cli.read import blob_group, image_group, manifest_group, tag_group
 from derrick.digest import Digest
 from derrick.errors import UsageError
-from derrick.ops.copy import copy_image, tag_image
+from derrick.images.model import BlobOutcome, ImageName, Selection
+from derrick.images.remote import RegistryRepository
+from derrick.manifest import Descriptor
+from derrick.ops import transfer
+from derrick.ops.copy import tag_image
 from derrick.ops.images import is_local, split_path_name
 from derrick.ops.push import DEFAULT_JOBS, TransferStats, push, put_blob
 from derrick.reference import Reference
@@ -257,9 +261,11 @@ def image_copy(
     Blobs stream straight through (nothing is stored locally) and are
     verified on the way; on one registry they are mounted instead.  Without
     --all-platforms one platform of an index is copied (--platform, default
-    this machine's).  DST_REF without a tag takes SRC_REF's.  --username
-    applies to the destination registry.  A path on disk is no reference: use
-    image pull or image push for that (docker://REF forces a registry).
+    this machine's); a single image is copied whatever its platform, unless
+    --platform names another.  DST_REF without a tag takes SRC_REF's.
+    --username applies to the destination registry.  A path on disk is no
+    reference: use image pull or image push for that (docker://REF forces a
+    registry).
 
     \b
     Examples:
@@ -271,34 +277,64 @@ def image_copy(
     _refuse_local_paths(src_ref, dst_ref)
     src = parse_ref(src_ref.removeprefix("docker://"))
     dst = Reference.parse(dst_ref.removeprefix("docker://"), default_tag=None)
+    wanted = parse_platform(platform)
+    selection = Selection(all=all_platforms, platforms=(wanted,) if wanted else ())
+    names: tuple[ImageName, ...] | None = None  # none given: SRC's tag
+    if dst.digest is not None:
+        names = ()
+    elif dst.tag is not None:
+        names = (ImageName(dst.name, dst.tag),)
     with opts.client(dst.registry) as client, contextlib.ExitStack() as stack:
         bar = open_progress(stack, quiet=quiet, label=dst.familiar())
-        result = copy_image(
-            client,
-            src,
-            dst,
-            platform=parse_platform(platform),
-            all_platforms=all_platforms,
+        result = transfer.copy(
+            RegistryRepository(client, src),
+            RegistryRepository(client, dst, chunk_size=_chunk_size(chunk_size)),
+            selection=selection,
+            names=names,
             jobs=jobs,
-            chunk_size=_chunk_size(chunk_size),
-            progress=bar,
+            progress=_CopyBars(bar) if bar is not None else None,
+            retry=client.transport.retry,
         )
+    tag = next((n.tag for n in result.plan.entries[0].names if n.tag), None)
+    shown = dst.with_tag(tag) if dst.digest is None and tag else dst.with_digest(result.digest)
+    stats = TransferStats(
+        uploaded=result.stats.copied,
+        uploaded_bytes=result.stats.copied_bytes,
+        mounted=result.stats.mounted,
+        skipped=result.stats.skipped,
+    )
     if fmt == "json":
         emit_json(
             {
-                "source": str(result.src),
-                "destination": str(result.dst),
+                "source": str(src),
+                "destination": str(shown),
                 "digest": str(result.digest),
                 "mediaType": result.media_type,
                 "manifests": [str(d) for d in result.manifests],
-                **_stats_json(result.stats),
+                **_stats_json(stats),
             }
         )
     elif not quiet:
-        click.echo(
-            f"Copied {src} to {result.dst} ({result.digest}): {_stats_text(result.stats)}",
-            err=True,
-        )
+        click.echo(f"Copied {src} to {shown} ({result.digest}): {_stats_text(stats)}", err=True)
+
+
+class _CopyBars:
+    """The copy engine's progress, shown on the command's bars."""
+
+    def __init__(self, bars: BlobProgress) -> None:
+        self._bars = bars
+
+    def planned(self, total_bytes: int) -> None:
+        self._bars.planned(total_bytes)
+
+    def blob_started(self, desc: Descriptor) -> None:
+        self._bars.blob_started(desc)
+
+    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
+        self._bars.blob_advanced(desc, nbytes)
+
+    def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None:
+        self._bars.blob_finished(desc)
 
 
 # -- tag ---------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ from derrick.ops.push import (
     put_manifests,
     transfer_blobs,
 )
-from derrick.ops.resolve import check_platform, fetch_config
+from derrick.ops.resolve import fetch_config
+from derrick.platform import check_platform
 from derrick.reference import Reference
 from derrick.registry import FetchedManifest, RegistryClient
 

@@ -212,7 +212,8 @@ def _open_remote(
     jobs: int,
     progress: PullProgress | None,
 ) -> ImageLayers:
-    from derrick.ops.resolve import require_image, resolve_image, resolved_config
+    from derrick.ops.resolve import resolve_image, resolved_config
+    from derrick.platform import require_image
 
     img = resolve_image(client, ref, platform)
     require_image(str(ref), img.manifest, _NO_FILESYSTEM)
@@ -278,7 +279,7 @@ def _read_local(
     src: object, path: Path, name: str | None, platform: Platform | None
 ) -> ImageLayers:
     from derrick.layout.reader import ImageSource
-    from derrick.ops.resolve import check_config_platform, check_platform, require_image
+    from derrick.platform import check_config_platform, check_platform, require_image
 
     assert isinstance(src, ImageSource)
     shown = f"{path}:{name}" if name else str(path)

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from derrick.manifest import ImageConfig, Index, Platform
-from derrick.ops.resolve import config_platform, resolve_image, resolved_config
+from derrick.ops.resolve import resolve_image, resolved_config
+from derrick.platform import config_platform
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
 

@@ -65,7 +65,8 @@ from derrick.manifest import (
     Index,
     Platform,
 )
-from derrick.ops.resolve import check_platform, fetch_child, fetch_config, require_image
+from derrick.ops.resolve import fetch_child, fetch_config
+from derrick.platform import check_platform, require_image
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from derrick.digest import Digest
-from derrick.errors import ManifestError, NotAnImageError, PlatformNotFoundError
+from derrick.errors import ManifestError
 from derrick.manifest import Descriptor, ImageConfig, ImageManifest, Index, Platform
+from derrick.platform import check_platform
 from derrick.reference import Reference
 from derrick.registry import FetchedManifest, RegistryClient
 
@@ -81,56 +82,3 @@ def fetch_config(client: RegistryClient, ref: Reference, manifest: ImageManifest
 def resolved_config(client: RegistryClient, img: ResolvedImage) -> ImageConfig:
     """The config of a resolved image (read once)."""
     return img.config or fetch_config(client, img.ref, img.manifest)
-
-
-def config_platform(config: ImageConfig) -> Platform | None:
-    """The platform an image config names; None if it names none."""
-    return config.platform if config.os and config.architecture else None
-
-
-def check_platform(
-    what: str, manifest: ImageManifest, config: ImageConfig | None, want: Platform | None
-) -> None:
-    """Refuse an image that is not of platform ``want`` (if given).
-
-    For a manifest that was not chosen from an index: its platform is the one
-    its ``config`` names.  An OCI artifact has none.
-    """
-    if want is None:
-        return
-    if not manifest.is_image or config is None:
-        raise PlatformNotFoundError(
-            f"no image for platform {want}: {what} is not a container image but an artifact "
-            f"of type {manifest.kind}, which has no platform",
-            hint="leave out --platform",
-        )
-    check_config_platform(what, config, want)
-
-
-def check_config_platform(what: str, config: ImageConfig, want: Platform | None) -> None:
-    """Refuse the image of ``config`` (one not chosen from an index) unless it is of ``want``."""
-    if want is None:
-        return
-    have = config_platform(config)
-    if have is None:
-        raise PlatformNotFoundError(
-            f"no image for platform {want}: {what} is a single-platform image whose config "
-            "names no platform",
-            hint="leave out --platform",
-        )
-    if not have.matches(want):
-        raise PlatformNotFoundError(
-            f"no image for platform {want}: {what} is a single-platform image for {have}",
-            hint=f"use --platform {have}, or leave --platform out",
-        )
-
-
-def require_image(what: str, manifest: ImageManifest, why: str) -> None:
-    """Refuse an OCI artifact where only a container image will do (``why`` says what)."""
-    if manifest.is_image:
-        return
-    raise NotAnImageError(
-        f"{what} is not a container image but an artifact of type {manifest.kind}: {why}",
-        hint="pull it to an OCI layout (-o DIR) or an OCI archive (--format oci-archive), "
-        "or copy it to a registry with derrick image copy",
-    )
