@@ -366,25 +366,34 @@ def test_read_blob_detects_corruption(tmp_path: Path) -> None:
         layout.read_blob(d)
 
 
-def test_add_blob_file_links_or_copies(tmp_path: Path) -> None:
+def test_add_blob_file_copies(tmp_path: Path) -> None:
     layout = OCILayout.create(tmp_path / "l")
     src = tmp_path / "download"
     src.write_bytes(b"layer data")
     d = Digest.of(b"layer data")
     dest = layout.add_blob_file(src, d)
     assert dest.read_bytes() == b"layer data"
-    assert dest.stat().st_ino == src.stat().st_ino  # hard link on the same filesystem
+    # a file of its own, never a hard link: writing one cannot change the other
+    assert dest.stat().st_ino != src.stat().st_ino
+    assert src.stat().st_nlink == 1
+    assert oct(dest.stat().st_mode & 0o777) == oct(0o644)
     assert layout.add_blob_file(src, d) == dest  # idempotent
 
-    other = tmp_path / "download2"
-    other.write_bytes(b"copied")
-    d2 = Digest.of(b"copied")
-    dest2 = layout.add_blob_file(other, d2, link=False)
-    assert dest2.read_bytes() == b"copied"
-    assert dest2.stat().st_ino != other.stat().st_ino
+    # a damaged blob in the layout is kept unless replaced
+    dest.write_bytes(b"layer dat!")
+    assert layout.add_blob_file(src, d).read_bytes() == b"layer dat!"
+    assert layout.add_blob_file(src, d, replace=True).read_bytes() == b"layer data"
     assert _no_temp_files(tmp_path)
     with pytest.raises(LayoutError, match="does not exist"):
         layout.add_blob_file(tmp_path / "nope", Digest.of(b"nope"))
+
+
+def test_write_blob_replaces_a_damaged_blob_of_the_same_size(tmp_path: Path) -> None:
+    layout = OCILayout.create(tmp_path / "l")
+    d = layout.write_blob(b"config")
+    layout.blob_path(d).write_bytes(b"cOnfig")
+    assert layout.write_blob(b"config", d) == d
+    assert layout.read_blob(d) == b"config"
 
 
 def test_blob_path_must_stay_inside(tmp_path: Path) -> None:
