@@ -144,7 +144,8 @@ class _Fetcher:
         self.ref = ref
         self.cache = cache
         self.progress = progress
-        self.pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="derrick-pull")
+        self.jobs = max(1, jobs)
+        self.pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="derrick-pull")
         self.futures: dict[Digest, Future[Path]] = {}
         self.cancelled = threading.Event()
         self.downloaded = 0
@@ -451,8 +452,7 @@ def _write_layout(
 ) -> None:
     for p in pulled:
         layout.write_blob(p.config, p.manifest.config.digest)
-        for layer in p.manifest.layers:
-            _place_layer(layout, fetcher, layer)
+        _place_layers(layout, fetcher, p.manifest.layers)
         layout.write_blob(p.manifest.raw, p.descriptor.digest)
     if index is not None:
         layout.write_blob(index.raw, index.digest)
@@ -466,6 +466,25 @@ def _write_layout(
         )
     # the index entry last: until then the layout does not name the new image
     layout.add_manifest(desc, ref_name=_ref_name(ref), image_name=str(ref))
+
+
+def _place_layers(layout: OCILayout, fetcher: _Fetcher, layers: Sequence[Descriptor]) -> None:
+    """Copy the layers into ``layout``, several at once (the copies run in the kernel).
+
+    A pool of its own: in an existing layout a copy may wait for its layer's download,
+    which must not wait for a worker behind it.
+    """
+    unique = list({layer.digest: layer for layer in layers}.values())
+    with ThreadPoolExecutor(max_workers=fetcher.jobs, thread_name_prefix="derrick-place") as pool:
+        futures = [pool.submit(_place_layer, layout, fetcher, layer) for layer in unique]
+        try:
+            for f in futures:
+                f.result()
+        except BaseException:
+            fetcher.cancelled.set()  # downloads still running stop at their next chunk
+            for f in futures:
+                f.cancel()
+            raise
 
 
 def _place_layer(layout: OCILayout, fetcher: _Fetcher, layer: Descriptor) -> None:
