@@ -15,8 +15,8 @@ clone (btrfs, XFS, bcachefs: the data is shared copy-on-write, nothing is
 copied), else a copy made in the kernel (``copy_file_range``).  Never a hard
 link: a write into a linked file would change the cache's file and every other
 layout linked to it.  On a filesystem without reflinks the copy costs about a
-quarter of a second per GiB on the development machine, and the disk space of
-a second copy.
+quarter of a second of CPU time per GiB on the development machine, and the
+disk space of a second copy.
 """
 
 from __future__ import annotations
