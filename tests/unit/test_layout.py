@@ -3,6 +3,7 @@ builders the other layout tests import."""
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import json
@@ -17,6 +18,7 @@ import pytest
 
 from derrick import mediatypes as mt
 from derrick.digest import Digest
+from derrick.download import Region, copy_range
 from derrick.errors import DigestMismatchError, LayoutError
 from derrick.layout.archive import ArchiveImage, BlobFile
 from derrick.layout.oci import (
@@ -386,6 +388,33 @@ def test_add_blob_file_copies(tmp_path: Path) -> None:
     assert _no_temp_files(tmp_path)
     with pytest.raises(LayoutError, match="does not exist"):
         layout.add_blob_file(tmp_path / "nope", Digest.of(b"nope"))
+
+
+@pytest.mark.parametrize("in_kernel", [True, False])
+def test_copies_with_and_without_copy_file_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_kernel: bool
+) -> None:
+    """Between filesystems copy_file_range may refuse (EXDEV): the bytes go through a buffer."""
+    if not in_kernel:
+
+        def refuse(*args: object) -> int:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    src = tmp_path / "download"
+    src.write_bytes(data)
+    layout = OCILayout.create(tmp_path / "l")
+    assert layout.add_blob_file(src, Digest.of(data)).read_bytes() == data
+
+    # a region of one file into a region of another, at other offsets
+    out = tmp_path / "out"
+    out.write_bytes(b"x" * 100)
+    with src.open("rb") as a, out.open("r+b") as b:
+        copy_range(Region(a.fileno(), 5, 1000), Region(b.fileno(), 11, 1000), 10, 1000)
+    got = out.read_bytes()
+    assert got[:21] == b"x" * 21
+    assert got[21:1011] == data[15:1005]
 
 
 def test_write_blob_replaces_a_damaged_blob_of_the_same_size(tmp_path: Path) -> None:
