@@ -7,14 +7,18 @@ earlier, interrupted download left there, then asks the registry for the rest
 with a ``Range`` request, writing each chunk with ``pwrite`` as it arrives and
 hashing it on the way.  Transient failures mid-way resume from the bytes
 already verified.  The digest and size are checked at the end; the caller
-makes the result visible only then.
+makes the result visible only then.  A :class:`Tee` of regions receives the
+same bytes in each (an archive's hole and the blob cache's partial file), so
+one download fills both.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
 from derrick.digest import Verifier
 from derrick.errors import Cancelled, DigestMismatchError, TransportError
@@ -34,6 +38,14 @@ class _BrokeOff(Exception):
     def __init__(self, error: TransportError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+class Sink(Protocol):
+    """Where a download's bytes go."""
+
+    def write_at(self, pos: int, data: bytes | memoryview) -> None: ...
+
+    def rehash(self, verifier: Verifier, upto: int) -> int: ...
 
 
 class Region:
@@ -65,11 +77,59 @@ class Region:
         return done
 
 
+class Tee:
+    """Regions that all receive the same bytes; the first one is re-hashed on a resume.
+
+    The caller makes the regions' first bytes identical before a resume (see
+    :func:`copy_range`), so what is re-hashed in one holds for all.
+    """
+
+    def __init__(self, first: Region, *others: Region) -> None:
+        self.regions = (first, *others)
+
+    def write_at(self, pos: int, data: bytes | memoryview) -> None:
+        for region in self.regions:
+            region.write_at(pos, data)
+
+    def rehash(self, verifier: Verifier, upto: int) -> int:
+        return self.regions[0].rehash(verifier, upto)
+
+
+# errno values that mean "copy_file_range cannot copy between these files": copy by hand
+_NO_COPY_RANGE = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
+
+
+def copy_range(src: Region, dst: Region, start: int, end: int) -> None:
+    """Copy bytes ``start`` to ``end`` of region ``src`` to the same place in ``dst``.
+
+    In the kernel (``copy_file_range``) where it can, else through a buffer.
+    """
+    pos = start
+    while pos < end:
+        try:
+            n = os.copy_file_range(src.fd, dst.fd, end - pos, src.base + pos, dst.base + pos)
+        except OSError as e:
+            if e.errno not in _NO_COPY_RANGE:
+                raise
+            break
+        if n <= 0:
+            break
+        pos += n
+    buf = bytearray(min(CHUNK, max(end - pos, 0)))
+    view = memoryview(buf)
+    while pos < end:
+        n = os.preadv(src.fd, [view[: min(CHUNK, end - pos)]], src.base + pos)
+        if n <= 0:
+            raise OSError(errno.EIO, f"{end - pos} bytes missing from the source file")
+        dst.write_at(pos, view[:n])
+        pos += n
+
+
 def download(
     client: RegistryClient,
     ref: Reference,
     desc: Descriptor,
-    region: Region,
+    region: Sink,
     *,
     have: int = 0,
     progress: Progress | None = None,
@@ -114,7 +174,7 @@ class _Download:
         client: RegistryClient,
         ref: Reference,
         desc: Descriptor,
-        region: Region,
+        region: Sink,
         progress: Progress | None,
         cancelled: threading.Event | None,
         written: Callable[[int], None] | None,

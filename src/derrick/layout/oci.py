@@ -19,17 +19,24 @@ Naming follows skopeo and containerd: an index entry's
 ``io.containerd.image.name`` the full reference (``registry.example/team/app:v1``).
 One layout may hold images of several repositories under the same tag; an entry
 is replaced only by one with the same full name.
+
+A blob added from a file elsewhere (:meth:`OCILayout.add_blob_file`, as pulls
+do from derrick's blob cache) is a copy: a reflink where the filesystem can
+clone (btrfs, XFS, bcachefs: the data is shared copy-on-write, nothing is
+copied), else a copy made in the kernel (``copy_file_range``).  Never a hard
+link: a write into a linked file would change the cache's file and every other
+layout linked to it.  On a filesystem without reflinks the copy costs about a
+quarter of a second of CPU time per GiB on the development machine, and the
+disk space of a second copy.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -37,6 +44,7 @@ from typing import Any, BinaryIO
 
 from derrick import mediatypes as mt
 from derrick.digest import Digest, Verifier
+from derrick.download import Region, copy_range
 from derrick.errors import DerrickError, LayoutError
 from derrick.manifest import MAX_MANIFEST_SIZE, Descriptor, Index, parse_manifest
 
@@ -49,6 +57,9 @@ LAYOUT_VERSION = "1.0.0"
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 #: Annotation carrying the full image reference of an index entry.
 ANNOTATION_IMAGE_NAME = "io.containerd.image.name"
+
+#: ioctl that makes a file share another's data, copy-on-write (linux/fs.h ``FICLONE``).
+FICLONE = 0x40049409
 
 #: Largest ``index.json`` read (bytes).
 MAX_INDEX_SIZE = MAX_MANIFEST_SIZE
@@ -237,6 +248,17 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _clone_or_copy(src_fd: int, dst_fd: int) -> None:
+    """Make the (empty) file ``dst_fd`` a copy of ``src_fd``: a reflink if possible."""
+    try:
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+        return
+    except OSError:
+        pass  # no reflinks here (or another filesystem): copy the bytes
+    size = os.fstat(src_fd).st_size
+    copy_range(Region(src_fd, 0, size), Region(dst_fd, 0, size), 0, size)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a synced temporary file and ``os.replace``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -359,38 +381,40 @@ class OCILayout:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def add_blob_file(self, src: Path | str, digest: Digest, *, link: bool = True) -> Path:
+    def add_blob_file(self, src: Path | str, digest: Digest, *, replace: bool = False) -> Path:
         """Put the already-verified file ``src`` into the layout as blob ``digest``.
 
-        Hard-links when ``link`` and on the same filesystem, else copies.  A blob
-        already present is kept.  Returns the blob's path.
+        A copy of it: a reflink where the filesystem can clone, else a copy in the
+        kernel; never a hard link (see the module docstring).  A blob already
+        present is kept, unless ``replace`` (the one there is damaged).  Returns
+        the blob's path.
         """
         dest = self.blob_path(digest)
-        if dest.exists():
+        if not replace and dest.exists():
             return dest
         blob_dir = self._blob_dir(digest)
-        if link:
-            try:
-                os.link(src, dest)
-                return dest
-            except FileExistsError:
-                return dest
-            except OSError as e:
-                if e.errno == errno.ENOENT:
-                    raise LayoutError(f"cannot add blob {digest}: {src} does not exist") from None
-                # another filesystem, or links not permitted: copy instead
-        fd, tmp = tempfile.mkstemp(prefix=f".{digest.hex[:16]}.", suffix=".tmp", dir=blob_dir)
-        os.close(fd)
         try:
-            shutil.copyfile(src, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+            src_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise LayoutError(f"cannot add blob {digest}: {src} does not exist") from None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{digest.hex[:16]}.", suffix=".tmp", dir=blob_dir)
+            try:
+                try:
+                    _clone_or_copy(src_fd, fd)
+                finally:
+                    os.close(fd)
+                os.chmod(tmp, 0o644)
+                # No fsync, as for the cache's files and archive files: a pull that
+                # is interrupted leaves no final name behind, and a GiB forced to disk
+                # would double the time of a pull.
+                os.replace(tmp, dest)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        finally:
+            os.close(src_fd)
         return dest
 
     def write_blob(self, data: bytes, digest: Digest | None = None) -> Digest:
@@ -402,8 +426,9 @@ class OCILayout:
             v.update(data)
             v.verify()
         dest = self.blob_path(digest)
-        if dest.exists() and dest.stat().st_size == len(data):
-            return digest
+        with contextlib.suppress(OSError):
+            if dest.stat().st_size == len(data) and dest.read_bytes() == data:
+                return digest  # already there, and intact
         self._blob_dir(digest)
         atomic_write(dest, data)
         return digest

@@ -2,19 +2,27 @@
 
 Blobs download in parallel, each streamed to disk while it is hashed, so memory
 stays flat whatever the image size, and nothing unverified gets a final name.
+Every pull fills the shared :class:`~derrick.cache.BlobCache`, and takes from it
+only blobs it knows to be good (see there: a record of each verified file, else
+a re-hash; a damaged blob is downloaded again).
 
-* OCI layout: blobs go into the shared :class:`~derrick.cache.BlobCache` and are
-  hard-linked into the layout (no copy on the same filesystem).  A new layout is
-  assembled in a hidden directory beside the destination once every blob is in
-  the cache, then renamed into place; an existing layout gets the blobs it lacks
-  and, last, its ``index.json`` entry (under the layout's lock, so pulls into one
-  layout at once all keep their entries).  A pull whose new layout another pull
-  beat into place adds its image to that one.  The entry is named by the tag
+* OCI layout: blobs go into the cache and are copied into the layout, as
+  reflinks where the filesystem can clone files (btrfs, XFS: no bytes copied)
+  and as in-kernel copies elsewhere; never as hard links, so a layout shares no
+  file with the cache or with another layout, and damage to one stays there.
+  Blobs already in an existing layout are kept only if they are good.  A new
+  layout is assembled in a hidden directory beside the destination once every
+  blob is in the cache, then renamed into place; an existing layout gets the
+  blobs it lacks and, last, its ``index.json`` entry (under the layout's lock, so pulls
+  into one layout at once all keep their entries).  A pull whose new layout another
+  pull beat into place adds its image to that one.  The entry is named by the tag
   and the full reference; it replaces only an entry of the same full reference.
 * Archive file: the tar is laid out with a hole for each layer not in the cache,
   and workers ``pwrite`` each layer into its hole as it arrives (one pass, no
-  temporary copy).  The file is hidden (``.NAME.derrick-partial``) until complete;
-  after a failure it stays, with a JSON resume state beside it, for the next run.
+  temporary copy), writing the same bytes into the cache's partial file, which
+  enters the cache when the digest matches.  The file is hidden
+  (``.NAME.derrick-partial``) until complete; after a failure it stays, with a
+  JSON resume state beside it, for the next run.
 * Standard output: layers go through the cache and are written in order.
 
 An interrupted download resumes with a ``Range`` request, after re-hashing the
@@ -41,7 +49,7 @@ from typing import BinaryIO, Literal, Protocol
 
 from derrick.cache import BlobCache
 from derrick.digest import Digest
-from derrick.download import Region, download
+from derrick.download import Region
 from derrick.errors import (
     DerrickError,
     DigestMismatchError,
@@ -154,7 +162,8 @@ class _Fetcher:
         self.ref = ref
         self.cache = cache
         self.progress = progress
-        self.pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="derrick-pull")
+        self.jobs = max(1, jobs)
+        self.pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="derrick-pull")
         self.futures: dict[Digest, Future[Path]] = {}
         self.cancelled = threading.Event()
         self.downloaded = 0
@@ -194,7 +203,7 @@ class _Fetcher:
     ) -> Path:
         if self.progress:
             self.progress.blob_started(desc)
-        received = download(
+        received = self.cache.fetch_into(
             self.client,
             self.ref,
             desc,
@@ -525,10 +534,12 @@ def _pull_layout(
     top_desc: Descriptor,
 ) -> list[str]:
     """Pull into the layout ``dest``; see :attr:`PullResult.same_tag` for what is returned."""
+    # A blob the layout has is kept only if it is good (a record of it, else a re-hash).
     wanted = [
         layer
         for layer in layers
-        if existing is None or not existing.has_blob(layer.digest, layer.size)
+        if existing is None
+        or not fetcher.cache.verify_file(existing.blob_path(layer.digest), layer)
     ]
     fetcher.plan(wanted)
     for layer in wanted:
@@ -580,10 +591,7 @@ def _write_layout(
 ) -> list[str]:
     for p in pulled:
         layout.write_blob(p.config, p.manifest.config.digest)
-        for layer in p.manifest.layers:
-            if layout.has_blob(layer.digest, layer.size):
-                continue
-            layout.add_blob_file(fetcher.get(layer), layer.digest)
+        _place_layers(layout, fetcher, p.manifest.layers)
         layout.write_blob(p.manifest.raw, p.descriptor.digest)
     if index is not None:
         layout.write_blob(index.raw, index.digest)
@@ -602,6 +610,34 @@ def _write_layout(
     if len({d.digest for d in tagged}) < 2:
         return []
     return list(dict.fromkeys(full_name(d) for d in tagged))
+
+
+def _place_layers(layout: OCILayout, fetcher: _Fetcher, layers: Sequence[Descriptor]) -> None:
+    """Copy the layers into ``layout``, several at once (the copies run in the kernel).
+
+    A pool of its own: in an existing layout a copy may wait for its layer's download,
+    which must not wait for a worker behind it.
+    """
+    unique = list({layer.digest: layer for layer in layers}.values())
+    with ThreadPoolExecutor(max_workers=fetcher.jobs, thread_name_prefix="derrick-place") as pool:
+        futures = [pool.submit(_place_layer, layout, fetcher, layer) for layer in unique]
+        try:
+            for f in futures:
+                f.result()
+        except BaseException:
+            fetcher.cancelled.set()  # downloads still running stop at their next chunk
+            for f in futures:
+                f.cancel()
+            raise
+
+
+def _place_layer(layout: OCILayout, fetcher: _Fetcher, layer: Descriptor) -> None:
+    """Put a copy of the cached layer into ``layout``, unless a good one is there already."""
+    cache = fetcher.cache
+    if cache.verify_file(layout.blob_path(layer.digest), layer):
+        return
+    dest = layout.add_blob_file(fetcher.get(layer), layer.digest, replace=True)
+    cache.remember(dest, layer)
 
 
 def _ref_name(ref: Reference) -> str | None:
@@ -712,7 +748,8 @@ def _write_archive_file(
 
     The tar is laid out first: small members are written and each layer not in
     the cache gets a hole of its exact size.  Workers then fill the holes with
-    ``pwrite`` as the bytes arrive, so every byte is written once.  The file
+    ``pwrite`` as the bytes arrive, so every byte is downloaded once, and write
+    the same bytes into the cache (:meth:`BlobCache.fetch_into`).  The file
     is a hidden partial file until all is verified, then renamed to ``target``.
     After a failure the partial file and its resume state stay, and the next
     run resumes them.
@@ -724,8 +761,7 @@ def _write_archive_file(
     by_digest = {layer.digest: layer for layer in layers}
 
     def blob_file(digest: Digest) -> Path | None:
-        desc = by_digest[digest]
-        return fetcher.cache.path(digest) if fetcher.cache.has(desc) else None
+        return fetcher.cache.lookup(by_digest[digest])
 
     created = not part.exists()
     fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o666)
