@@ -8,15 +8,15 @@ way; then each child manifest of an index by digest; then the index or
 manifest under the tag.  Manifests are pushed byte for byte, so the registry's
 digests equal the source's.
 
-A legacy ``docker save`` archive (``<id>/layer.tar`` files and no OCI
-manifest) has no registry manifest to preserve: one is written for it, a
-Docker schema 2 manifest with the config as is and each layer as stored
-(``application/vnd.docker.image.rootfs.diff.tar`` for plain tars).  So is
-one for a newer archive whose OCI manifest is missing from ``index.json`` or
-disagrees with ``manifest.json``.  Such an image's config must list as many
-layers as ``manifest.json`` does, each plain tar layer must be the one its
-config names (its digest is its diff ID), and files named by their digest
-(``blobs/sha256/<hex>``, ``<hex>.json``) must hash to it.
+An archive is pushed by the copy engine (:func:`push_from`:
+:func:`derrick.ops.transfer.copy` from its source in
+:mod:`derrick.images.ociarchive` or :mod:`derrick.images.dockerarchive` to a
+:class:`~derrick.images.remote.RegistryRepository`), the same way.  A legacy
+``docker save`` archive (``<id>/layer.tar`` files and no OCI manifest) has no
+registry manifest to preserve: the source writes one (see
+:func:`~derrick.images.dockerarchive.read_legacy`), and so it does for a newer
+archive whose OCI manifest is missing from ``index.json`` or disagrees with
+``manifest.json``.  OCI layouts are pushed by :func:`push` itself.
 
 A destination without tag or digest takes the tag the image has in the
 source: the tag of its ``ref.name`` (or image name) in an OCI layout or
