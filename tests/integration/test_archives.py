@@ -184,6 +184,18 @@ def test_oci_archive_is_pushed_back_byte_for_byte(
             assert raw.get_manifest(repo, img.digest).content == img.manifest_bytes
             assert all(raw.blob_exists(repo, d) for d in img.blob_digests)
 
+    # named by its own digest it goes; by another, nothing moves
+    other = unique_repo()
+    cli("image", "push", "-q", out, f"{registry_open.host}/{other}@{multi.digest}").ok()
+    wrong = f"{registry_open.host}/{unique_repo()}@{seeded.open['test/single'].digest}"
+    line = cli("image", "push", out, wrong).failed()
+    assert f"cannot push to {wrong}: the image's digest is {multi.digest}" in line
+    with RawClient(registry_open) as raw:
+        assert raw.get_manifest(other, multi.digest).status_code == 200
+        assert not raw.blob_exists(
+            wrong.split("/", 1)[1].split("@")[0], multi.layout.blob_digests[0]
+        )
+
 
 # -- archive to archive ----------------------------------------------------------------------
 

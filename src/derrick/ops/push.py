@@ -288,12 +288,17 @@ def put_manifests(
         pushed.add(m.digest)
         by_digest = Reference(dst.registry, dst.repository, digest=m.digest)
         client.put_manifest(by_digest, m.raw, m.media_type, scopes=scopes)
-    if dst.digest is not None and dst.digest != top.digest:
+    _check_digest(dst, top.digest)
+    return client.put_manifest(dst, top.raw, top.media_type, scopes=scopes)
+
+
+def _check_digest(dst: Reference, digest: Digest) -> None:
+    """Refuse to push the image ``digest`` to a destination named by another digest."""
+    if dst.digest is not None and dst.digest != digest:
         raise UsageError(
-            f"cannot push to {dst}: the image's digest is {top.digest}",
+            f"cannot push to {dst}: the image's digest is {digest}",
             hint="name the destination by tag, or by the image's own digest",
         )
-    return client.put_manifest(dst, top.raw, top.media_type, scopes=scopes)
 
 
 # -- reading a source ------------------------------------------------------------------------
@@ -473,6 +478,7 @@ def push_from(
     pushed to and what the copy did.
     """
     ref = destination(ref, source.select(name), shown)
+    _check_digest(ref, source.resolve(name).digest)
     result = transfer.copy(
         source,
         RegistryRepository(client, ref, chunk_size=chunk_size),
