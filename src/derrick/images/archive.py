@@ -211,7 +211,7 @@ class ArchiveSink:
     def begin(self, plan: Plan) -> None:
         members = self.members(plan)  # refuses what the format cannot hold, before any write
         if self._file is not None:
-            self._file.begin(lambda out: _lay_out(out, members))
+            self._file.begin(lambda out: _write_with_holes(out, members))
         elif self._stream is not None:
             self._stream.begin(members)
 
@@ -243,7 +243,7 @@ class ArchiveSink:
             self._stream.abort()
 
 
-def _lay_out(out: BinaryIO, members: Sequence[Member]) -> Holes:
+def _write_with_holes(out: BinaryIO, members: Sequence[Member]) -> Holes:
     """Write ``members`` to the seekable ``out``, a hole for each blob; where the holes are."""
     w = TarStreamWriter(out)
     holes: Holes = {}
