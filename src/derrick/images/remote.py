@@ -77,6 +77,8 @@ class RegistryRepository:
     """
 
     ordered = False
+    local = False  # a copy to a registry keeps nothing on the local disk
+    prefers_files = False
 
     def __init__(
         self,

@@ -19,21 +19,22 @@ partial file for each blob being written, which whoever writes it fills from a s
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
 from derrick.digest import Digest
-from derrick.errors import DerrickError
+from derrick.errors import DerrickError, DiskError
 from derrick.manifest import Descriptor
 from derrick.store.files import CHUNK, Region, read_range
 from derrick.store.records import Records
 
-__all__ = ["BlobStore", "PartialBlob", "default_cache_dir"]
+__all__ = ["BlobStore", "CacheDiskError", "PartialBlob", "default_cache_dir"]
 
 
 def default_cache_dir() -> Path:
@@ -291,3 +292,58 @@ class PartialBlob:
             os.close(self.fd)  # also releases the flock
         finally:
             self._release()
+
+
+class CacheDiskError(DiskError):
+    """Writing the blob cache failed (no space left, permission denied, …).
+
+    The message names the cache; ``partials`` are the partial files kept for a later
+    run to resume.  :meth:`pulling_to` says what was being written too.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        error: OSError,
+        partials: Sequence[Path] = (),
+    ) -> None:
+        reason = error.strerror or str(error) or type(error).__name__
+        self.reason = reason[:1].lower() + reason[1:]
+        self.root = root
+        self.error = error
+        self.partials = list(partials)
+        again = (
+            "make room and run the same command again"
+            if error.errno in (errno.ENOSPC, errno.EDQUOT)
+            else "fix that and run the same command again"
+        )
+        if len(self.partials) == 1:
+            hint = (
+                f"the partial download {self.partials[0]} is kept: {again} to resume, or delete it"
+            )
+        elif self.partials:
+            dirs = {p.parent for p in self.partials}
+            where = self.partials[0].parent if len(dirs) == 1 else root
+            hint = (
+                f"{len(self.partials)} partial downloads in {where} (*.partial) are kept: "
+                f"{again} to resume, or delete them"
+            )
+        else:
+            hint = again
+        super().__init__(
+            f"{self.reason} writing the blob cache {root}", errno=error.errno, hint=hint
+        )
+
+    def with_partials(self, partials: Sequence[Path]) -> CacheDiskError:
+        """The same error, saying which partial files are kept."""
+        return CacheDiskError(self.root, self.error, partials)
+
+    def pulling_to(self, destination: str, *, remedy: str | None = None) -> DiskError:
+        """The error as said of a pull to ``destination`` (as the user named it), with
+        ``remedy`` (e.g. how to choose another cache) after the hint."""
+        hint = f"{self.hint}; {remedy}" if remedy else self.hint
+        return DiskError(
+            f"{self.reason} writing the blob cache {self.root} (pulling to {destination})",
+            errno=self.errno,
+            hint=hint,
+        )
