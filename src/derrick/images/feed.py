@@ -228,8 +228,8 @@ def read_small(
     ``limit`` bytes (refused before a byte is read when its descriptor says more)."""
     if desc.size > limit:
         raise ManifestError(
-            f"blob {desc.digest} of {source.description} is {desc.size} bytes, "
-            f"more than the {limit} byte limit for a config"
+            f"config {desc.digest} of {source.description} is {desc.size} bytes, "
+            f"more than the {limit} byte limit"
         )
     feed = Feed(source, desc, retry=retry, cancel=cancel)
     return b"".join(bytes(c) for c in feed.chunks())

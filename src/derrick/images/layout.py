@@ -46,7 +46,7 @@ from derrick.digest import Digest, Verifier
 from derrick.errors import DerrickError, DiskError, LayoutError, ManifestError
 from derrick.images.feed import FileBody
 from derrick.images.layoutwrite import add_entries, disk_error, file_holds, temp_dir, write_stream
-from derrick.images.model import BlobFeed, ImageName, ImageSource, Plan
+from derrick.images.model import BlobFeed, ImageName, ImageSource, Plan, PlannedImage
 from derrick.layout.oci import (
     ANNOTATION_IMAGE_NAME,
     ANNOTATION_REF_NAME,
@@ -57,7 +57,14 @@ from derrick.layout.oci import (
     resolve_entry,
 )
 from derrick.layout.reader import tag_in
-from derrick.manifest import MAX_MANIFEST_SIZE, Descriptor, ImageManifest, Index, parse_manifest
+from derrick.manifest import (
+    MAX_MANIFEST_SIZE,
+    Descriptor,
+    ImageConfig,
+    ImageManifest,
+    Index,
+    parse_manifest,
+)
 from derrick.reference import Reference
 from derrick.store.cache import BlobStore
 
@@ -223,7 +230,13 @@ class LayoutDir:
     # -- writing -------------------------------------------------------------------------
 
     def begin(self, plan: Plan) -> None:
-        """Open the existing layout, or check the destination can become one."""
+        """Refuse an image whose config is not one; open the existing layout, or check
+        the destination can become one."""
+        for entry in plan.entries:
+            shown = str(entry.names[0]) if entry.names and entry.names[0].repository else None
+            for img in entry.images:
+                if img.manifest.is_image:
+                    _check_config(img, shown or (entry.source.description if entry.source else ""))
         self._plan = plan
         for entry in plan.entries:
             self._tops.setdefault(entry.top.digest, [])
@@ -356,3 +369,13 @@ class LayoutDir:
         else:
             kept = "the unfinished layout was removed"
         return disk_error(e, self.shown, kept)
+
+
+def _check_config(image: PlannedImage, where: str) -> None:
+    """An image's config must parse as one: refused before anything is written."""
+    try:
+        ImageConfig.parse(image.config)
+    except ManifestError as e:
+        raise ManifestError(
+            f"config {image.manifest.config.digest} of {where}: {e.message}"
+        ) from None

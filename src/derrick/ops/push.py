@@ -40,6 +40,9 @@ from derrick.api import push_scope
 from derrick.digest import Digest, Verifier, hash_file
 from derrick.download import Cancelled
 from derrick.errors import DerrickError, LayoutError, ManifestError, UsageError
+from derrick.images.layout import LayoutDir
+from derrick.images.model import BlobOutcome, ImageName, Selection
+from derrick.images.remote import RegistryRepository
 from derrick.layout.oci import blob_member
 from derrick.layout.reader import (
     DockerArchiveEntry,
@@ -48,6 +51,7 @@ from derrick.layout.reader import (
     open_image_source,
 )
 from derrick.manifest import Descriptor, ImageConfig, ImageManifest, Index, parse_manifest
+from derrick.ops import transfer
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
 
@@ -514,8 +518,11 @@ def push(
 
     ``ref`` names the destination by tag (or by the image's own digest); without
     either, the image's tag in the source is used (see :func:`destination`).
-    With ``chunk_size`` None every blob goes up in one request.
+    With ``chunk_size`` None every blob goes up in one request.  An OCI layout directory
+    is pushed by the engine (:func:`derrick.ops.transfer.copy`).
     """
+    if Path(source_path).is_dir():
+        return _push_layout(client, source_path, ref, name, jobs, chunk_size, progress)
     with open_image_source(source_path) as source:
         selected = source.select(name)
         ref = destination(ref, selected, f"{source_path}:{name}" if name else str(source_path))
@@ -537,6 +544,70 @@ def push(
         media_type=top.media_type,
         manifests=[m.digest for m in plan.manifests],
         stats=stats,
+    )
+
+
+class _EngineProgress:
+    """A :class:`TransferProgress` as the engine's :class:`~derrick.images.model.Progress`."""
+
+    def __init__(self, progress: TransferProgress) -> None:
+        self._progress = progress
+
+    def planned(self, total_bytes: int) -> None:
+        self._progress.planned(total_bytes)
+
+    def blob_started(self, desc: Descriptor) -> None:
+        self._progress.blob_started(desc)
+
+    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
+        self._progress.blob_advanced(desc, nbytes)
+
+    def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None:
+        self._progress.blob_finished(desc)
+
+
+def _push_layout(
+    client: RegistryClient,
+    path: str | Path,
+    ref: Reference,
+    name: str | None,
+    jobs: int,
+    chunk_size: int | None,
+    progress: TransferProgress | None,
+) -> PushResult:
+    """Push the image ``name`` of the OCI layout ``path``: a copy by the engine, every
+    platform of an index (the layout must hold them all)."""
+    source = LayoutDir(path, name=name)
+    shown = f"{path}:{name}" if name else str(path)
+    top = source.resolve(name)
+    ref = destination(ref, SelectedImage(top, None, source.tags(name)), shown)
+    if ref.digest is not None and ref.digest != top.digest:
+        raise UsageError(
+            f"cannot push to {ref}: the image's digest is {top.digest}",
+            hint="name the destination by tag, or by the image's own digest",
+        )
+    result = transfer.copy(
+        source,
+        RegistryRepository(client, ref, chunk_size=chunk_size),
+        name=name,
+        selection=Selection(all=True),
+        names=() if ref.digest is not None else (ImageName(ref.name, ref.tag),),
+        jobs=jobs,
+        progress=_EngineProgress(progress) if progress is not None else None,
+        retry=client.transport.retry,
+    )
+    return PushResult(
+        source=str(path),
+        ref=ref,
+        digest=result.digest,
+        media_type=result.media_type,
+        manifests=result.manifests,
+        stats=TransferStats(
+            uploaded=result.stats.copied,
+            uploaded_bytes=result.stats.copied_bytes,
+            mounted=result.stats.mounted,
+            skipped=result.stats.skipped,
+        ),
     )
 
 
