@@ -19,17 +19,26 @@ from derrick.cli.common import (
     parse_ref,
     platform_option,
 )
-from derrick.cli.progress import BlobProgress, open_progress
+from derrick.cli.progress import engine_bars, open_progress
 from derrick.cli.read import blob_group, image_group, manifest_group, tag_group
 from derrick.digest import Digest
 from derrick.errors import UsageError
-from derrick.images.model import BlobOutcome, ImageName, Selection
+from derrick.images.layout import LayoutDir
+from derrick.images.model import ImageName, Selection
+from derrick.images.model import TransferStats as CopyStats
 from derrick.images.remote import RegistryRepository
-from derrick.manifest import Descriptor
 from derrick.ops import transfer
 from derrick.ops.copy import tag_image
 from derrick.ops.images import is_local, split_path_name
-from derrick.ops.push import DEFAULT_JOBS, TransferStats, push, put_blob
+from derrick.ops.push import (
+    DEFAULT_JOBS,
+    PushResult,
+    TransferStats,
+    layout_destination,
+    push,
+    push_names,
+    put_blob,
+)
 from derrick.reference import Reference
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
@@ -149,6 +158,16 @@ def _refuse_local_paths(src: str, dst: str) -> None:
         )
 
 
+def _push_stats(stats: CopyStats) -> TransferStats:
+    """The engine's counts as push and copy show them (blobs copied were uploaded)."""
+    return TransferStats(
+        uploaded=stats.copied,
+        uploaded_bytes=stats.copied_bytes,
+        mounted=stats.mounted,
+        skipped=stats.skipped,
+    )
+
+
 def _stats_json(stats: TransferStats) -> dict[str, int]:
     return {
         "uploadedBlobs": stats.uploaded,
@@ -206,17 +225,42 @@ def image_push(
     """
     path, image_name = _split_source(src, name)
     ref = Reference.parse(reference, default_tag=None)
+    layout = LayoutDir(path, name=image_name) if Path(path).is_dir() else None
+    if layout is not None:  # before any connection: the image and its tag must be there
+        ref = layout_destination(
+            layout, ref, image_name, f"{path}:{image_name}" if image_name else path
+        )
     with opts.client(ref.registry) as client, contextlib.ExitStack() as stack:
         bar = open_progress(stack, quiet=quiet, label=ref.familiar())
-        result = push(
-            client,
-            path,
-            ref,
-            image_name,
-            jobs=jobs,
-            chunk_size=_chunk_size(chunk_size),
-            progress=bar,
-        )
+        if layout is not None:
+            copied = transfer.copy(
+                layout,
+                RegistryRepository(client, ref, chunk_size=_chunk_size(chunk_size)),
+                name=image_name,
+                selection=Selection(all=True),  # an index whole, as the layout has it
+                names=push_names(ref),
+                jobs=jobs,
+                progress=engine_bars(bar),
+                retry=client.transport.retry,
+            )
+            result = PushResult(
+                source=path,
+                ref=ref,
+                digest=copied.digest,
+                media_type=copied.media_type,
+                manifests=copied.manifests,
+                stats=_push_stats(copied.stats),
+            )
+        else:  # archives: not on the engine yet
+            result = push(
+                client,
+                path,
+                ref,
+                image_name,
+                jobs=jobs,
+                chunk_size=_chunk_size(chunk_size),
+                progress=bar,
+            )
     if fmt == "json":
         emit_json(
             {
@@ -292,17 +336,12 @@ def image_copy(
             selection=selection,
             names=names,
             jobs=jobs,
-            progress=_CopyBars(bar) if bar is not None else None,
+            progress=engine_bars(bar),
             retry=client.transport.retry,
         )
     tag = next((n.tag for n in result.plan.entries[0].names if n.tag), None)
     shown = dst.with_tag(tag) if dst.digest is None and tag else dst.with_digest(result.digest)
-    stats = TransferStats(
-        uploaded=result.stats.copied,
-        uploaded_bytes=result.stats.copied_bytes,
-        mounted=result.stats.mounted,
-        skipped=result.stats.skipped,
-    )
+    stats = _push_stats(result.stats)
     if fmt == "json":
         emit_json(
             {
@@ -316,25 +355,6 @@ def image_copy(
         )
     elif not quiet:
         click.echo(f"Copied {src} to {shown} ({result.digest}): {_stats_text(stats)}", err=True)
-
-
-class _CopyBars:
-    """The copy engine's progress, shown on the command's bars."""
-
-    def __init__(self, bars: BlobProgress) -> None:
-        self._bars = bars
-
-    def planned(self, total_bytes: int) -> None:
-        self._bars.planned(total_bytes)
-
-    def blob_started(self, desc: Descriptor) -> None:
-        self._bars.blob_started(desc)
-
-    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
-        self._bars.blob_advanced(desc, nbytes)
-
-    def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None:
-        self._bars.blob_finished(desc)
 
 
 # -- tag ---------------------------------------------------------------------------------------

@@ -136,6 +136,22 @@ def infer_format(dest: str, fmt: str | None) -> Format:
     return "oci"
 
 
+def output_format(dest: str, fmt: str | None, *, all_platforms: bool = False) -> Format:
+    """The format of a pull to ``dest`` (see :func:`infer_format`), refusing what cannot
+    be: every platform in a docker-archive, an OCI layout on standard output."""
+    out = infer_format(dest, fmt)
+    if all_platforms and out == "docker-archive":
+        raise UsageError(
+            "a docker-archive holds one platform; --all-platforms needs --format oci or oci-archive"
+        )
+    if dest == "-" and out == "oci":
+        raise UsageError(
+            "an OCI layout is a directory and cannot go to standard output",
+            hint="use --format oci-archive",
+        )
+    return out
+
+
 def repo_tag(ref: Reference) -> str:
     """A ``name:tag`` for docker manifest.json; a digest-only reference gets a tag from it."""
     tag = ref.tag or (f"sha256-{ref.digest.hex[:12]}" if ref.digest else "latest")
@@ -333,16 +349,7 @@ def pull(
     resume; see :func:`_write_archive_file`).
     """
     dest_s = str(dest)
-    fmt = infer_format(dest_s, format)
-    if all_platforms and fmt == "docker-archive":
-        raise UsageError(
-            "a docker-archive holds one platform; --all-platforms needs --format oci or oci-archive"
-        )
-    if dest_s == "-" and fmt == "oci":
-        raise UsageError(
-            "an OCI layout is a directory and cannot go to standard output",
-            hint="use --format oci-archive",
-        )
+    fmt = output_format(dest_s, format, all_platforms=all_platforms)
     cache = cache or BlobCache()
     if fmt == "oci":
         return _pull_layout(client, ref, dest_s, platform, all_platforms, jobs, cache, progress)

@@ -566,6 +566,27 @@ class _EngineProgress:
         self._progress.blob_finished(desc)
 
 
+def layout_destination(
+    source: LayoutDir, ref: Reference, name: str | None, shown: str
+) -> Reference:
+    """Where the image ``name`` of the layout ``source`` goes: ``ref``, with the image's
+    tag when it has neither tag nor digest (see :func:`destination`).  A digest must be
+    the image's own."""
+    top = source.resolve(name)
+    ref = destination(ref, SelectedImage(top, None, source.tags(name)), shown)
+    if ref.digest is not None and ref.digest != top.digest:
+        raise UsageError(
+            f"cannot push to {ref}: the image's digest is {top.digest}",
+            hint="name the destination by tag, or by the image's own digest",
+        )
+    return ref
+
+
+def push_names(ref: Reference) -> tuple[ImageName, ...]:
+    """What a push to ``ref`` calls the image: its tag, or nothing (by digest only)."""
+    return () if ref.digest is not None else (ImageName(ref.name, ref.tag),)
+
+
 def _push_layout(
     client: RegistryClient,
     path: str | Path,
@@ -578,20 +599,13 @@ def _push_layout(
     """Push the image ``name`` of the OCI layout ``path``: a copy by the engine, every
     platform of an index (the layout must hold them all)."""
     source = LayoutDir(path, name=name)
-    shown = f"{path}:{name}" if name else str(path)
-    top = source.resolve(name)
-    ref = destination(ref, SelectedImage(top, None, source.tags(name)), shown)
-    if ref.digest is not None and ref.digest != top.digest:
-        raise UsageError(
-            f"cannot push to {ref}: the image's digest is {top.digest}",
-            hint="name the destination by tag, or by the image's own digest",
-        )
+    ref = layout_destination(source, ref, name, f"{path}:{name}" if name else str(path))
     result = transfer.copy(
         source,
         RegistryRepository(client, ref, chunk_size=chunk_size),
         name=name,
         selection=Selection(all=True),
-        names=() if ref.digest is not None else (ImageName(ref.name, ref.tag),),
+        names=push_names(ref),
         jobs=jobs,
         progress=_EngineProgress(progress) if progress is not None else None,
         retry=client.transport.retry,
