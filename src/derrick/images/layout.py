@@ -42,8 +42,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from derrick import mediatypes as mt
-from derrick.digest import Digest, Verifier
-from derrick.errors import DerrickError, DiskError, LayoutError, ManifestError
+from derrick.digest import Digest
+from derrick.errors import DerrickError, DigestMismatchError, DiskError, LayoutError, ManifestError
 from derrick.images.feed import FileBody
 from derrick.images.layoutwrite import add_entries, disk_error, file_holds, temp_dir, write_stream
 from derrick.images.model import BlobFeed, ImageName, ImageSource, Plan, PlannedImage
@@ -164,17 +164,23 @@ class LayoutDir:
                 f"manifest {desc.digest} is missing from {self.description}",
                 hint="a multi-platform image needs every platform: pull it with --all-platforms",
             )
-        what = f"manifest {desc.digest} of {self.description}"
+        what = f"manifest {desc.digest} in {self.description}"
         if desc.size > MAX_MANIFEST_SIZE:
-            raise ManifestError(f"{what} is {desc.size} bytes, more than the limit")
+            raise ManifestError(
+                f"{what} is {desc.size} bytes, more than the {MAX_MANIFEST_SIZE} byte limit"
+            )
         try:
             with open(path, "rb") as f:
                 raw = f.read(MAX_MANIFEST_SIZE + 1)
         except OSError as e:
             raise LayoutError(f"cannot read {what}: {e.strerror or e}") from None
-        verifier = Verifier(desc.digest, desc.size, what=what)
-        verifier.update(raw)
-        verifier.verify()
+        if len(raw) != desc.size:
+            raise LayoutError(f"{what} is {len(raw)} bytes, its descriptor says {desc.size}")
+        if Digest.of(raw, desc.digest.algorithm) != desc.digest:
+            raise DigestMismatchError(
+                f"{what} does not match its content",
+                hint="the layout is damaged; pull or save the image again",
+            )
         if mt.is_image_manifest(desc.media_type):
             self._check_blobs(raw, desc)
         return raw
@@ -238,8 +244,9 @@ class LayoutDir:
                 if img.manifest.is_image:
                     _check_config(img, shown or (entry.source.description if entry.source else ""))
         self._plan = plan
-        for entry in plan.entries:
-            self._tops.setdefault(entry.top.digest, [])
+        self._existing = None
+        self._tops = {entry.top.digest: [] for entry in plan.entries}
+        self.same_tag = []
         dest = self.path
         try:
             if (dest / LAYOUT_FILE).exists():
