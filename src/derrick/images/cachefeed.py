@@ -80,27 +80,31 @@ def fill(
             continue  # written meanwhile (looked up again: it may be damaged since)
         with partial:
             feed = Feed(source, desc, retry=retry, cancel=cancel, progress=progress)
+            _write(partial, feed)
             with store_errors(store):
-                _write(partial, feed)
                 return Filled(partial.commit(), feed.received, True)
 
 
 def _write(partial: PartialBlob, feed: Feed) -> None:
     """Fill ``partial`` from ``feed``: after the bytes it has, else (when they turn out
-    wrong) from the first byte."""
+    wrong) from the first byte.  Only errors of the store become a :class:`CacheDiskError`
+    (the source's are raised as they are)."""
     have = partial.have
     try:
         for chunk in feed.chunks(have, partial.prefix() if have else None):
-            partial.write(chunk)
+            with store_errors(partial.store):
+                partial.write(chunk)
         return
     except DigestMismatchError:
         if not have:
             partial.discard()
             raise
-    partial.truncate(0)  # the kept bytes may be what was wrong
+    with store_errors(partial.store):
+        partial.truncate(0)  # the kept bytes may be what was wrong
     try:
         for chunk in feed.chunks(0):
-            partial.write(chunk)
+            with store_errors(partial.store):
+                partial.write(chunk)
     except DigestMismatchError:
         partial.discard()
         raise
