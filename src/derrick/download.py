@@ -14,21 +14,18 @@ one download fills both.
 
 from __future__ import annotations
 
-import errno
-import os
 import threading
 from collections.abc import Callable
-from typing import Protocol
 
 from derrick.digest import Verifier
 from derrick.errors import Cancelled, DigestMismatchError, TransportError
 from derrick.manifest import Descriptor
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
+from derrick.store.files import CHUNK, Region, Sink, Tee, copy_range
 
-__all__ = ["CHUNK", "Cancelled", "Progress", "Region", "download"]
+__all__ = ["CHUNK", "Cancelled", "Progress", "Region", "Sink", "Tee", "copy_range", "download"]
 
-CHUNK = 1 << 20
 Progress = Callable[[int], None]
 
 
@@ -38,91 +35,6 @@ class _BrokeOff(Exception):
     def __init__(self, error: TransportError) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-class Sink(Protocol):
-    """Where a download's bytes go."""
-
-    def write_at(self, pos: int, data: bytes | memoryview) -> None: ...
-
-    def rehash(self, verifier: Verifier, upto: int) -> int: ...
-
-
-class Region:
-    """``size`` bytes of the file ``fd`` starting at ``base``."""
-
-    def __init__(self, fd: int, base: int, size: int) -> None:
-        self.fd = fd
-        self.base = base
-        self.size = size
-
-    def write_at(self, pos: int, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(self.fd, view, self.base + pos)
-            pos += n
-            view = view[n:]
-
-    def rehash(self, verifier: Verifier, upto: int) -> int:
-        """Feed the first ``upto`` bytes of the region to ``verifier``; how many were read."""
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        done = 0
-        while done < upto:
-            n = os.preadv(self.fd, [view[: min(CHUNK, upto - done)]], self.base + done)
-            if n <= 0:
-                break
-            verifier.update(view[:n])
-            done += n
-        return done
-
-
-class Tee:
-    """Regions that all receive the same bytes; the first one is re-hashed on a resume.
-
-    The caller makes the regions' first bytes identical before a resume (see
-    :func:`copy_range`), so what is re-hashed in one holds for all.
-    """
-
-    def __init__(self, first: Region, *others: Region) -> None:
-        self.regions = (first, *others)
-
-    def write_at(self, pos: int, data: bytes | memoryview) -> None:
-        for region in self.regions:
-            region.write_at(pos, data)
-
-    def rehash(self, verifier: Verifier, upto: int) -> int:
-        return self.regions[0].rehash(verifier, upto)
-
-
-# errno values that mean "copy_file_range cannot copy between these files": copy by hand
-_NO_COPY_RANGE = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
-
-
-def copy_range(src: Region, dst: Region, start: int, end: int) -> None:
-    """Copy bytes ``start`` to ``end`` of region ``src`` to the same place in ``dst``.
-
-    In the kernel (``copy_file_range``) where it can, else through a buffer.
-    """
-    pos = start
-    while pos < end:
-        try:
-            n = os.copy_file_range(src.fd, dst.fd, end - pos, src.base + pos, dst.base + pos)
-        except OSError as e:
-            if e.errno not in _NO_COPY_RANGE:
-                raise
-            break
-        if n <= 0:
-            break
-        pos += n
-    buf = bytearray(min(CHUNK, max(end - pos, 0)))
-    view = memoryview(buf)
-    while pos < end:
-        n = os.preadv(src.fd, [view[: min(CHUNK, end - pos)]], src.base + pos)
-        if n <= 0:
-            raise OSError(errno.EIO, f"{end - pos} bytes missing from the source file")
-        dst.write_at(pos, view[:n])
-        pos += n
 
 
 def download(

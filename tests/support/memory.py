@@ -11,6 +11,9 @@ after that many bytes), ``ignore_offset`` (bodies start at 0 whatever was asked)
 :class:`MemorySink` records every call in order (``calls``), keeps what it was given
 (``blobs``, ``manifests``, ``tags``), reads each feed to its end, and can be told it has
 blobs already (``have``), can mount some (``mountable``) or fails on a put (``fail``).
+It may say it stores on the local disk (``local``) and takes whole files rather than
+streams (``prefers_files``: a feed's ``local`` file is then read, and its digest kept in
+``from_files``).
 """
 
 from __future__ import annotations
@@ -233,11 +236,15 @@ class MemorySink:
         self,
         *,
         ordered: bool = False,
+        local: bool = False,
+        prefers_files: bool = False,
         have: Sequence[Digest] = (),
         mountable: Sequence[Digest] = (),
         fail: dict[Digest, BaseException] | None = None,
     ) -> None:
         self.ordered = ordered
+        self.local = local
+        self.prefers_files = prefers_files
         self.lock = threading.Lock()
         self.calls: list[tuple[str, Any]] = []
         self.blobs: dict[Digest, bytes] = {d: b"" for d in have}
@@ -247,6 +254,7 @@ class MemorySink:
         self.tags: dict[str, Digest] = {}
         self.plan: Plan | None = None
         self.put_threads: set[str] = set()
+        self.from_files: set[Digest] = set()
         self.committed = self.aborted = False
 
     def _call(self, name: str, arg: Any = None) -> None:
@@ -278,7 +286,12 @@ class MemorySink:
         failure = self.fail.get(feed.desc.digest)
         if failure is not None:
             raise failure
-        data = b"".join(bytes(c) for c in feed.chunks())
+        if self.prefers_files and feed.local is not None:
+            data = feed.local.read_bytes()
+            with self.lock:
+                self.from_files.add(feed.desc.digest)
+        else:
+            data = b"".join(bytes(c) for c in feed.chunks())
         with self.lock:
             self.blobs[feed.desc.digest] = data
 

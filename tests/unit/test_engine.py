@@ -11,10 +11,12 @@ import pytest
 
 from derrick import mediatypes as mt
 from derrick.errors import BlobUnknownError, DerrickError
+from derrick.images.cachefeed import fill
 from derrick.images.model import BlobFeed, BlobOutcome, ImageName, Selection
 from derrick.images.plan import PlanItem
 from derrick.manifest import Descriptor, Platform
 from derrick.ops.transfer import copy, copy_many
+from derrick.store.cache import BlobStore
 from derrick.transport import RetryPolicy
 from support.memory import MemorySink, MemorySource
 
@@ -201,35 +203,28 @@ def test_a_sink_that_does_not_read_the_whole_feed_fails_the_copy() -> None:
     assert sink.aborted
 
 
-def test_the_cache_hook_offers_a_verified_local_copy(tmp_path: Path) -> None:
-    class Linking(MemorySink):
-        def put_blob(self, feed: BlobFeed) -> None:
-            if feed.local is not None:
-                self.blobs[feed.desc.digest] = feed.local.read_bytes()
-            else:
-                super().put_blob(feed)
-
-    class Cache:
-        def __init__(self, files: dict[str, Path]) -> None:
-            self.files = files
-
-        def lookup(self, desc: Descriptor) -> Path | None:
-            return self.files.get(str(desc.digest))
-
+def test_a_cached_blob_is_offered_to_a_local_sink_as_its_file(tmp_path: Path) -> None:
     src = MemorySource()
     src.add_image([b"cached layer", b"fetched layer"], AMD64, tag="v1")
     cached = copy(src, MemorySink(), name="v1").plan.blobs[1]
-    path = tmp_path / "blob"
-    path.write_bytes(src.blob_data[cached.digest])
-    sink = Linking()
+    store = BlobStore(tmp_path / "cache")
+    fill(store, src, cached)
+    sink = MemorySink(local=True, prefers_files=True)
     progress = Recorder()
     src.opens.clear()
-    cache = Cache({str(cached.digest): path})
-    result = copy(src, sink, name="v1", cache=cache, progress=progress)
+    result = copy(src, sink, name="v1", cache=store, progress=progress)
     assert result.stats.linked == 1 and result.stats.copied == 2
+    assert sink.from_files == {d.digest for d in result.plan.blobs}  # all as files
+    assert sink.blobs[cached.digest] == src.blob_data[cached.digest]
     assert progress.finished[str(cached.digest)] == "linked"
     assert sum(progress.advanced.values()) == progress.total
     assert cached.digest not in {d for d, _ in src.opens}
+
+    # A sink that is not local (a registry) streams from the source: no cache.
+    src.opens.clear()
+    result = copy(src, MemorySink(), name="v1", cache=store)
+    assert result.stats.linked == 0 and result.stats.copied == 3
+    assert cached.digest in {d for d, _ in src.opens}
 
 
 def test_default_names_keep_the_source_tag_and_empty_names_give_none() -> None:

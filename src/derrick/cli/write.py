@@ -19,11 +19,12 @@ from derrick.cli.common import (
     parse_ref,
     platform_option,
 )
-from derrick.cli.progress import open_progress
+from derrick.cli.progress import engine_bars, open_progress
 from derrick.cli.read import blob_group, image_group, manifest_group, tag_group
 from derrick.digest import Digest
 from derrick.errors import UsageError
 from derrick.images.dockerarchive import open_archive
+from derrick.images.layout import LayoutDir
 from derrick.images.model import ImageName, Selection
 from derrick.images.remote import RegistryRepository
 from derrick.ops import transfer
@@ -31,10 +32,11 @@ from derrick.ops.copy import tag_image
 from derrick.ops.images import is_local, split_path_name
 from derrick.ops.push import (
     DEFAULT_JOBS,
-    EngineProgress,
+    PushResult,
     TransferStats,
-    push,
+    layout_destination,
     push_from,
+    push_names,
     push_result,
     push_stats,
     put_blob,
@@ -215,13 +217,37 @@ def image_push(
     """
     path, image_name = _split_source(src, name)
     ref = Reference.parse(reference, default_tag=None)
+    layout = LayoutDir(path, name=image_name) if Path(path).is_dir() else None
+    if layout is not None:  # before any connection: the image and its tag must be there
+        ref = layout_destination(
+            layout, ref, image_name, f"{path}:{image_name}" if image_name else path
+        )
     with contextlib.ExitStack() as stack:
         # An archive is read (and checked) before the registry is asked anything.
-        is_archive = not Path(path).is_dir()
-        archive = stack.enter_context(open_archive(path, jobs=jobs)) if is_archive else None
+        archive = stack.enter_context(open_archive(path, jobs=jobs)) if layout is None else None
         client = stack.enter_context(opts.client(ref.registry))
         bar = open_progress(stack, quiet=quiet, label=ref.familiar())
-        if archive is not None:  # on the copy engine
+        if layout is not None:
+            copied = transfer.copy(
+                layout,
+                RegistryRepository(client, ref, chunk_size=_chunk_size(chunk_size)),
+                name=image_name,
+                selection=Selection(all=True),  # an index whole, as the layout has it
+                names=push_names(ref),
+                jobs=jobs,
+                progress=engine_bars(bar),
+                retry=client.transport.retry,
+            )
+            result = PushResult(
+                source=path,
+                ref=ref,
+                digest=copied.digest,
+                media_type=copied.media_type,
+                manifests=copied.manifests,
+                stats=push_stats(copied.stats),
+            )
+        else:
+            assert archive is not None
             pushed, copied = push_from(
                 client,
                 archive,
@@ -230,19 +256,9 @@ def image_push(
                 shown=f"{path}:{image_name}" if image_name else path,
                 jobs=jobs,
                 chunk_size=_chunk_size(chunk_size),
-                progress=EngineProgress(bar) if bar is not None else None,
+                progress=engine_bars(bar),
             )
             result = push_result(path, pushed, copied)
-        else:
-            result = push(
-                client,
-                path,
-                ref,
-                image_name,
-                jobs=jobs,
-                chunk_size=_chunk_size(chunk_size),
-                progress=bar,
-            )
     if fmt == "json":
         emit_json(
             {
@@ -318,7 +334,7 @@ def image_copy(
             selection=selection,
             names=names,
             jobs=jobs,
-            progress=EngineProgress(bar) if bar is not None else None,
+            progress=engine_bars(bar),
             retry=client.transport.retry,
         )
     tag = next((n.tag for n in result.plan.entries[0].names if n.tag), None)

@@ -14,6 +14,7 @@ checked between chunks (and during a backoff): the stream then raises
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
-from derrick.digest import Verifier
+from derrick.digest import Digest, Verifier
 from derrick.errors import (
     Cancelled,
     DerrickError,
@@ -31,9 +32,10 @@ from derrick.errors import (
 )
 from derrick.images.model import BlobBody, Chunk
 from derrick.manifest import MAX_MANIFEST_SIZE, Descriptor
+from derrick.store.files import CHUNK, read_range
 from derrick.transport import RetryPolicy
 
-__all__ = ["BlobOpener", "BytesBody", "Feed", "read_small"]
+__all__ = ["BlobOpener", "BytesBody", "Feed", "FileBody", "FileOpener", "read_small"]
 
 
 class BlobOpener(Protocol):
@@ -43,6 +45,30 @@ class BlobOpener(Protocol):
     def description(self) -> str: ...
 
     def open_blob(self, desc: Descriptor, offset: int = 0) -> BlobBody: ...
+
+
+class _SourceVerifier(Verifier):
+    """A blob's :class:`Verifier` whose errors say where the bytes came from:
+    ``blob sha256:… does not match its content (sha256:…), read from SOURCE``."""
+
+    def __init__(self, digest: Digest, size: int, source: str) -> None:
+        super().__init__(digest, size, what="blob")
+        self.source = source
+
+    def _from(self, e: DigestMismatchError) -> DigestMismatchError:
+        return DigestMismatchError(f"{e.message}, read from {self.source}", hint=e.hint)
+
+    def update(self, data: bytes | memoryview) -> None:
+        try:
+            super().update(data)
+        except DigestMismatchError as e:
+            raise self._from(e) from None
+
+    def verify(self) -> None:
+        try:
+            super().verify()
+        except DigestMismatchError as e:
+            raise self._from(e) from None
 
 
 class Feed:
@@ -108,7 +134,7 @@ class Feed:
 
     def _pass(self, start: int, prefix: Iterator[Chunk] | None) -> Iterator[Chunk]:
         size = self.desc.size
-        verifier = Verifier(self.desc.digest, size, what=self.what)
+        verifier = _SourceVerifier(self.desc.digest, size, self.source.description)
         self.verified = False
         self._report(-self._done)
         pos = 0  # bytes hashed
@@ -202,8 +228,8 @@ def read_small(
     ``limit`` bytes (refused before a byte is read when its descriptor says more)."""
     if desc.size > limit:
         raise ManifestError(
-            f"blob {desc.digest} of {source.description} is {desc.size} bytes, "
-            f"more than the {limit} byte limit for a config"
+            f"config {desc.digest} of {source.description} is {desc.size} bytes, "
+            f"more than the {limit} byte limit"
         )
     feed = Feed(source, desc, retry=retry, cancel=cancel)
     return b"".join(bytes(c) for c in feed.chunks())
@@ -233,3 +259,53 @@ class BytesBody:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class FileBody:
+    """A :class:`BlobBody` over a local file, from ``offset`` (opened here: ``OSError``
+    when it cannot be)."""
+
+    def __init__(self, path: Path, offset: int = 0) -> None:
+        self.path = path
+        self.offset = offset
+        self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def chunks(self) -> Iterator[Chunk]:
+        fd = self._fd
+        if fd is None:
+            return
+        end = os.fstat(fd).st_size
+        yield from read_range(fd, self.offset, end, CHUNK)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> FileBody:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class FileOpener:
+    """A local file holding one blob, as a :class:`BlobOpener` (a feed over it hashes it
+    like any other source)."""
+
+    def __init__(self, path: Path, description: str | None = None) -> None:
+        self.path = path
+        self.description = description or str(path)
+
+    def open_blob(self, desc: Descriptor, offset: int = 0) -> FileBody:
+        try:
+            return FileBody(self.path, offset)
+        except OSError as e:
+            raise DerrickError(
+                f"cannot read blob {desc.digest} from {self.path}: {e.strerror or e}"
+            ) from None

@@ -233,6 +233,16 @@ class ImageSink(Protocol):
     #: True when blobs must be put one at a time in ``plan.blobs`` order (a stream).
     ordered: bool
 
+    #: True when the sink stores on the local disk (a layout, an archive, a stream to a
+    #: local file): a copy into it may then keep blobs from a remote source in a blob
+    #: cache.  A registry is not local: a copy to it keeps nothing on the way.
+    local: bool
+
+    #: True when the sink takes a whole local file (:attr:`BlobFeed.local`) better than a
+    #: stream (a layout copies or reflinks it): blobs from a remote source are then put in
+    #: the cache first and handed over as files.
+    prefers_files: bool
+
     def begin(self, plan: Plan) -> None:
         """Start writing ``plan``.  Sinks that lay out their container up front (an
         archive) do it here; nothing is visible under the final name yet."""

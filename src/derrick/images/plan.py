@@ -25,15 +25,17 @@ image config (artifacts) are copied like any other; nothing asks for their diff_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from derrick import mediatypes as mt
 from derrick.digest import Digest, Verifier
-from derrick.errors import ManifestError, PlatformNotFoundError
-from derrick.images.feed import read_small
+from derrick.errors import DerrickError, ManifestError, PlatformNotFoundError
+from derrick.images.feed import FileOpener, read_small
 from derrick.images.model import (
     ImageName,
     ImageSource,
@@ -54,7 +56,15 @@ from derrick.manifest import (
 from derrick.platform import check_platform
 from derrick.transport import RetryPolicy
 
-__all__ = ["FOREIGN_LAYERS", "IMAGE_CONFIGS", "MAX_INDEX_DEPTH", "PlanItem", "choose", "plan"]
+__all__ = [
+    "FOREIGN_LAYERS",
+    "IMAGE_CONFIGS",
+    "MAX_INDEX_DEPTH",
+    "LocalBlobs",
+    "PlanItem",
+    "choose",
+    "plan",
+]
 
 #: How deep indexes may nest inside an index (the top one is at depth 0).
 MAX_INDEX_DEPTH = 4
@@ -82,14 +92,23 @@ class PlanItem:
     names: tuple[ImageName, ...] | None = None
 
 
+#: Where a verified local copy of a blob may be: a file known intact, or None.
+LocalBlobs = Callable[[Descriptor], Path | None]
+
+
 def plan(
     items: Iterable[PlanItem],
     *,
     retry: RetryPolicy | None = None,
     cancel: threading.Event | None = None,
+    local: LocalBlobs | None = None,
 ) -> Plan:
-    """The :class:`Plan` of copying ``items`` (see the module docstring)."""
-    planner = _Planner(retry, cancel)
+    """The :class:`Plan` of copying ``items`` (see the module docstring).
+
+    ``local`` is asked for a verified local copy of each config before the source is
+    (a blob cache, the destination's own blobs); the copy is hashed again as it is read.
+    """
+    planner = _Planner(retry, cancel, local)
     for item in items:
         planner.add(item)
     return planner.result()
@@ -137,9 +156,12 @@ def _default_names(source: ImageSource, name: str | None) -> tuple[ImageName, ..
 
 
 class _Planner:
-    def __init__(self, retry: RetryPolicy | None, cancel: threading.Event | None) -> None:
+    def __init__(
+        self, retry: RetryPolicy | None, cancel: threading.Event | None, local: LocalBlobs | None
+    ) -> None:
         self.retry = retry
         self.cancel = cancel
+        self.local = local
         self.entries: list[PlannedEntry] = []
         #: every manifest planned, in insertion order: children before their index
         self.manifests: dict[Digest, tuple[Descriptor, bytes]] = {}
@@ -240,10 +262,18 @@ class _Planner:
             self.blobs.setdefault(d.digest, d)
         config = self._configs.get(m.config.digest)
         if config is None:
-            config = read_small(source, m.config, retry=self.retry, cancel=self.cancel)
+            config = self._read_config(source, m.config)
             self._configs[m.config.digest] = config
         self.manifests.setdefault(desc.digest, (desc, raw))
         return PlannedImage(desc, m, config)
+
+    def _read_config(self, source: ImageSource, desc: Descriptor) -> bytes:
+        """A config, verified: from a local copy when there is one, else from ``source``."""
+        path = self.local(desc) if self.local is not None else None
+        if path is not None:
+            with contextlib.suppress(DerrickError, OSError):  # changed since: the source's
+                return read_small(FileOpener(path), desc, retry=self.retry, cancel=self.cancel)
+        return read_small(source, desc, retry=self.retry, cancel=self.cancel)
 
 
 def _parse(raw: bytes, media_type: str, what: str) -> Manifest:

@@ -77,6 +77,8 @@ class RegistryRepository:
     """
 
     ordered = False
+    local = False  # a copy to a registry keeps nothing on the local disk
+    prefers_files = False
 
     def __init__(
         self,
@@ -138,8 +140,13 @@ class RegistryRepository:
                 raise ManifestError(
                     f"{what} is {desc.size} bytes, more than the {MAX_MANIFEST_SIZE} byte limit"
                 )
-            ref = Reference(self.ref.registry, self.ref.repository, digest=desc.digest)
-            raw = self.client.get_manifest(ref).raw
+            # by digest, the tag kept: errors then name the reference the user gave
+            raw = self.client.get_manifest(self.ref.with_digest(desc.digest)).raw
+            if len(raw) != desc.size:
+                raise ManifestError(
+                    f"{what} is {len(raw)} bytes but the index says {desc.size}",
+                    hint="the registry is serving wrong content; nothing was kept",
+                )
         verifier = Verifier(desc.digest, desc.size, what=what)
         verifier.update(raw)
         verifier.verify()

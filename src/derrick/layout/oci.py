@@ -44,9 +44,9 @@ from typing import Any, BinaryIO
 
 from derrick import mediatypes as mt
 from derrick.digest import Digest, Verifier
-from derrick.download import Region, copy_range
 from derrick.errors import DerrickError, LayoutError
 from derrick.manifest import MAX_MANIFEST_SIZE, Descriptor, Index, parse_manifest
+from derrick.store.files import Region, copy_range
 
 LAYOUT_FILE = "oci-layout"
 INDEX_FILE = "index.json"

@@ -3,20 +3,15 @@
 Blobs download in parallel, each streamed to disk while it is hashed, so memory
 stays flat whatever the image size, and nothing unverified gets a final name.
 Every pull fills the shared :class:`~derrick.cache.BlobCache`, and takes from it
-only blobs it knows to be good (see there: a record of each verified file, else
-a re-hash; a damaged blob is downloaded again).
+only blobs it knows to be good (see :mod:`derrick.store.cache`: a record of each
+verified file, else a re-hash; a damaged blob is downloaded again).
 
-* OCI layout: blobs go into the cache and are copied into the layout, as
-  reflinks where the filesystem can clone files (btrfs, XFS: no bytes copied)
-  and as in-kernel copies elsewhere; never as hard links, so a layout shares no
-  file with the cache or with another layout, and damage to one stays there.
-  Blobs already in an existing layout are kept only if they are good.  A new
-  layout is assembled in a hidden directory beside the destination once every
-  blob is in the cache, then renamed into place; an existing layout gets the
-  blobs it lacks and, last, its ``index.json`` entry (under the layout's lock, so pulls
-  into one layout at once all keep their entries).  A pull whose new layout another
-  pull beat into place adds its image to that one.  The entry is named by the tag
-  and the full reference; it replaces only an entry of the same full reference.
+* OCI layout: a copy by the engine (:func:`derrick.ops.transfer.copy`) from the
+  registry repository to a :class:`~derrick.images.layout.LayoutDir`.  Blobs go into
+  the cache first and are copied into the layout (reflinks where the filesystem can
+  clone files; never hard links); a new layout is assembled in a hidden directory
+  beside the destination and renamed into place, an existing one gets its blobs first
+  and its ``index.json`` entries last (see :mod:`derrick.images.layout`).
 * Archive file: the tar is laid out with a hole for each layer not in the cache,
   and workers ``pwrite`` each layer into its hole as it arrives (one pass, no
   temporary copy), writing the same bytes into the cache's partial file, which
@@ -34,10 +29,7 @@ given, or the blob cache, and what is kept to resume.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import secrets
-import shutil
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -50,21 +42,21 @@ from derrick.cache import BlobCache
 from derrick.digest import Digest
 from derrick.download import Region
 from derrick.errors import (
-    DerrickError,
     DigestMismatchError,
     DiskError,
-    LayoutError,
     ManifestError,
     UsageError,
 )
 from derrick.images.archivefile import ResumeState, describe_os_error, kept_hint, lay_out
+from derrick.images.layout import LayoutDir
+from derrick.images.model import BlobOutcome, ImageName, Selection
+from derrick.images.remote import RegistryRepository
 from derrick.layout.archive import (
     ArchiveImage,
     BlobFile,
     write_docker_archive,
     write_oci_archive,
 )
-from derrick.layout.oci import LAYOUT_FILE, OCILayout, full_name
 from derrick.manifest import (
     MAX_MANIFEST_SIZE,
     Descriptor,
@@ -73,10 +65,12 @@ from derrick.manifest import (
     Index,
     Platform,
 )
+from derrick.ops import transfer
 from derrick.ops.resolve import fetch_child, fetch_config
 from derrick.platform import check_platform, require_image
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
+from derrick.store.cache import CacheDiskError
 
 Format = Literal["oci", "oci-archive", "docker-archive"]
 DEFAULT_JOBS = 4
@@ -139,6 +133,22 @@ def infer_format(dest: str, fmt: str | None) -> Format:
     if p.suffix == ".tar":
         return "docker-archive"
     return "oci"
+
+
+def output_format(dest: str, fmt: str | None, *, all_platforms: bool = False) -> Format:
+    """The format of a pull to ``dest`` (see :func:`infer_format`), refusing what cannot
+    be: every platform in a docker-archive, an OCI layout on standard output."""
+    out = infer_format(dest, fmt)
+    if all_platforms and out == "docker-archive":
+        raise UsageError(
+            "a docker-archive holds one platform; --all-platforms needs --format oci or oci-archive"
+        )
+    if dest == "-" and out == "oci":
+        raise UsageError(
+            "an OCI layout is a directory and cannot go to standard output",
+            hint="use --format oci-archive",
+        )
+    return out
 
 
 def repo_tag(ref: Reference) -> str:
@@ -297,7 +307,6 @@ def _config(
     ref: Reference,
     cache: BlobCache,
     m: ImageManifest,
-    layout: OCILayout | None,
     fetcher_count: Callable[[int], None],
 ) -> bytes:
     if m.config.size > MAX_MANIFEST_SIZE:  # refused before a byte of it is downloaded
@@ -305,14 +314,9 @@ def _config(
             f"config {m.config.digest} of {ref} is {m.config.size} bytes, "
             f"more than the {MAX_MANIFEST_SIZE} byte limit"
         )
-    data: bytes | None = None
-    if layout is not None and layout.has_blob(m.config.digest, m.config.size):
-        with contextlib.suppress(DerrickError):
-            data = layout.read_blob(m.config.digest)  # verified
-    if data is None:
-        path, received = _from_cache(cache, client, ref, m.config)
-        fetcher_count(received)
-        data = path.read_bytes()
+    path, received = _from_cache(cache, client, ref, m.config)
+    fetcher_count(received)
+    data = path.read_bytes()
     if not m.is_image:
         return data  # an artifact's config: whatever its type says
     try:
@@ -344,54 +348,39 @@ def pull(
     resume; see :func:`_write_archive_file`).
     """
     dest_s = str(dest)
-    fmt = infer_format(dest_s, format)
-    if all_platforms and fmt == "docker-archive":
-        raise UsageError(
-            "a docker-archive holds one platform; --all-platforms needs --format oci or oci-archive"
-        )
-    if dest_s == "-" and fmt == "oci":
-        raise UsageError(
-            "an OCI layout is a directory and cannot go to standard output",
-            hint="use --format oci-archive",
-        )
+    fmt = output_format(dest_s, format, all_platforms=all_platforms)
     cache = cache or BlobCache()
-    existing = _existing_layout(Path(dest_s)) if fmt == "oci" else None
+    if fmt == "oci":
+        return _pull_layout(client, ref, dest_s, platform, all_platforms, jobs, cache, progress)
     index, top_desc, images = _select_images(client, ref, platform, all_platforms)
     if fmt == "docker-archive":
         for m, _ in images:
             require_image(str(ref), m, "a docker-archive holds container images only")
     fetcher = _Fetcher(client, ref, cache, jobs, progress)
     failed = True
-    same_tag: list[str] = []
     try:
         pulled = [
-            PulledImage(m, d, _config(client, ref, cache, m, existing, fetcher.count))
-            for m, d in images
+            PulledImage(m, d, _config(client, ref, cache, m, fetcher.count)) for m, d in images
         ]
         layers = _unique_layers(pulled)
-        if fmt == "oci":
-            same_tag = _pull_layout(
-                Path(dest_s), existing, ref, fetcher, pulled, layers, index, top_desc
-            )
+        images_ = _archive_images(ref, pulled, index)
+        writer = write_oci_archive if fmt == "oci-archive" else write_docker_archive
+        if dest_s == "-":
+            # A pipe cannot seek: layers go through the cache, written in order.
+            fetcher.plan(layers)
+            for layer in layers:
+                fetcher.submit(layer)
+            out = stdout or sys.stdout.buffer
+            writer(out, images_, fetcher.wait)
+            out.flush()
         else:
-            images_ = _archive_images(ref, pulled, index)
-            writer = write_oci_archive if fmt == "oci-archive" else write_docker_archive
-            if dest_s == "-":
-                # A pipe cannot seek: layers go through the cache, written in order.
-                fetcher.plan(layers)
-                for layer in layers:
-                    fetcher.submit(layer)
-                out = stdout or sys.stdout.buffer
-                writer(out, images_, fetcher.wait)
-                out.flush()
-            else:
-                _write_archive_file(Path(dest_s), writer, images_, layers, fetcher)
+            _write_archive_file(Path(dest_s), writer, images_, layers, fetcher)
         failed = False
     except (_CacheFailure, OSError) as e:
         if dest_s == "-" and not isinstance(e, _CacheFailure):
             raise  # a closed pipe and the like: the caller's to report
         fetcher.close(failed=True)  # no worker may still be writing what is reported on
-        raise _disk_error(e, dest_s, fmt, existing is not None, cache, images) from None
+        raise _disk_error(e, dest_s, cache, images) from None
     finally:
         fetcher.close(failed=failed)
     return PullResult(
@@ -401,7 +390,6 @@ def pull(
         digest=top_desc.digest,
         images=pulled,
         downloaded_bytes=fetcher.downloaded,
-        same_tag=same_tag,
     )
 
 
@@ -432,8 +420,6 @@ def _from_cache(
 def _disk_error(
     error: BaseException,
     dest: str,
-    fmt: Format,
-    existing: bool,
     cache: BlobCache,
     images: Sequence[tuple[ImageManifest, Descriptor]],
 ) -> DiskError:
@@ -455,7 +441,7 @@ def _disk_error(
             kept.append(f"{len(partial)} partial downloads in {where} (*.partial)")
             plural = True
         files += len(partial)
-    if fmt != "oci" and dest != "-":
+    if dest != "-":
         target = Path(dest)
         part = target.parent / f".{target.name}.derrick-partial"
         if part.exists() and part.with_name(part.name + ".json").exists():
@@ -466,13 +452,6 @@ def _disk_error(
             files += 1
     if kept:
         hint = kept_hint(kept, files, again, plural=plural)
-    elif fmt == "oci" and existing:
-        hint = f"its index.json is unchanged (blobs copied into it are kept): {again}"
-    elif fmt == "oci":
-        hint = (
-            "the unfinished layout was removed and the downloaded blobs stay in "
-            f"the blob cache {cache.root}: {again}"
-        )
     else:
         hint = f"nothing is left behind: {again}"
     if isinstance(error, _CacheFailure):
@@ -493,141 +472,67 @@ def _unique_layers(pulled: Sequence[PulledImage]) -> list[Descriptor]:
     return list(seen.values())
 
 
-def _existing_layout(dest: Path) -> OCILayout | None:
-    """The OCI layout at ``dest`` if there is one; refuse what cannot become one."""
-    if (dest / LAYOUT_FILE).exists():
-        try:
-            return OCILayout.create(dest)
-        except OSError as e:
-            raise DiskError(
-                f"cannot write to the OCI layout {dest}: {e.strerror or e}", errno=e.errno
-            ) from None
-    if dest.exists() or dest.is_symlink():
-        if not dest.is_dir():
-            raise LayoutError(f"{dest} exists and is not a directory")
-        if any(dest.iterdir()):
-            raise LayoutError(
-                f"{dest} is not empty and is not an OCI image layout",
-                hint="choose a new or empty directory",
-            )
-    return None
+#: What a pull says of a full blob cache: how to choose another one.
+CACHE_REMEDY = "--cache-dir or DERRICK_CACHE_DIR chooses another cache"
+
+
+class _EngineProgress:
+    """A :class:`PullProgress` as the engine's :class:`~derrick.images.model.Progress`."""
+
+    def __init__(self, progress: PullProgress) -> None:
+        self._progress = progress
+
+    def planned(self, total_bytes: int) -> None:
+        self._progress.planned(total_bytes)
+
+    def blob_started(self, desc: Descriptor) -> None:
+        self._progress.blob_started(desc)
+
+    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
+        self._progress.blob_advanced(desc, nbytes)
+
+    def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None:
+        self._progress.blob_finished(desc)
 
 
 def _pull_layout(
-    dest: Path,
-    existing: OCILayout | None,
+    client: RegistryClient,
     ref: Reference,
-    fetcher: _Fetcher,
-    pulled: Sequence[PulledImage],
-    layers: Sequence[Descriptor],
-    index: Index | None,
-    top_desc: Descriptor,
-) -> list[str]:
-    """Pull into the layout ``dest``; see :attr:`PullResult.same_tag` for what is returned."""
-    # A blob the layout has is kept only if it is good (a record of it, else a re-hash).
-    wanted = [
-        layer
-        for layer in layers
-        if existing is None
-        or not fetcher.cache.verify_file(existing.blob_path(layer.digest), layer)
-    ]
-    fetcher.plan(wanted)
-    for layer in wanted:
-        fetcher.submit(layer)
-    if existing is not None:
-        return _write_layout(existing, ref, fetcher, pulled, index, top_desc)
-    # Everything is in the cache before the new layout is started: an interrupted
-    # pull leaves nothing beside the destination (and resumes from the cache).
-    for layer in wanted:
-        fetcher.wait(layer.digest)
-    parent = dest.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = _make_temp_dir(parent, f".{dest.name}.derrick-tmp")
+    dest: str,
+    platform: Platform | None,
+    all_platforms: bool,
+    jobs: int,
+    cache: BlobCache,
+    progress: PullProgress | None,
+) -> PullResult:
+    """Pull into the OCI layout ``dest``: a copy by the engine, through ``cache``."""
+    if all_platforms:
+        selection = Selection(all=True)
+    else:
+        selection = Selection(platforms=(platform,) if platform is not None else ())
+    sink = LayoutDir(dest, store=cache)
     try:
-        _write_layout(OCILayout.create(tmp), ref, fetcher, pulled, index, top_desc)
-        try:
-            os.rename(tmp, dest)  # an empty directory at dest is replaced
-            return []
-        except OSError as e:
-            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (dest / LAYOUT_FILE).exists():
-                raise LayoutError(
-                    f"cannot move the new layout into place at {dest}: {e.strerror}",
-                    hint="choose a new or empty directory",
-                ) from None
-        # Another pull created the layout meanwhile: add this image to it instead.
-        return _write_layout(OCILayout.create(dest), ref, fetcher, pulled, index, top_desc)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _make_temp_dir(parent: Path, prefix: str) -> Path:
-    """A new directory ``<prefix>-<random>`` in ``parent``, with the usual (umask) mode."""
-    while True:
-        path = parent / f"{prefix}-{secrets.token_hex(4)}"
-        try:
-            path.mkdir(0o777)
-        except FileExistsError:
-            continue
-        return path
-
-
-def _write_layout(
-    layout: OCILayout,
-    ref: Reference,
-    fetcher: _Fetcher,
-    pulled: Sequence[PulledImage],
-    index: Index | None,
-    top_desc: Descriptor,
-) -> list[str]:
-    for p in pulled:
-        layout.write_blob(p.config, p.manifest.config.digest)
-        _place_layers(layout, fetcher, p.manifest.layers)
-        layout.write_blob(p.manifest.raw, p.descriptor.digest)
-    if index is not None:
-        layout.write_blob(index.raw, index.digest)
-    desc = top_desc
-    if index is None and pulled and pulled[0].descriptor.platform is not None:
-        desc = Descriptor(
-            pulled[0].manifest.media_type,
-            pulled[0].descriptor.digest,
-            pulled[0].descriptor.size,
-            platform=pulled[0].descriptor.platform,
+        result = transfer.copy(
+            RegistryRepository(client, ref),
+            sink,
+            selection=selection,
+            names=(ImageName(ref.name, ref.tag),),
+            jobs=jobs,
+            progress=_EngineProgress(progress) if progress is not None else None,
+            retry=client.transport.retry,
+            cache=cache,
         )
-    # the index entry last: until then the layout does not name the new image
-    tag = _ref_name(ref)
-    layout.add_manifest(desc, ref_name=tag, image_name=str(ref))
-    tagged = layout.tagged(tag) if tag else []
-    if len({d.digest for d in tagged}) < 2:
-        return []
-    return list(dict.fromkeys(full_name(d) for d in tagged))
-
-
-def _place_layers(layout: OCILayout, fetcher: _Fetcher, layers: Sequence[Descriptor]) -> None:
-    """Copy the layers into ``layout``, several at once (the copies run in the kernel).
-
-    A pool of its own: in an existing layout a copy may wait for its layer's download,
-    which must not wait for a worker behind it.
-    """
-    unique = list({layer.digest: layer for layer in layers}.values())
-    with ThreadPoolExecutor(max_workers=fetcher.jobs, thread_name_prefix="derrick-place") as pool:
-        futures = [pool.submit(_place_layer, layout, fetcher, layer) for layer in unique]
-        try:
-            for f in futures:
-                f.result()
-        except BaseException:
-            fetcher.cancelled.set()  # downloads still running stop at their next chunk
-            for f in futures:
-                f.cancel()
-            raise
-
-
-def _place_layer(layout: OCILayout, fetcher: _Fetcher, layer: Descriptor) -> None:
-    """Put a copy of the cached layer into ``layout``, unless a good one is there already."""
-    cache = fetcher.cache
-    if cache.verify_file(layout.blob_path(layer.digest), layer):
-        return
-    dest = layout.add_blob_file(fetcher.get(layer), layer.digest, replace=True)
-    cache.remember(dest, layer)
+    except CacheDiskError as e:
+        raise e.pulling_to(dest, remedy=CACHE_REMEDY) from None
+    return PullResult(
+        ref=ref,
+        destination=dest,
+        format="oci",
+        digest=result.digest,
+        images=[PulledImage(img.manifest, img.descriptor, img.config) for img in result.images],
+        downloaded_bytes=result.stats.copied_bytes,
+        same_tag=sink.same_tag,
+    )
 
 
 def _ref_name(ref: Reference) -> str | None:

@@ -39,6 +39,7 @@ from derrick.digest import Digest, Verifier, hash_file
 from derrick.download import Cancelled
 from derrick.errors import DerrickError, LayoutError, ManifestError, UsageError
 from derrick.images.dockerarchive import open_archive, read_legacy
+from derrick.images.layout import LayoutDir
 from derrick.images.model import BlobOutcome, CopyResult, ImageName, Progress, Selection
 from derrick.images.model import TransferStats as CopyStats
 from derrick.images.remote import RegistryRepository
@@ -48,7 +49,6 @@ from derrick.layout.reader import (
     DockerArchiveEntry,
     ImageSource,
     SelectedImage,
-    open_image_source,
 )
 from derrick.manifest import Descriptor, ImageManifest, Index, parse_manifest
 from derrick.ops import transfer
@@ -528,43 +528,100 @@ def push(
 
     ``ref`` names the destination by tag (or by the image's own digest); without
     either, the image's tag in the source is used (see :func:`destination`).
-    With ``chunk_size`` None every blob goes up in one request.  Archives are pushed
-    with the copy engine (:func:`push_from`).
+    With ``chunk_size`` None every blob goes up in one request.  Both OCI layout
+    directories and archives are pushed by the engine (:func:`derrick.ops.transfer.copy`).
     """
-    if not Path(source_path).is_dir():
-        with open_archive(source_path, jobs=jobs) as archive:
-            pushed, result = push_from(
-                client,
-                archive,
-                ref,
-                name,
-                shown=f"{source_path}:{name}" if name else str(source_path),
-                jobs=jobs,
-                chunk_size=chunk_size,
-                progress=EngineProgress(progress) if progress is not None else None,
-            )
-        return push_result(str(source_path), pushed, result)
-    with open_image_source(source_path) as source:
-        selected = source.select(name)
-        ref = destination(ref, selected, f"{source_path}:{name}" if name else str(source_path))
-        plan = plan_image(source, selected, jobs=jobs)
-        stats = transfer_blobs(
+    if Path(source_path).is_dir():
+        return _push_layout(client, source_path, ref, name, jobs, chunk_size, progress)
+    with open_archive(source_path, jobs=jobs) as archive:
+        pushed, result = push_from(
             client,
+            archive,
             ref,
-            list(plan.blobs.values()),
+            name,
+            shown=f"{source_path}:{name}" if name else str(source_path),
             jobs=jobs,
             chunk_size=chunk_size,
-            progress=progress,
+            progress=EngineProgress(progress) if progress is not None else None,
         )
-        digest = put_manifests(client, ref, plan.manifests)
-    top = plan.manifests[-1]
+    return push_result(str(source_path), pushed, result)
+
+
+class _EngineProgress:
+    """A :class:`TransferProgress` as the engine's :class:`~derrick.images.model.Progress`."""
+
+    def __init__(self, progress: TransferProgress) -> None:
+        self._progress = progress
+
+    def planned(self, total_bytes: int) -> None:
+        self._progress.planned(total_bytes)
+
+    def blob_started(self, desc: Descriptor) -> None:
+        self._progress.blob_started(desc)
+
+    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
+        self._progress.blob_advanced(desc, nbytes)
+
+    def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None:
+        self._progress.blob_finished(desc)
+
+
+def layout_destination(
+    source: LayoutDir, ref: Reference, name: str | None, shown: str
+) -> Reference:
+    """Where the image ``name`` of the layout ``source`` goes: ``ref``, with the image's
+    tag when it has neither tag nor digest (see :func:`destination`).  A digest must be
+    the image's own."""
+    top = source.resolve(name)
+    ref = destination(ref, SelectedImage(top, None, source.tags(name)), shown)
+    if ref.digest is not None and ref.digest != top.digest:
+        raise UsageError(
+            f"cannot push to {ref}: the image's digest is {top.digest}",
+            hint="name the destination by tag, or by the image's own digest",
+        )
+    return ref
+
+
+def push_names(ref: Reference) -> tuple[ImageName, ...]:
+    """What a push to ``ref`` calls the image: its tag, or nothing (by digest only)."""
+    return () if ref.digest is not None else (ImageName(ref.name, ref.tag),)
+
+
+def _push_layout(
+    client: RegistryClient,
+    path: str | Path,
+    ref: Reference,
+    name: str | None,
+    jobs: int,
+    chunk_size: int | None,
+    progress: TransferProgress | None,
+) -> PushResult:
+    """Push the image ``name`` of the OCI layout ``path``: a copy by the engine, every
+    platform of an index (the layout must hold them all)."""
+    source = LayoutDir(path, name=name)
+    ref = layout_destination(source, ref, name, f"{path}:{name}" if name else str(path))
+    result = transfer.copy(
+        source,
+        RegistryRepository(client, ref, chunk_size=chunk_size),
+        name=name,
+        selection=Selection(all=True),
+        names=push_names(ref),
+        jobs=jobs,
+        progress=_EngineProgress(progress) if progress is not None else None,
+        retry=client.transport.retry,
+    )
     return PushResult(
-        source=str(source_path),
+        source=str(path),
         ref=ref,
-        digest=digest,
-        media_type=top.media_type,
-        manifests=[m.digest for m in plan.manifests],
-        stats=stats,
+        digest=result.digest,
+        media_type=result.media_type,
+        manifests=result.manifests,
+        stats=TransferStats(
+            uploaded=result.stats.copied,
+            uploaded_bytes=result.stats.copied_bytes,
+            mounted=result.stats.mounted,
+            skipped=result.stats.skipped,
+        ),
     )
 
 

@@ -4,14 +4,18 @@
 How an image moves (see ``ARCHITECTURE.md``):
 
 1. **Plan** (:func:`derrick.images.plan.plan`): names resolved, indexes walked,
-   platforms chosen, manifests and configs fetched and verified, blobs collected once.
+   platforms chosen, manifests and configs fetched and verified (a config from a
+   verified local copy when there is one: the cache's, or the destination's own), blobs
+   collected once.
 2. **Begin**: ``sink.begin(plan)``.
-3. **Blobs**, in one :class:`~derrick.images.pool.BlobPool` (the first failure cancels
-   the rest): each is skipped when ``sink.has_blob``, else mounted when
-   ``sink.mount_blob`` can, else handed to ``sink.put_blob`` as a
-   :class:`~derrick.images.feed.Feed` (verified, resumable).  An ``ordered`` sink gets
-   them one at a time, in plan order.  Configs were read whole while planning: their
-   feeds give out those (verified) bytes rather than reading the source again.
+3. **Blobs** (:class:`~derrick.images.handover.BlobMover`), in one
+   :class:`~derrick.images.pool.BlobPool` (the first failure cancels the rest): each is
+   skipped when ``sink.has_blob``, else mounted when ``sink.mount_blob`` can, else
+   handed to ``sink.put_blob`` as a :class:`~derrick.images.feed.Feed` (verified,
+   resumable), straight from the source, as a verified local file, or through the
+   cache; an ``ordered`` sink gets them one at a time, in plan order.  Configs were
+   read whole while planning: their feeds give out those (verified) bytes rather than
+   reading the source again.
 4. **Manifests**, children before the indexes listing them, each once; each entry's top
    with its names.
 5. **Commit**; after any failure (or an interrupt) **abort**, and the error is raised.
@@ -23,14 +27,11 @@ import contextlib
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Protocol
 
 from derrick.digest import Digest
 from derrick.errors import Cancelled, DerrickError
-from derrick.images.feed import BytesBody, Feed
+from derrick.images.handover import BlobMover
 from derrick.images.model import (
-    BlobBody,
-    BlobOutcome,
     CopyResult,
     ImageName,
     ImageSink,
@@ -38,29 +39,15 @@ from derrick.images.model import (
     Plan,
     Progress,
     Selection,
-    TransferStats,
 )
-from derrick.images.plan import PlanItem, plan
-from derrick.images.pool import BlobPool
+from derrick.images.plan import LocalBlobs, PlanItem, plan
 from derrick.manifest import Descriptor
+from derrick.store.cache import BlobStore, CacheDiskError
 from derrick.transport import RetryPolicy
 
-__all__ = ["DEFAULT_JOBS", "BlobCacheHook", "PlanItem", "copy", "copy_many"]
+__all__ = ["DEFAULT_JOBS", "PlanItem", "copy", "copy_many"]
 
 DEFAULT_JOBS = 4
-
-
-class BlobCacheHook(Protocol):
-    """A local store of verified blobs the engine may consult (the hook for a blob cache).
-
-    For now the engine only asks it for a verified copy to offer sinks as
-    :attr:`BlobFeed.local`; reading remote blobs through it (filled once, then reused)
-    comes with the cache that implements it.
-    """
-
-    def lookup(self, desc: Descriptor) -> Path | None:
-        """A file holding exactly the blob, known intact; None when there is none."""
-        ...
 
 
 def copy(
@@ -74,7 +61,7 @@ def copy(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     retry: RetryPolicy | None = None,
-    cache: BlobCacheHook | None = None,
+    cache: BlobStore | None = None,
 ) -> CopyResult:
     """Copy the image ``name`` of ``source`` (None: its default) into ``sink``.
 
@@ -85,9 +72,11 @@ def copy(
     when given, stops the copy when set (and the copy sets it when it fails).
     ``retry`` is how often and how patiently a blob body that breaks off is asked for
     again (default :class:`~derrick.transport.RetryPolicy`; pass
-    ``client.transport.retry`` to follow a client's).  ``cache`` is consulted for
-    verified local copies (see :class:`BlobCacheHook`).  Raises the first error; the
-    sink was then aborted.
+    ``client.transport.retry`` to follow a client's).  ``cache`` is the blob store a
+    copy into a local sink keeps blobs of a remote source in (see the module
+    docstring).  Raises the first error; the sink was then aborted.  An error writing
+    the cache is a :class:`~derrick.store.cache.CacheDiskError` naming the partial
+    files kept.
     """
     item = PlanItem(
         source,
@@ -114,22 +103,25 @@ def copy_many(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     retry: RetryPolicy | None = None,
-    cache: BlobCacheHook | None = None,
+    cache: BlobStore | None = None,
 ) -> CopyResult:
     """Copy every item into ``sink`` as one plan (each blob moves once); see :func:`copy`."""
     items = list(items)
     cancel = cancel if cancel is not None else threading.Event()
-    the_plan = plan(items, retry=retry, cancel=cancel)
-    mover = _Mover(the_plan, sink, jobs, progress, cancel, retry, cache)
+    store = cache if sink.local else None  # a copy to a registry keeps nothing locally
+    the_plan = plan(items, retry=retry, cancel=cancel, local=_local_copies(sink, store))
+    mover = BlobMover(the_plan, sink, jobs=jobs, progress=progress, cancel=cancel, retry=retry)
     try:
         sink.begin(the_plan)
-        mover.blobs()
-        mover.manifests()
+        mover.run(store)
+        _manifests(the_plan, sink, cancel)
         sink.commit()
-    except BaseException:
+    except BaseException as e:
         cancel.set()
         with contextlib.suppress(Exception):
             sink.abort()  # best effort: the error that stopped the copy is the one to see
+        if isinstance(e, CacheDiskError) and store is not None:
+            raise e.with_partials(store.partials(the_plan.blobs)) from e.error
         raise
     sources = list(dict.fromkeys(item.source.description for item in items))
     return CopyResult(
@@ -140,134 +132,35 @@ def copy_many(
     )
 
 
-class _Planned:
-    """The config bytes a plan already holds, served as a source serves blobs."""
+def _local_copies(sink: ImageSink, store: BlobStore | None) -> LocalBlobs | None:
+    """Where the plan finds verified local copies of configs: the cache, and a local
+    sink that is also a source (an existing layout's own blobs)."""
+    finders: list[LocalBlobs] = []
+    if store is not None:
+        finders.append(store.lookup)
+    if sink.local and isinstance(sink, ImageSource):
+        finders.append(sink.local_blob)
+    if not finders:
+        return None
 
-    def __init__(self, description: str, data: bytes) -> None:
-        self.description = description
-        self._data = data
+    def find(desc: Descriptor) -> Path | None:
+        for finder in finders:
+            with contextlib.suppress(OSError, DerrickError):
+                found = finder(desc)
+                if found is not None:
+                    return found
+        return None
 
-    def open_blob(self, desc: Descriptor, offset: int = 0) -> BlobBody:
-        return BytesBody(self._data, offset)
+    return find
 
 
-class _Mover:
-    """Steps 3 and 4 of a copy: the blobs, then the manifests."""
-
-    def __init__(
-        self,
-        the_plan: Plan,
-        sink: ImageSink,
-        jobs: int,
-        progress: Progress | None,
-        cancel: threading.Event,
-        retry: RetryPolicy | None,
-        cache: BlobCacheHook | None,
-    ) -> None:
-        self.plan = the_plan
-        self.sink = sink
-        self.jobs = jobs
-        self.progress = progress
-        self.cancel = cancel
-        self.retry = retry
-        self.cache = cache
-        self.stats = TransferStats()
-        self._lock = threading.Lock()
-        # Where each blob is read from: the first entry that has it.
-        self._sources: dict[Digest, ImageSource] = {}
-        self._configs: dict[Digest, bytes] = {}
-        for entry in the_plan.entries:
-            for img in entry.images:
-                if entry.source is None:
-                    raise DerrickError(f"plan entry {entry.top.digest} has no source")
-                for d in (img.manifest.config, *img.manifest.layers):
-                    self._sources.setdefault(d.digest, entry.source)
-                self._configs.setdefault(img.manifest.config.digest, img.config)
-
-    # -- blobs ---------------------------------------------------------------------------
-
-    def blobs(self) -> None:
-        blobs = self.plan.blobs
-        if self.progress is not None:
-            self.progress.planned(sum(d.size for d in blobs))
-        if self.sink.ordered:
-            for desc in blobs:
-                if self.cancel.is_set():
-                    raise Cancelled("cancelled")
-                self._one(desc)
-            return
-        BlobPool(self.jobs, self.cancel).run(blobs, self._one)
-
-    def _one(self, desc: Descriptor) -> int:
-        """Make the sink hold blob ``desc``; the bytes read from the source."""
-        if self.cancel.is_set():
-            raise Cancelled(f"blob {desc.digest}: cancelled")
-        source = self._sources[desc.digest]
-        if self.sink.has_blob(desc):
-            self._finished(desc, "skipped")
-            return 0
-        if self.sink.mount_blob(desc, source):
-            self._finished(desc, "mounted")
-            return 0
-        feed = self._feed(desc, source)
-        if self.progress is not None:
-            self.progress.blob_started(desc)
-        self.sink.put_blob(feed)
-        outcome: BlobOutcome
-        if feed.verified:
-            outcome = "copied"
-        elif feed.local is not None:
-            outcome = "linked"
-        else:
-            raise DerrickError(
-                f"{self.sink.description} did not take all of blob {desc.digest}: "
-                "it was not verified"
-            )
-        with self._lock:
-            if outcome == "copied":
-                self.stats.copied += 1
-                self.stats.copied_bytes += feed.received
-            else:
-                self.stats.linked += 1
-        if outcome == "linked" and self.progress is not None:
-            self.progress.blob_advanced(desc, desc.size)
-        if self.progress is not None:
-            self.progress.blob_finished(desc, outcome)
-        return feed.received
-
-    def _feed(self, desc: Descriptor, source: ImageSource) -> Feed:
-        prog = self.progress
-
-        def advance(n: int) -> None:
-            if prog is not None:
-                prog.blob_advanced(desc, n)
-
-        local = self.cache.lookup(desc) if self.cache is not None else None
-        config = self._configs.get(desc.digest)
-        opener = source if config is None else _Planned(source.description, config)
-        return Feed(
-            opener, desc, retry=self.retry, cancel=self.cancel, progress=advance, local=local
-        )
-
-    def _finished(self, desc: Descriptor, outcome: BlobOutcome) -> None:
-        with self._lock:
-            if outcome == "skipped":
-                self.stats.skipped += 1
-            else:
-                self.stats.mounted += 1
-        if self.progress is not None:
-            self.progress.blob_advanced(desc, desc.size)
-            self.progress.blob_finished(desc, outcome)
-
-    # -- manifests -----------------------------------------------------------------------
-
-    def manifests(self) -> None:
-        """Every manifest once, in plan order (children first); tops with their names."""
-        names: dict[Digest, list[ImageName]] = {}
-        for entry in self.plan.entries:
-            have = names.setdefault(entry.top.digest, [])
-            have.extend(n for n in entry.names if n not in have)
-        for desc, raw in self.plan.manifests:
-            if self.cancel.is_set():
-                raise Cancelled("cancelled")
-            self.sink.put_manifest(desc, raw, names.get(desc.digest, ()))
+def _manifests(the_plan: Plan, sink: ImageSink, cancel: threading.Event) -> None:
+    """Step 4: every manifest once, in plan order (children first); tops with their names."""
+    names: dict[Digest, list[ImageName]] = {}
+    for entry in the_plan.entries:
+        have = names.setdefault(entry.top.digest, [])
+        have.extend(n for n in entry.names if n not in have)
+    for desc, raw in the_plan.manifests:
+        if cancel.is_set():
+            raise Cancelled("cancelled")
+        sink.put_manifest(desc, raw, names.get(desc.digest, ()))
