@@ -109,3 +109,21 @@ def test_missing_sources_and_ambiguity() -> None:
         parse("with:colon")  # docker.io/library/with:colon
     with pytest.raises(UsageError, match="empty"):
         parse("")
+
+
+def test_destination_names() -> None:
+    from derrick.images.model import ImageName
+    from derrick.images.open import destination_names
+
+    def names(text: str) -> tuple[ImageName, ...] | None:
+        return destination_names(parse(text, destination=True))
+
+    assert names("registry.example/app:1.0") == (ImageName("registry.example/app", "1.0"),)
+    assert names("registry.example/app") is None  # keeps the source's tag
+    assert names("registry.example/app@sha256:" + "b" * 64) == ()
+    assert names("oci:new:v1") == (ImageName(None, "v1"),)
+    assert names("oci:new:registry.example/app:v2") == (ImageName("registry.example/app", "v2"),)
+    assert names("docker-archive:out.tar:app:1.0") == (ImageName("docker.io/library/app", "1.0"),)
+    assert names("out.tar") is None
+    with pytest.raises(UsageError, match="by a tag, not by a digest"):
+        names("oci:new:app@sha256:" + "c" * 64)

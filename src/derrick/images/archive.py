@@ -185,6 +185,8 @@ class ArchiveSink:
     kind = "archive"
     #: Stored on this machine's disk.
     local = True
+    #: Blobs are streamed into their place (a cached copy is copied in, not preferred).
+    prefers_files = False
 
     def __init__(self, dest: str | Path | BinaryIO, *, shown: str | None = None) -> None:
         self._file: ArchiveFile | None = None
