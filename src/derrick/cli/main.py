@@ -29,6 +29,7 @@ from derrick.cli.read import (
     repo_group,
     tag_group,
 )
+from derrick.cli.sync import sync_command
 from derrick.errors import DerrickError, UsageError
 from derrick.reference import parse_registry
 
@@ -145,6 +146,7 @@ cli.add_command(manifest_group)
 cli.add_command(blob_group)
 cli.add_command(image_group)
 cli.add_command(ratelimit)
+cli.add_command(sync_command)
 
 
 def main(argv: list[str] | None = None) -> int:
