@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     try:
         with _closed_output_is_final():
-            cli.main(args=argv, prog_name="derrick", standalone_mode=False)
+            # a command that ends with ctx.exit(N) (click's Exit) comes back as N
+            code = cli.main(args=argv, prog_name="derrick", standalone_mode=False)
             sys.stdout.flush()  # a pipe closed after the last write fails here, not at exit
     except _OutputClosed:
         _silence_output()
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             err=True,
         )
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

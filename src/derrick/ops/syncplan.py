@@ -126,7 +126,7 @@ def plan_sync(
         for repo in repos:
             ref = Reference(spec.registry, repo)
             try:
-                items = _items(client, spec, ref, out)
+                items = list(_items(client, spec, ref, out))
             except DerrickError as e:
                 out.failed.append((ref.name, str(e)))
                 continue

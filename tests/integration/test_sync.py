@@ -1,0 +1,374 @@
+"""``derrick sync`` against the real registries: copies, incremental re-runs, filters,
+interrupts, pull budgets and rate limits, shards, signature tags, configuration errors.
+
+Source repositories are made per test from the seeded images (tags put by manifest PUTs
+and mounts, fast); the destination is a registry of this module's own (open), the
+htpasswd registry, or the token registry.  A :class:`~support.faultproxy.FaultProxy` in
+front of a source counts its manifest GETs and plays Docker Hub (``ratelimit-*`` headers
+that count down, 429 at zero).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from derrick.auth.credentials import Credential
+from derrick.images.model import ImageName, Selection
+from derrick.images.remote import RegistryRepository
+from derrick.ops.syncconfig import load_config
+from derrick.ops.syncplan import Shard, plan_sync
+from derrick.ops.transfer import copy
+from derrick.reference import Reference
+from derrick.registry import RegistryClient
+from support.cli import Cli, Isolation
+from support.faultproxy import Fault, FaultProxy, RecordedRequest, Reply
+from support.images import LayoutImage
+from support.rawclient import RawClient
+from support.registry import RegistryProcess, start_registry
+from support.seed import SeededRegistries
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+    """An open registry to mirror into."""
+    reg = start_registry(tmp_path_factory.mktemp("registry-mirror"), name="registry-mirror")
+    try:
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture
+def client() -> Iterator[RegistryClient]:
+    with RegistryClient(credentials=lambda _host: None, certs_dir=None) as c:
+        yield c
+
+
+def fill(
+    registry: RegistryProcess,
+    repo: str,
+    tags: dict[str, str],
+    seeded: SeededRegistries,
+    *,
+    base: str = "test",
+) -> None:
+    """Put seeded images (``base/NAME:v1``: single, multi, docker, ...) under ``repo:TAG``."""
+    client = RegistryClient(credentials=_full_access(registry), certs_dir=None, insecure=True)
+    try:
+        for tag, name in tags.items():
+            src = RegistryRepository(client, Reference.parse(f"{registry.host}/{base}/{name}:v1"))
+            dst = RegistryRepository(client, Reference.parse(f"{registry.host}/{repo}"))
+            copy(src, dst, selection=Selection(all=True), names=(ImageName(None, tag),))
+    finally:
+        client.close()
+
+
+def _full_access(registry: RegistryProcess) -> Callable[[str], Credential | None]:
+    def lookup(host: str) -> Credential | None:
+        if host != registry.host or registry.credentials is None:
+            return None
+        return Credential(*registry.credentials)
+
+    return lookup
+
+
+def login_env(monkeypatch: pytest.MonkeyPatch, *pairs: tuple[RegistryProcess, str]) -> None:
+    auths = {}
+    for registry, user in pairs:
+        auth = base64.b64encode(f"{user}:{registry.users[user]}".encode()).decode()
+        auths[registry.host] = {"auth": auth}
+    monkeypatch.setenv("DOCKER_AUTH_CONFIG", json.dumps({"auths": auths}))
+
+
+def writes(log: str, repo: str) -> list[str]:
+    """Blob uploads and manifest PUTs into ``repo`` in a registry log."""
+    pattern = rf'"(?:PUT|PATCH|POST) /v2/{re.escape(repo)}/(?:blobs/uploads|manifests)[^"]*"'
+    return re.findall(pattern, log)
+
+
+def manifest_gets(proxy: FaultProxy) -> list[RecordedRequest]:
+    return [r for r in proxy.requests if r.method == "GET" and "/manifests/" in r.route]
+
+
+def run_json(cli: Cli, *argv: object, code: int = 0) -> dict:  # type: ignore[type-arg]
+    res = cli("sync", *argv, "--format", "json")
+    assert res.code == code, res.err
+    assert "Traceback" not in res.err
+    return json.loads(res.out)  # type: ignore[no-any-return]
+
+
+# -- copies and re-runs ----------------------------------------------------------------------
+
+
+def test_open_to_open_copies_then_a_second_run_skips_everything(
+    seeded: SeededRegistries,
+    registry_open: RegistryProcess,
+    mirror: RegistryProcess,
+    test_images: dict[str, LayoutImage],
+    unique_repo: Callable[..., str],
+    cli: Cli,
+) -> None:
+    src_repo, dst_repo = unique_repo(), unique_repo("mirror")
+    tags = {"v1": "single", "v2": "docker", "multi": "multi", "list": "dockerlist"}
+    fill(registry_open, src_repo, tags, seeded)
+    with FaultProxy(registry_open.url) as proxy:
+        source, dest = f"{proxy.host}/{src_repo}", f"{mirror.host}/{dst_repo}"
+        first = run_json(cli, source, dest, "--insecure")
+        assert first["copied"] == 4 and first["failed"] == 0 and first["unchanged"] == 0
+        amd64 = {n: test_images[n].image_for("linux/amd64").digest for n in ("multi", "dockerlist")}
+        with RawClient(mirror) as raw:
+            assert raw.manifest_digest(dst_repo, "v1") == test_images["single"].digest
+            assert raw.manifest_digest(dst_repo, "v2") == test_images["docker"].digest
+            assert raw.manifest_digest(dst_repo, "multi") == amd64["multi"]
+            assert raw.manifest_digest(dst_repo, "list") == amd64["dockerlist"]
+        # Docker Hub's count: each image manifest one GET, each index and its child two
+        assert first["pulls"] == 4
+        assert len(manifest_gets(proxy)) == 6
+
+        proxy.clear()
+        offset = mirror.log_size()
+        second = run_json(cli, source, dest, "--insecure")
+        assert second["copied"] == 0 and second["unchanged"] == 4 and second["bytes"] == 0
+        assert writes(mirror.log_since(offset), dst_repo) == []
+        assert "/blobs/" not in mirror.log_since(offset)
+        # the check was HEADs only: no pull spent, even for the indexes (records kept)
+        assert manifest_gets(proxy) == [] and second["pulls"] == 0
+        assert not any("/blobs/" in r.route for r in proxy.requests)
+
+
+def test_token_auth_private_source_to_htpasswd_destination(
+    seeded: SeededRegistries,
+    registry_token: RegistryProcess,
+    registry_basic: RegistryProcess,
+    test_images: dict[str, LayoutImage],
+    unique_repo: Callable[..., str],
+    cli: Cli,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    src_repo, dst_repo = unique_repo("private/scratch"), unique_repo("mirror")
+    fill(registry_token, src_repo, {"1.0": "single", "1.1": "multi"}, seeded, base="private")
+    login_env(monkeypatch, (registry_token, "alice"))  # the source, from Docker's config
+    offset = registry_basic.log_size()
+    report = cli(
+        "sync",
+        f"{registry_token.host}/{src_repo}",
+        f"{registry_basic.host}/{dst_repo}",
+        "--all-platforms",
+        "--insecure",
+        "-u",
+        "tester",
+        "--password-stdin",
+        "--format",
+        "json",
+        stdin="tester-secret\n",
+    ).ok()
+    summary = json.loads(report.out)
+    assert summary["copied"] == 2 and summary["failed"] == 0
+    with RawClient(registry_basic) as raw:
+        assert raw.manifest_digest(dst_repo, "1.0") == test_images["single"].digest
+        assert raw.manifest_digest(dst_repo, "1.1") == test_images["multi"].digest
+        for digest in test_images["multi"].blob_digests:
+            assert raw.blob_exists(dst_repo, digest)
+    assert len(writes(registry_basic.log_since(offset), dst_repo)) > 0
+
+    # without the destination's password, the HEADs at the destination are refused:
+    # each image fails with the reason, and the sync says so in one line
+    res = cli(
+        "sync",
+        f"{registry_token.host}/{src_repo}",
+        f"{registry_basic.host}/{dst_repo}",
+        "--insecure",
+    )
+    assert res.code == 1 and "Traceback" not in res.err
+    assert res.err_lines[-1].startswith("derrick: error: 2 of 2 failed")
+    assert res.out.count("failed ") == 2 and "authentication required" in res.out
+
+
+
+# -- what is chosen ----------------------------------------------------------------------------
+
+VERSIONS = ["1.0", "1.1", "1.2.0", "1.2.1", "2.0", "2.1.0-rc1", "3.0.0-alpine", "latest", "edge"]
+
+
+@pytest.fixture
+def versioned(
+    seeded: SeededRegistries, registry_open: RegistryProcess, unique_repo: Callable[..., str]
+) -> str:
+    """A repository with the tags of VERSIONS (one image, tagged by manifest PUTs)."""
+    repo = unique_repo()
+    fill(registry_open, repo, dict.fromkeys(VERSIONS, "single"), seeded)
+    return f"{registry_open.host}/{repo}"
+
+
+def plan_tags(config_text: str, tmp_path: Path, client: RegistryClient) -> tuple[set[str], int]:
+    path = tmp_path / "sync.yaml"
+    path.write_text(config_text)
+    plan = plan_sync(load_config(path), client)
+    assert plan.failed == []
+    return {i.tag or str(i.source.digest) for i in plan.items}, len(plan.filtered)
+
+
+@pytest.mark.parametrize(
+    ("tags", "chosen"),
+    [
+        ('{semver: ">=1.1 <2"}', {"1.1", "1.2.0", "1.2.1"}),
+        ('{semver: "~1.2"}', {"1.2.0", "1.2.1"}),
+        ('{semver: ">=2.1.0-rc1"}', {"2.1.0-rc1", "3.0.0-alpine"}),
+        ("{newest: 2}", {"2.0", "1.2.1"}),
+        ('{semver: "<2", newest: 2}', {"1.2.0", "1.2.1"}),
+        (r"{include: ['1\..*'], exclude: ['1\.0', '.*\.1']}", {"1.2.0"}),
+        (r"{include: ['l.*', 'e.*']}", {"latest", "edge"}),
+        ('["1.0", "edge"]', {"1.0", "edge"}),
+        ("{list: [\"1.0\", \"2.0\"], include: ['2.*']}", {"2.0"}),
+    ],
+)
+def test_tag_selection_chooses_exactly(
+    versioned: str, tags: str, chosen: set[str], tmp_path: Path, client: RegistryClient
+) -> None:
+    config = f"sources:\n  - repository: {versioned}\n    tags: {tags}\n"
+    config += "    destination: {registry: localhost:5999}\n"
+    got, filtered = plan_tags(config, tmp_path, client)
+    assert got == chosen
+    if not tags.startswith("[") and "list" not in tags:
+        assert filtered == len(VERSIONS) - len(chosen)
+
+
+def test_digest_pins_copy_that_digest_under_the_tag(
+    versioned: str,
+    mirror: RegistryProcess,
+    test_images: dict[str, LayoutImage],
+    unique_repo: Callable[..., str],
+    tmp_path: Path,
+    seeded: SeededRegistries,
+    registry_open: RegistryProcess,
+    cli: Cli,
+) -> None:
+    # the source's "stable" tag names the docker image; the pin says: this digest instead
+    repo = versioned.split("/", 1)[1]
+    fill(registry_open, repo, {"stable": "docker"}, seeded)
+    single, dst = test_images["single"].digest, unique_repo("mirror")
+    config = tmp_path / "pins.yaml"
+    config.write_text(
+        "sources:\n"
+        f"  - repository: {versioned}\n"
+        f"    tags: {{list: ['{test_images['docker'].digest}'], pins: {{stable: '{single}'}}}}\n"
+        f"    destination: {{registry: {mirror.host}, repository: {dst}}}\n"
+    )
+    summary = run_json(cli, config, "--insecure")
+    assert summary["copied"] == 2
+    with RawClient(mirror) as raw:
+        assert raw.manifest_digest(dst, "stable") == single
+        # the listed digest is stored by digest, with no tag
+        assert raw.manifest_digest(dst, test_images["docker"].digest)
+        assert raw.tags(dst) == ["stable"]
+
+
+def test_one_off_filters_and_dry_run(versioned: str, mirror: RegistryProcess, cli: Cli) -> None:
+    summary = run_json(
+        cli, versioned, f"{mirror.host}/never", "--tags", r"1\..*", "--exclude", "1.0", "--dry-run"
+    )
+    planned = sorted(i["source"].rsplit(":", 1)[1] for i in summary["images"])
+    assert planned == ["1.1", "1.2.0", "1.2.1"]
+    assert summary["planned"] == 3 and summary["copied"] == 0
+    assert summary["filtered"] == len(VERSIONS) - 3
+    with RawClient(mirror) as raw:
+        assert raw.request("GET", "/v2/never/tags/list").status_code == 404
+
+
+def test_shards_are_disjoint_and_cover_the_plan(
+    versioned: str, tmp_path: Path, client: RegistryClient
+) -> None:
+    path = tmp_path / "sync.yaml"
+    path.write_text(
+        f"sources:\n  - repository: {versioned}\n    destination: {{registry: localhost:5999}}\n"
+    )
+    config = load_config(path)
+    whole = {i.key for i in plan_sync(config, client).items}
+    assert len(whole) == len(VERSIONS)
+    shards = []
+    for index in range(3):
+        plan = plan_sync(config, client, shard=Shard(index, 3))
+        assert plan.other_shards == len(VERSIONS) - len(plan.items)
+        shards.append({i.key for i in plan.items})
+        # the same shard is the same share every time
+        assert {i.key for i in plan_sync(config, client, shard=Shard(index, 3)).items} == shards[-1]
+    assert set().union(*shards) == whole
+    assert sum(len(s) for s in shards) == len(whole)
+    assert sum(1 for s in shards if s) >= 2  # the hash spreads them
+
+
+def test_shard_option_is_checked(cli: Cli, versioned: str) -> None:
+    for bad in ("3/3", "1", "a/b", "0/0"):
+        line = cli("sync", versioned, "localhost:5999/x", "--shard", bad).failed()
+        assert "shard" in line
+
+
+# -- signatures ------------------------------------------------------------------------------
+
+
+def test_digest_tags_follow_their_image(
+    seeded: SeededRegistries,
+    registry_open: RegistryProcess,
+    mirror: RegistryProcess,
+    test_images: dict[str, LayoutImage],
+    unique_repo: Callable[..., str],
+    cli: Cli,
+) -> None:
+    image = test_images["single"].digest.replace(":", "-")
+    other = "sha256-" + "0" * 64
+    src, dst = unique_repo(), unique_repo("mirror")
+    tags = {"v1": "single", f"{image}.sig": "docker", f"{image}.att": "eight", f"{other}.sig": "docker"}
+    fill(registry_open, src, tags, seeded)
+    plain = run_json(cli, f"{registry_open.host}/{src}", f"{mirror.host}/{dst}", "--tags", "v1")
+    assert plain["copied"] == 1
+    with RawClient(mirror) as raw:
+        assert raw.tags(dst) == ["v1"]
+    signed = run_json(
+        cli, f"{registry_open.host}/{src}", f"{mirror.host}/{dst}", "--tags", "v1", "--digest-tags"
+    )
+    assert signed["copied"] == 2 and signed["unchanged"] == 1
+    with RawClient(mirror) as raw:
+        assert sorted(raw.tags(dst)) == sorted(["v1", f"{image}.sig", f"{image}.att"])
+        assert raw.manifest_digest(dst, f"{image}.att") == test_images["eight"].digest
+
+
+# -- failures ----------------------------------------------------------------------------------
+
+
+def test_one_failure_does_not_stop_the_others(
+    versioned: str, mirror: RegistryProcess, unique_repo: Callable[..., str], cli: Cli, tmp_path: Path
+) -> None:
+    dst = unique_repo("mirror")
+    config = tmp_path / "sync.yaml"
+    config.write_text(
+        "sources:\n"
+        f"  - repository: {versioned}\n"
+        "    tags: ['1.0', 'no-such-tag', '2.0']\n"
+        f"    destination: {{registry: {mirror.host}, repository: {dst}}}\n"
+        f"  - repository: {versioned.split('/')[0]}/no/such/repo\n"
+        f"    destination: {{registry: {mirror.host}}}\n"
+    )
+    res = cli("sync", config, "--insecure", "--format", "json")
+    assert res.code == 1 and "Traceback" not in res.err
+    assert res.err_lines == [
+        "derrick: error: 2 of 4 failed (see the report); run again to retry them"
+    ]
+    summary = json.loads(res.out)
+    assert summary["copied"] == 2 and summary["failed"] == 2
+    failed = [i for i in summary["images"] if i["status"] == "failed"]
+    assert len(failed) == 1 and "no-such-tag" in failed[0]["source"]
+    assert "not found" in failed[0]["reason"]
+    assert "no/such/repo" in summary["sourceErrors"][0]["source"]
+    with RawClient(mirror) as raw:
+        assert sorted(raw.tags(dst)) == ["1.0", "2.0"]
