@@ -195,7 +195,6 @@ def test_token_auth_private_source_to_htpasswd_destination(
     assert res.out.count("failed ") == 2 and "authentication required" in res.out
 
 
-
 # -- what is chosen ----------------------------------------------------------------------------
 
 VERSIONS = ["1.0", "1.1", "1.2.0", "1.2.1", "2.0", "2.1.0-rc1", "3.0.0-alpine", "latest", "edge"]
@@ -230,7 +229,7 @@ def plan_tags(config_text: str, tmp_path: Path, client: RegistryClient) -> tuple
         (r"{include: ['1\..*'], exclude: ['1\.0', '.*\.1']}", {"1.2.0"}),
         (r"{include: ['l.*', 'e.*']}", {"latest", "edge"}),
         ('["1.0", "edge"]', {"1.0", "edge"}),
-        ("{list: [\"1.0\", \"2.0\"], include: ['2.*']}", {"2.0"}),
+        ('{list: ["1.0", "2.0"], include: [\'2.*\']}', {"2.0"}),
     ],
 )
 def test_tag_selection_chooses_exactly(
@@ -328,7 +327,12 @@ def test_digest_tags_follow_their_image(
     image = test_images["single"].digest.replace(":", "-")
     other = "sha256-" + "0" * 64
     src, dst = unique_repo(), unique_repo("mirror")
-    tags = {"v1": "single", f"{image}.sig": "docker", f"{image}.att": "eight", f"{other}.sig": "docker"}
+    tags = {
+        "v1": "single",
+        f"{image}.sig": "docker",
+        f"{image}.att": "eight",
+        f"{other}.sig": "docker",
+    }
     fill(registry_open, src, tags, seeded)
     plain = run_json(cli, f"{registry_open.host}/{src}", f"{mirror.host}/{dst}", "--tags", "v1")
     assert plain["copied"] == 1
@@ -347,7 +351,11 @@ def test_digest_tags_follow_their_image(
 
 
 def test_one_failure_does_not_stop_the_others(
-    versioned: str, mirror: RegistryProcess, unique_repo: Callable[..., str], cli: Cli, tmp_path: Path
+    versioned: str,
+    mirror: RegistryProcess,
+    unique_repo: Callable[..., str],
+    cli: Cli,
+    tmp_path: Path,
 ) -> None:
     dst = unique_repo("mirror")
     config = tmp_path / "sync.yaml"
@@ -372,3 +380,265 @@ def test_one_failure_does_not_stop_the_others(
     assert "no/such/repo" in summary["sourceErrors"][0]["source"]
     with RawClient(mirror) as raw:
         assert sorted(raw.tags(dst)) == ["1.0", "2.0"]
+
+
+# -- pulls and rate limits ---------------------------------------------------------------------
+
+
+class HubLimit:
+    """Docker Hub's pull limit in front of a registry: every manifest GET is counted,
+    ``ratelimit-*`` headers on every answer say what is left, and at zero manifest GETs
+    are answered 429."""
+
+    def __init__(self, limit: int, retry_after: int = 3600) -> None:
+        self.limit = limit
+        self.used = 0
+        self.refused = 0
+        self.retry_after = retry_after
+        self.proxy: FaultProxy | None = None
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "ratelimit-limit": f"{self.limit};w=21600",
+            "ratelimit-remaining": f"{self.limit - self.used};w=21600",
+        }
+
+    def route(self, req: RecordedRequest) -> Reply | None:
+        assert self.proxy is not None
+        if req.method == "GET" and "/manifests/" in req.route:
+            if self.used >= self.limit:
+                self.refused += 1
+                body = b'{"errors":[{"code":"TOOMANYREQUESTS","message":"pull limit"}]}'
+                return Reply(429, body, {**self.headers(), "Retry-After": str(self.retry_after)})
+            self.used += 1
+        self.proxy.extra_headers.update(self.headers())
+        return None
+
+
+@pytest.fixture
+def hub(registry_open: RegistryProcess) -> Callable[[int], tuple[FaultProxy, HubLimit]]:
+    proxies: list[FaultProxy] = []
+
+    def make(limit: int, retry_after: int = 3600) -> tuple[FaultProxy, HubLimit]:
+        hub = HubLimit(limit, retry_after)
+        proxy = FaultProxy(registry_open.url, route=hub.route).start()
+        hub.proxy = proxy
+        proxies.append(proxy)
+        return proxy, hub
+
+    yield make  # type: ignore[misc]
+    for p in proxies:
+        p.stop()
+
+
+FOUR = {"a": "single", "b": "docker", "c": "eight", "d": "single"}
+
+
+def test_remaining_count_stops_the_sync_before_it_runs_out(
+    seeded: SeededRegistries,
+    registry_open: RegistryProcess,
+    mirror: RegistryProcess,
+    unique_repo: Callable[..., str],
+    hub: Callable[[int], tuple[FaultProxy, HubLimit]],
+    cli: Cli,
+) -> None:
+    src, dst = unique_repo(), unique_repo("mirror")
+    fill(registry_open, src, FOUR, seeded)
+    proxy, limit = hub(2)
+    res = cli("sync", f"{proxy.host}/{src}", f"{mirror.host}/{dst}", "--insecure")
+    assert res.code == 3, res.err
+    assert res.err_lines == [
+        f"derrick: error: stopped with 2 images left ({proxy.host} has 0 pulls left); "
+        "run again later"
+    ]
+    assert "2 copied, 0 unchanged, 0 filtered out, 0 failed, 2 left" in res.out
+    assert f"{proxy.host}: 0 of 2 pulls left; the window is 6h" in res.out
+    assert limit.used == 2 and limit.refused == 0  # stopped before the registry said no
+    assert res.out.count("left      ") == 2
+
+
+def test_pull_budget_stops_cleanly_and_the_next_run_goes_on(
+    seeded: SeededRegistries,
+    registry_open: RegistryProcess,
+    mirror: RegistryProcess,
+    unique_repo: Callable[..., str],
+    hub: Callable[[int], tuple[FaultProxy, HubLimit]],
+    cli: Cli,
+) -> None:
+    src, dst = unique_repo(), unique_repo("mirror")
+    fill(registry_open, src, FOUR, seeded)
+    proxy, limit = hub(100)
+    args = (f"{proxy.host}/{src}", f"{mirror.host}/{dst}", "--insecure", "--max-pulls", "3")
+    first = run_json(cli, *args, "--jobs", "1", code=3)
+    assert first["copied"] == 3 and first["left"] == 1 and first["pulls"] == 3
+    assert first["stopped"] == "the budget of 3 pulls is spent (3 used)"
+    assert first["rateLimits"][proxy.host]["remaining"] == 97
+    assert limit.used == 3
+    second = run_json(cli, *args)
+    assert second["unchanged"] == 3 and second["copied"] == 1 and second["pulls"] == 1
+    assert limit.used == 4
+
+
+def test_an_index_copied_whole_costs_its_gets_in_pairs(
+    seeded: SeededRegistries,
+    registry_open: RegistryProcess,
+    mirror: RegistryProcess,
+    unique_repo: Callable[..., str],
+    hub: Callable[[int], tuple[FaultProxy, HubLimit]],
+    cli: Cli,
+) -> None:
+    src, dst = unique_repo(), unique_repo("mirror")
+    fill(registry_open, src, {"m": "multi"}, seeded)
+    proxy, limit = hub(100)
+    base = (f"{proxy.host}/{src}", f"{mirror.host}/{dst}", "--insecure", "--all-platforms")
+    # the index and its two images: three GETs, two pulls; a budget of one does not do
+    short = run_json(cli, *base, "--max-pulls", "1", code=3)
+    assert short["left"] == 1 and short["pulls"] == 1 and limit.used == 1  # the index only
+    done = run_json(cli, *base, "--max-pulls", "2")
+    assert done["copied"] == 1 and done["pulls"] == 2 and limit.used == 4
+
+
+def test_429_with_a_long_retry_after_stops_and_says_when(
+    seeded: SeededRegistries,
+    registry_open: RegistryProcess,
+    mirror: RegistryProcess,
+    unique_repo: Callable[..., str],
+    hub: Callable[[int], tuple[FaultProxy, HubLimit]],
+    cli: Cli,
+) -> None:
+    src, dst = unique_repo(), unique_repo("mirror")
+    fill(registry_open, src, FOUR, seeded)
+    proxy, limit = hub(1)
+    # the registry says nothing of its count until it refuses (no headers on HEADs)
+    proxy.add_fault(Fault(path=r"/v2/.*/manifests/.*", method="HEAD", times=None, headers={}))
+    limit.headers = lambda: {}  # type: ignore[method-assign]
+    summary = run_json(
+        cli, f"{proxy.host}/{src}", f"{mirror.host}/{dst}", "--insecure", "-j", "1", code=3
+    )
+    assert summary["copied"] == 1 and summary["left"] == 3
+    assert "rate limited" in summary["stopped"]
+    assert summary["rateLimits"][proxy.host]["retryAfter"] == 3600
+    assert limit.refused == 1  # one 429, then no more GETs
+
+
+# -- interrupted ---------------------------------------------------------------------------
+
+
+def test_a_killed_sync_resumes_and_redoes_only_what_is_unfinished(
+    seeded: SeededRegistries,
+    registry_open: RegistryProcess,
+    mirror: RegistryProcess,
+    test_images: dict[str, LayoutImage],
+    unique_repo: Callable[..., str],
+    env: Isolation,
+    cli: Cli,
+) -> None:
+    src, dst = unique_repo(), unique_repo("mirror")
+    fill(registry_open, src, {"t1": "single", "t2": "multi", "t3": "eight", "t4": "docker"}, seeded)
+    eight = test_images["eight"]
+    stalled_layer = eight.images[0].blob_digests[-1]
+    with FaultProxy(registry_open.url) as proxy:
+        proxy.add_fault(Fault(digest=stalled_layer, stall_after=1, stall_for=None))
+        argv = [sys.executable, "-m", "derrick.cli.main", "sync", "--insecure", "-j", "1"]
+        proc = subprocess.Popen(
+            [*argv, f"{proxy.host}/{src}", f"{mirror.host}/{dst}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ),
+        )
+        try:
+            proxy.wait_stalled(1, timeout=60)
+            others = [d for d in eight.blob_digests if d != stalled_layer]
+            deadline = time.monotonic() + 30
+            with RawClient(mirror) as raw:  # the image's other blobs finish meanwhile
+                while not all(raw.blob_exists(dst, d) for d in others):
+                    assert time.monotonic() < deadline, "the other blobs never arrived"
+                    time.sleep(0.05)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            assert proc.stderr is not None
+            stderr = proc.stderr.read().decode()
+            proc.stderr.close()
+        proxy.release()
+        with RawClient(mirror) as raw:
+            done = {t for t in ("t1", "t2", "t3", "t4") if _has_tag(raw, dst, t)}
+            kept = [d for d in eight.blob_digests if raw.blob_exists(dst, d)]
+        assert done == {"t1", "t2"}, stderr  # t3 was half-way
+        assert kept and stalled_layer not in kept
+
+        proxy.clear()
+        offset = mirror.log_size()
+        summary = run_json(cli, f"{proxy.host}/{src}", f"{mirror.host}/{dst}", "--insecure")
+    assert summary["unchanged"] == 2 and summary["copied"] == 2
+    copied = {i["source"].rsplit(":", 1)[1] for i in summary["images"] if i["status"] == "copied"}
+    assert copied == {"t3", "t4"}
+    log = mirror.log_since(offset)
+    uploaded = set(
+        re.findall(
+            r'"PUT /v2/[^"]*/blobs/uploads/[^"]*digest=(sha256%3A[0-9a-f]+|sha256:[0-9a-f]+)', log
+        )
+    )
+    uploaded = {d.replace("%3A", ":") for d in uploaded}
+    assert stalled_layer in uploaded
+    assert not uploaded & set(kept)  # what the killed run stored is not sent again
+    with RawClient(mirror) as raw:
+        assert raw.manifest_digest(dst, "t3") == eight.digest
+
+
+def _has_tag(raw: RawClient, repo: str, tag: str) -> bool:
+    return raw.head_manifest(repo, tag).status_code == 200
+
+
+# -- configuration errors ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "says"),
+    [
+        ("sources:\n  - repository: a.b/c\n    tags: [1.0\n", ":4:", "not valid YAML"),
+        ("sources:\n  - repository: a.b/c\n    tag: [x]\n", ":3: sources[0].tag:", "unknown key"),
+        (
+            "sources:\n  - repository: a.b/c\n    destination: {registry: x.y}\n"
+            "    tags:\n      semver: '>=1.x.2'\n",
+            ":5: sources[0].tags.semver:",
+            "invalid version range",
+        ),
+        (
+            "defaults:\n  destination: {registry: '${NO_SUCH_VAR_HERE}'}\n"
+            "sources:\n  - repository: a.b/c\n",
+            ":2: defaults.destination.registry:",
+            "NO_SUCH_VAR_HERE is not set",
+        ),
+        (
+            "sources:\n  - repository: a.b/c\n    destination:\n      registry: x.y\n"
+            "      password: hunter2\n",
+            ":5: sources[0].destination.password:",
+            "credentials are not read from this file",
+        ),
+        ("sources:\n  - repository: a.b/c\n", ":2: sources[0].destination:", "missing"),
+        (
+            "sources:\n  - repository: a.b/c\n    destination: {registry: x.y}\n"
+            "    platforms: [linux/amd64, nonsense]\n",
+            ":4: sources[0].platforms:",
+            "nonsense",
+        ),
+        (
+            "sources:\n  - repository: a.b/c\n    destination: {registry: x.y}\n"
+            "    tags: {include: ['(']}\n",
+            ":4: sources[0].tags.include:",
+            "invalid regular expression",
+        ),
+        ("sources: []\n", ":1: sources:", "not empty"),
+    ],
+)
+def test_a_bad_configuration_is_one_line_with_its_line_number(
+    text: str, where: str, says: str, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NO_SUCH_VAR_HERE", raising=False)
+    path = tmp_path / "mirror.yaml"
+    path.write_text(text)
+    line = cli("sync", path).failed()
+    assert line.startswith(f"derrick: error: {path}{where}"), line
+    assert says in line
+    assert "hunter2" not in line

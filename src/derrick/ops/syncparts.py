@@ -23,12 +23,18 @@ import threading
 from pathlib import Path
 
 from derrick import mediatypes as mt
-from derrick.digest import Digest
-from derrick.errors import DerrickError, DigestMismatchError
+from derrick.digest import Digest, Verifier
+from derrick.errors import DerrickError, DigestMismatchError, ManifestError
 from derrick.images.model import BlobFeed, ImageSource, Selection
 from derrick.images.plan import choose, subset_index
 from derrick.images.remote import RegistryRepository
-from derrick.manifest import Descriptor, ImageManifest, Platform, parse_manifest
+from derrick.manifest import (
+    MAX_MANIFEST_SIZE,
+    Descriptor,
+    ImageManifest,
+    Platform,
+    parse_manifest,
+)
 from derrick.ops.syncreport import Budget, pulls_for
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
@@ -112,7 +118,15 @@ class MeteredRepository(RegistryRepository):
         if raw is not None:
             return raw
         self.meter.count_get()
-        return super().manifest(desc)
+        what = f"manifest {desc.digest} of {self.description}"
+        if desc.size > MAX_MANIFEST_SIZE:
+            raise ManifestError(f"{what} is {desc.size} bytes, more than the limit")
+        got = self.client.get_manifest(self.ref.with_digest(desc.digest))
+        self.meter.budget.observe(self.ref.registry, got.ratelimit)
+        verifier = Verifier(desc.digest, desc.size, what=what)
+        verifier.update(got.raw)
+        verifier.verify()
+        return got.raw
 
     def top(self) -> bytes:
         """The top manifest's bytes (one GET, kept for the copy that may follow)."""

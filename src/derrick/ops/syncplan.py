@@ -160,7 +160,7 @@ def _items(
 ) -> Iterable[SyncItem]:
     listed: list[str] = []
     if spec.tags.needs_listing or spec.digest_tags:
-        listed = client.list_tags(ref)
+        listed = sorted(client.list_tags(ref))  # registries list in no promised order
         out.tags[ref.name] = listed
     chosen, filtered = spec.tags.choose(listed)
     out.filtered.extend(f"{ref.name}:{t}" for t in filtered)
