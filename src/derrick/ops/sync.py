@@ -290,22 +290,36 @@ class _Runner:
                 self.stopped = why
 
     def _check(self, item: SyncItem, meter: Meter) -> _Found:
-        head = self.client.head_manifest(item.source)
-        self.budget.observe(item.source.registry, head.ratelimit)
-        check_head(item.source, head.descriptor)
-        source = MeteredRepository(self.client, item.source, head.descriptor, meter)
-        found = _Found(head.descriptor, source)
         target = item.target
         if target is None:
             raise UsageError("OCI layout destinations are not available in this build")
+        source = MeteredRepository(self.client, item.source, meter, None)
+        there = None
         if item.tag is not None:
-            found.there = self._head(target.with_tag(item.tag))
-            if found.there is None:
-                return found  # nothing there: copy, whatever it becomes
+            there = self._head(target.with_tag(item.tag))
+            if there is None and self._get_first(item):
+                # nothing there: the copy follows, and its GET resolves the tag
+                return _Found(source.fetch_top(), source)
+        head = self.client.head_manifest(item.source)
+        self.budget.observe(item.source.registry, head.ratelimit)
+        check_head(item.source, head.descriptor)
+        source = MeteredRepository(self.client, item.source, meter, head.descriptor)
+        found = _Found(head.descriptor, source, there=there)
+        if item.tag is not None and there is None:
+            return found  # a dry run or a stopped sync: what it would copy is enough
         found.expected = self._expected(item, found)
-        if item.tag is None and found.expected is not None:
+        if item.tag is None:
             found.there = self._head(target.with_digest(found.expected.digest))
         return found
+
+    def _get_first(self, item: SyncItem) -> bool:
+        """Whether to skip the source HEAD of an item the destination lacks: not while
+        the source's remaining count is to be read before a pull is spent."""
+        return (
+            not self.dry_run
+            and self.stopped is None
+            and self.budget.unlimited(item.source.registry)
+        )
 
     def _head(self, ref: Reference) -> Descriptor | None:
         try:

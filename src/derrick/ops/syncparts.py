@@ -100,12 +100,30 @@ class MeteredRepository(RegistryRepository):
     """The source of one image copy (see the module docstring)."""
 
     def __init__(
-        self, client: RegistryClient, ref: Reference, head: Descriptor, meter: Meter
+        self, client: RegistryClient, ref: Reference, meter: Meter, head: Descriptor | None
     ) -> None:
         super().__init__(client, ref)
-        self.head = head
         self.meter = meter
+        self._head = head
         self._kept: dict[Digest, bytes] = {}
+
+    @property
+    def head(self) -> Descriptor:
+        """The descriptor the name resolves to (from a HEAD, or from :meth:`fetch_top`)."""
+        if self._head is None:
+            self._head = self.fetch_top()
+        return self._head
+
+    def fetch_top(self) -> Descriptor:
+        """Resolve the name with a GET, keeping the bytes for the copy that follows (when
+        the copy is sure to happen, a HEAD first would only be one more request)."""
+        self.meter.count_get()
+        got = self.client.get_manifest(self.ref)
+        self.meter.budget.observe(self.ref.registry, got.ratelimit)
+        with self._lock:
+            self._kept[got.digest] = got.raw
+        self._head = got.descriptor
+        return got.descriptor
 
     def resolve(self, name: str | None = None) -> Descriptor:
         if name is None or name == str(self.head.digest):
@@ -202,10 +220,13 @@ class Records:
 
 
 class BlobMap:
-    """Which repositories of which registry are known to hold a blob (this run)."""
+    """Which repositories of which registry are known to hold a blob (this run), and
+    which blobs a copy is storing right now (others wait for it rather than store it too).
+    """
 
     def __init__(self) -> None:
         self._where: dict[tuple[str, Digest], set[str]] = {}
+        self._busy: dict[tuple[str, Digest], threading.Event] = {}
         self._lock = threading.Lock()
 
     def add(self, ref: Reference, digest: Digest) -> None:
@@ -221,6 +242,21 @@ class BlobMap:
             repos = self._where.get((ref.registry, digest), set()) - {ref.repository}
         return min(repos) if repos else None
 
+    def claim(self, ref: Reference, digest: Digest) -> threading.Event | None:
+        """None: the caller now stores the blob (and must :meth:`release` it); else the
+        event set when the copy storing it now is done."""
+        with self._lock:
+            busy = self._busy.get((ref.registry, digest))
+            if busy is None:
+                self._busy[(ref.registry, digest)] = threading.Event()
+            return busy
+
+    def release(self, ref: Reference, digest: Digest) -> None:
+        with self._lock:
+            busy = self._busy.pop((ref.registry, digest), None)
+        if busy is not None:
+            busy.set()
+
 
 class MirrorRepository(RegistryRepository):
     """A destination repository sharing a :class:`BlobMap` (see the module docstring)."""
@@ -235,27 +271,67 @@ class MirrorRepository(RegistryRepository):
     ) -> None:
         super().__init__(client, ref, chunk_size=chunk_size)
         self.blobs = blobs
+        self._claimed: set[Digest] = set()
 
     def has_blob(self, desc: Descriptor) -> bool:
-        if self.blobs.has(self.ref, desc.digest):
+        while not self.blobs.has(self.ref, desc.digest):
+            busy = self.blobs.claim(self.ref, desc.digest)
+            if busy is None:
+                break
+            busy.wait(1.0)
+        else:
             return True
-        if super().has_blob(desc):
-            self.blobs.add(self.ref, desc.digest)
-            return True
-        return False
+        with self._lock:
+            self._claimed.add(desc.digest)
+        try:
+            there = super().has_blob(desc)
+        except BaseException:
+            self._release(desc.digest)
+            raise
+        if there:
+            self._stored(desc.digest)
+        return there
 
     def mount_blob(self, desc: Descriptor, source: ImageSource) -> bool:
-        mounted = super().mount_blob(desc, source)
-        if not mounted:
-            other = self.blobs.elsewhere(self.ref, desc.digest)
-            mounted = other is not None and self.client.mount_blob(self.ref, desc.digest, other)
+        try:
+            mounted = super().mount_blob(desc, source)
+            if not mounted:
+                other = self.blobs.elsewhere(self.ref, desc.digest)
+                mounted = other is not None and self.client.mount_blob(
+                    self.ref, desc.digest, other
+                )
+        except BaseException:
+            self._release(desc.digest)
+            raise
         if mounted:
-            self.blobs.add(self.ref, desc.digest)
+            self._stored(desc.digest)
         return mounted
 
     def put_blob(self, feed: BlobFeed) -> None:
-        super().put_blob(feed)
-        self.blobs.add(self.ref, feed.desc.digest)
+        try:
+            super().put_blob(feed)
+        except BaseException:
+            self._release(feed.desc.digest)
+            raise
+        self._stored(feed.desc.digest)
+
+    def abort(self) -> None:
+        with self._lock:
+            claimed = list(self._claimed)
+        for digest in claimed:
+            self._release(digest)
+        super().abort()
+
+    def _stored(self, digest: Digest) -> None:
+        self.blobs.add(self.ref, digest)
+        self._release(digest)
+
+    def _release(self, digest: Digest) -> None:
+        with self._lock:
+            mine = digest in self._claimed
+            self._claimed.discard(digest)
+        if mine:
+            self.blobs.release(self.ref, digest)
 
 
 def check_head(ref: Reference, desc: Descriptor) -> None:

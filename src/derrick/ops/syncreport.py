@@ -191,18 +191,25 @@ class Budget:
         self.states: dict[str, RateLimitState] = {}
         self._running: dict[str, int] = {}  # pulls held by copies not finished
         self._left: dict[str, int] = {}  # what each registry has left for us
+        self._seen: set[str] = set()  # registries that answered
         self._lock = threading.Lock()
 
     def observe(self, registry: str, rl: RateLimit | None) -> None:
-        if rl is None:
-            return
         with self._lock:
+            self._seen.add(registry)
+            if rl is None:
+                return
             state = self.states.setdefault(registry, RateLimitState())
             state.limit = rl.limit if rl.limit is not None else state.limit
             state.window_seconds = rl.window_seconds or state.window_seconds
             if rl.remaining is not None:
                 state.remaining = rl.remaining
                 self._left[registry] = rl.remaining - self._running.get(registry, 0)
+
+    def unlimited(self, registry: str) -> bool:
+        """Whether ``registry`` answered and announced no rate limit (so far)."""
+        with self._lock:
+            return registry in self._seen and registry not in self.states
 
     def retry_after(self, registry: str, seconds: float | None) -> None:
         with self._lock:
