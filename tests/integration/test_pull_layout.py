@@ -18,7 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ import pytest
 
 from derrick.layout.oci import OCILayout
 from support.cli import Cli, Isolation
-from support.images import LayoutImage, make_big_image
+from support.disk import grow
+from support.images import LayoutImage
 from support.rawclient import RawClient
 from support.registry import RegistryProcess
 from support.seed import SeededRegistries
@@ -219,31 +220,6 @@ def test_same_tag_of_two_repositories_keeps_both_images(
 # -- the disk fails the pull -----------------------------------------------------------------
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def medium(registry_open: RegistryProcess, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """An image of two incompressible 1 MiB layers: more than a 1 MiB disk holds."""
-    layout = make_big_image(tmp_path_factory.mktemp("medium") / "layout", layers=2, layer_size=MiB)
-    with RawClient(registry_open) as raw:
-        raw.push_layout(layout, "disk/medium", "v1")
-    return f"{registry_open.host}/disk/medium:v1"
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs mounted for the test (the tests run as root)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
-
-
-def grow(mnt: Path) -> None:
-    subprocess.run(["mount", "-o", "remount,size=16m", str(mnt)], check=True)
 
 
 def test_full_disk_under_an_archive_names_it_and_what_is_kept(

@@ -19,17 +19,26 @@ from derrick.cli.common import (
     parse_ref,
     platform_option,
 )
-from derrick.cli.progress import BlobProgress, open_progress
+from derrick.cli.progress import open_progress
 from derrick.cli.read import blob_group, image_group, manifest_group, tag_group
 from derrick.digest import Digest
 from derrick.errors import UsageError
-from derrick.images.model import BlobOutcome, ImageName, Selection
+from derrick.images.dockerarchive import open_archive
+from derrick.images.model import ImageName, Selection
 from derrick.images.remote import RegistryRepository
-from derrick.manifest import Descriptor
 from derrick.ops import transfer
 from derrick.ops.copy import tag_image
 from derrick.ops.images import is_local, split_path_name
-from derrick.ops.push import DEFAULT_JOBS, TransferStats, push, put_blob
+from derrick.ops.push import (
+    DEFAULT_JOBS,
+    EngineProgress,
+    TransferStats,
+    push,
+    push_from,
+    push_result,
+    push_stats,
+    put_blob,
+)
 from derrick.reference import Reference
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
@@ -206,17 +215,34 @@ def image_push(
     """
     path, image_name = _split_source(src, name)
     ref = Reference.parse(reference, default_tag=None)
-    with opts.client(ref.registry) as client, contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:
+        # An archive is read (and checked) before the registry is asked anything.
+        is_archive = not Path(path).is_dir()
+        archive = stack.enter_context(open_archive(path, jobs=jobs)) if is_archive else None
+        client = stack.enter_context(opts.client(ref.registry))
         bar = open_progress(stack, quiet=quiet, label=ref.familiar())
-        result = push(
-            client,
-            path,
-            ref,
-            image_name,
-            jobs=jobs,
-            chunk_size=_chunk_size(chunk_size),
-            progress=bar,
-        )
+        if archive is not None:  # on the copy engine
+            pushed, copied = push_from(
+                client,
+                archive,
+                ref,
+                image_name,
+                shown=f"{path}:{image_name}" if image_name else path,
+                jobs=jobs,
+                chunk_size=_chunk_size(chunk_size),
+                progress=EngineProgress(bar) if bar is not None else None,
+            )
+            result = push_result(path, pushed, copied)
+        else:
+            result = push(
+                client,
+                path,
+                ref,
+                image_name,
+                jobs=jobs,
+                chunk_size=_chunk_size(chunk_size),
+                progress=bar,
+            )
     if fmt == "json":
         emit_json(
             {
@@ -292,17 +318,12 @@ def image_copy(
             selection=selection,
             names=names,
             jobs=jobs,
-            progress=_CopyBars(bar) if bar is not None else None,
+            progress=EngineProgress(bar) if bar is not None else None,
             retry=client.transport.retry,
         )
     tag = next((n.tag for n in result.plan.entries[0].names if n.tag), None)
     shown = dst.with_tag(tag) if dst.digest is None and tag else dst.with_digest(result.digest)
-    stats = TransferStats(
-        uploaded=result.stats.copied,
-        uploaded_bytes=result.stats.copied_bytes,
-        mounted=result.stats.mounted,
-        skipped=result.stats.skipped,
-    )
+    stats = push_stats(result.stats)
     if fmt == "json":
         emit_json(
             {
@@ -316,25 +337,6 @@ def image_copy(
         )
     elif not quiet:
         click.echo(f"Copied {src} to {shown} ({result.digest}): {_stats_text(stats)}", err=True)
-
-
-class _CopyBars:
-    """The copy engine's progress, shown on the command's bars."""
-
-    def __init__(self, bars: BlobProgress) -> None:
-        self._bars = bars
-
-    def planned(self, total_bytes: int) -> None:
-        self._bars.planned(total_bytes)
-
-    def blob_started(self, desc: Descriptor) -> None:
-        self._bars.blob_started(desc)
-
-    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
-        self._bars.blob_advanced(desc, nbytes)
-
-    def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None:
-        self._bars.blob_finished(desc)
 
 
 # -- tag ---------------------------------------------------------------------------------------

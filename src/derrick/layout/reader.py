@@ -694,6 +694,23 @@ class ImageSource:
         """Open a file of the source by its path (not verified)."""
         return _reader(self._store.open(path), self.file_size(path), None)
 
+    def size_of(self, path: str) -> int | None:
+        """Size of a file of the source, or None when there is none (links followed)."""
+        return self._store.size(path)
+
+    def open_at(self, path: str, offset: int = 0) -> io.FileIO:
+        """The raw file ``path`` of the source, ``offset`` bytes into its content (for a
+        member of an archive: the archive file, seeked).  Not verified; the caller reads
+        no more than :meth:`size_of` says."""
+        f = self._store.open(path)
+        if offset:
+            try:
+                f.seek(offset, os.SEEK_CUR)
+            except BaseException:
+                f.close()
+                raise
+        return f
+
     def read_file(self, path: str, max_size: int = MAX_MANIFEST_SIZE) -> bytes:
         """Read a small file of the source (e.g. a docker-archive config)."""
         return self._read_small(path, max_size)

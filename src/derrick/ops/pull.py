@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import secrets
 import shutil
@@ -58,6 +57,7 @@ from derrick.errors import (
     ManifestError,
     UsageError,
 )
+from derrick.images.archivefile import ResumeState, describe_os_error, kept_hint, lay_out
 from derrick.layout.archive import (
     ArchiveImage,
     BlobFile,
@@ -441,13 +441,7 @@ def _disk_error(
     blob cache), not an internal name, and what is left behind to resume, if anything."""
     e = error.error if isinstance(error, _CacheFailure) else error
     assert isinstance(e, OSError)
-    reason = e.strerror or str(e) or type(e).__name__
-    reason = reason[:1].lower() + reason[1:]
-    again = (
-        "make room and run the same command again"
-        if e.errno in (errno.ENOSPC, errno.EDQUOT)
-        else "fix that and run the same command again"
-    )
+    reason, again = describe_os_error(e)
     kept: list[str] = []  # what is left behind, for a re-run to resume
     files = 0
     plural = False
@@ -471,11 +465,7 @@ def _disk_error(
             kept.append(str(part))
             files += 1
     if kept:
-        hint = (
-            f"{' and '.join(kept)} {'are' if plural or len(kept) > 1 else 'is'} kept: "
-            f"{again} to resume, "
-            f"or delete {'them' if files > 1 else 'it'}"
-        )
+        hint = kept_hint(kept, files, again, plural=plural)
     elif fmt == "oci" and existing:
         hint = f"its index.json is unchanged (blobs copied into it are kept): {again}"
     elif fmt == "oci":
@@ -662,81 +652,6 @@ def _archive_images(
     ]
 
 
-class _ResumeState:
-    """What an interrupted archive pull had verified in place, kept beside the partial file.
-
-    Saved every few dozen MiB and when the pull fails, so a re-run re-hashes
-    those bytes and asks the registry only for the rest.
-    """
-
-    SAVE_EVERY = 32 * 1024 * 1024
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.holes: dict[str, int] = {}
-        self.done: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._unsaved = 0
-        try:
-            data = json.loads(path.read_text())
-            self.holes = {str(k): int(v) for k, v in data.get("holes", {}).items()}
-            self.done = {str(k): int(v) for k, v in data.get("done", {}).items()}
-        except (OSError, ValueError, TypeError, AttributeError):
-            pass
-
-    def resumable(self, digest: Digest, offset: int) -> int:
-        """Bytes of ``digest`` already in place at ``offset``, from the last run."""
-        if self.holes.get(str(digest)) != offset:
-            return 0
-        return self.done.get(str(digest), 0)
-
-    def start(self, holes: dict[Digest, int], have: dict[Digest, int]) -> None:
-        with self._lock:
-            self.holes = {str(d): o for d, o in holes.items()}
-            self.done = {str(d): have.get(d, 0) for d in holes}
-        self.save()
-
-    def progress(self, digest: Digest) -> Callable[[int], None]:
-        key = str(digest)
-
-        def written(count: int) -> None:
-            with self._lock:
-                self._unsaved += count - self.done.get(key, 0)
-                self.done[key] = count
-                due = self._unsaved >= self.SAVE_EVERY
-                if due:
-                    self._unsaved = 0
-            if due:
-                self.save()
-
-        return written
-
-    def forget(self, digest: Digest) -> None:
-        with self._lock:
-            self.done[str(digest)] = 0
-
-    def save(self) -> None:
-        with self._lock:
-            data = json.dumps({"holes": self.holes, "done": self.done}).encode()
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, self.path)
-            return
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        # No room for a new file (a full disk): overwrite the last state in place.  A torn
-        # write costs nothing but a download: kept bytes are re-hashed before any is used.
-        with contextlib.suppress(OSError), open(self.path, "r+b") as f:
-            f.write(data)
-            f.truncate()
-
-    def remove(self) -> None:
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-
-
 def _write_archive_file(
     target: Path,
     writer: Callable[[BinaryIO, Sequence[ArchiveImage], BlobFile], dict[Digest, int]],
@@ -757,7 +672,7 @@ def _write_archive_file(
     parent = target.parent if str(target.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     part = parent / f".{target.name}.derrick-partial"
-    state = _ResumeState(parent / f".{target.name}.derrick-partial.json")
+    state = ResumeState(parent / f".{target.name}.derrick-partial.json")
     by_digest = {layer.digest: layer for layer in layers}
 
     def blob_file(digest: Digest) -> Path | None:
@@ -770,11 +685,7 @@ def _write_archive_file(
     try:
         # The layout is deterministic, so rewriting the small members over an
         # earlier partial file leaves the bytes already downloaded in place.
-        with os.fdopen(os.dup(fd), "r+b") as out:
-            holes = writer(out, images, blob_file)
-            out.flush()
-            end = out.tell()
-        os.ftruncate(fd, end)
+        holes = lay_out(fd, lambda out: writer(out, images, blob_file))
         have = {d: state.resumable(d, off) for d, off in holes.items()}
         state.start(holes, have)
         started = True

@@ -8,15 +8,15 @@ way; then each child manifest of an index by digest; then the index or
 manifest under the tag.  Manifests are pushed byte for byte, so the registry's
 digests equal the source's.
 
-A legacy ``docker save`` archive (``<id>/layer.tar`` files and no OCI
-manifest) has no registry manifest to preserve: one is written for it, a
-Docker schema 2 manifest with the config as is and each layer as stored
-(``application/vnd.docker.image.rootfs.diff.tar`` for plain tars).  So is
-one for a newer archive whose OCI manifest is missing from ``index.json`` or
-disagrees with ``manifest.json``.  Such an image's config must list as many
-layers as ``manifest.json`` does, each plain tar layer must be the one its
-config names (its digest is its diff ID), and files named by their digest
-(``blobs/sha256/<hex>``, ``<hex>.json``) must hash to it.
+An archive is pushed by the copy engine (:func:`push_from`:
+:func:`derrick.ops.transfer.copy` from its source in
+:mod:`derrick.images.ociarchive` or :mod:`derrick.images.dockerarchive` to a
+:class:`~derrick.images.remote.RegistryRepository`), the same way.  A legacy
+``docker save`` archive (``<id>/layer.tar`` files and no OCI manifest) has no
+registry manifest to preserve: the source writes one (see
+:func:`~derrick.images.dockerarchive.read_legacy`), and so it does for a newer
+archive whose OCI manifest is missing from ``index.json`` or disagrees with
+``manifest.json``.  OCI layouts are pushed by :func:`push` itself.
 
 A destination without tag or digest takes the tag the image has in the
 source: the tag of its ``ref.name`` (or image name) in an OCI layout or
@@ -26,8 +26,6 @@ several, needs the tag named.
 
 from __future__ import annotations
 
-import json
-import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -40,6 +38,11 @@ from derrick.api import push_scope
 from derrick.digest import Digest, Verifier, hash_file
 from derrick.download import Cancelled
 from derrick.errors import DerrickError, LayoutError, ManifestError, UsageError
+from derrick.images.dockerarchive import open_archive, read_legacy
+from derrick.images.model import BlobOutcome, CopyResult, ImageName, Progress, Selection
+from derrick.images.model import TransferStats as CopyStats
+from derrick.images.remote import RegistryRepository
+from derrick.images.tarsource import TarSource
 from derrick.layout.oci import blob_member
 from derrick.layout.reader import (
     DockerArchiveEntry,
@@ -47,7 +50,8 @@ from derrick.layout.reader import (
     SelectedImage,
     open_image_source,
 )
-from derrick.manifest import Descriptor, ImageConfig, ImageManifest, Index, parse_manifest
+from derrick.manifest import Descriptor, ImageManifest, Index, parse_manifest
+from derrick.ops import transfer
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
 
@@ -56,8 +60,6 @@ DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
 DEFAULT_JOBS = 4
 _READ_SIZE = 1 << 20
 _MAX_INDEX_DEPTH = 4
-#: docker-archive paths that name their content's sha256: ``blobs/sha256/<hex>``, ``<hex>.json``.
-_NAMED_BY_DIGEST = re.compile(r"^(?:blobs/sha256/([0-9a-f]{64})|([0-9a-f]{64})\.json)$")
 
 #: Yields a blob's content from the given offset.
 Opener = Callable[[int], Iterable[bytes]]
@@ -286,12 +288,17 @@ def put_manifests(
         pushed.add(m.digest)
         by_digest = Reference(dst.registry, dst.repository, digest=m.digest)
         client.put_manifest(by_digest, m.raw, m.media_type, scopes=scopes)
-    if dst.digest is not None and dst.digest != top.digest:
+    _check_digest(dst, top.digest)
+    return client.put_manifest(dst, top.raw, top.media_type, scopes=scopes)
+
+
+def _check_digest(dst: Reference, digest: Digest) -> None:
+    """Refuse to push the image ``digest`` to a destination named by another digest."""
+    if dst.digest is not None and dst.digest != digest:
         raise UsageError(
-            f"cannot push to {dst}: the image's digest is {top.digest}",
+            f"cannot push to {dst}: the image's digest is {digest}",
             hint="name the destination by tag, or by the image's own digest",
         )
-    return client.put_manifest(dst, top.raw, top.media_type, scopes=scopes)
 
 
 # -- reading a source ------------------------------------------------------------------------
@@ -381,82 +388,15 @@ def _add_image_blobs(source: ImageSource, m: ImageManifest, plan: _Plan) -> None
         plan.blobs[d.digest] = BlobSource(d, _source_opener(source, blob_member(d.digest), d))
 
 
-def _layer_media_type(source: ImageSource, path: str) -> str:
-    with source.open_file(path) as f:
-        head = f.read(4)
-    if head.startswith(b"\x1f\x8b"):
-        return mt.DOCKER_LAYER_GZIP
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return mt.DOCKER_LAYER_ZSTD
-    return mt.DOCKER_LAYER
-
-
-def _hash_path(source: ImageSource, path: str) -> tuple[Digest, int]:
-    with source.open_file(path) as f:
-        return hash_file(f, chunk=_READ_SIZE)
-
-
-def docker_manifest_for(config: bytes, layers: Sequence[Descriptor]) -> bytes:
-    """The Docker schema 2 manifest of a config and its layers (compact JSON)."""
-    obj = {
-        "schemaVersion": 2,
-        "mediaType": mt.DOCKER_MANIFEST,
-        "config": {
-            "mediaType": mt.DOCKER_CONFIG,
-            "size": len(config),
-            "digest": str(Digest.of(config)),
-        },
-        "layers": [
-            {"mediaType": d.media_type, "size": d.size, "digest": str(d.digest)} for d in layers
-        ],
-    }
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def _check_named(source: ImageSource, path: str, digest: Digest) -> None:
-    """A file named by its digest must have that digest."""
-    m = _NAMED_BY_DIGEST.match(path)
-    named = (m.group(1) or m.group(2)) if m else None
-    if named is not None and (digest.algorithm != "sha256" or digest.hex != named):
-        raise LayoutError(
-            f"{path} in {source.description} does not match its name: its content is {digest}",
-            hint="the archive is damaged; save the image again",
-        )
-
-
 def _plan_legacy_docker(source: ImageSource, entry: DockerArchiveEntry, jobs: int) -> _Plan:
     """A plan for a ``docker save`` image without a usable OCI manifest: write its manifest."""
-    config = source.read_file(entry.config_path)
-    config_desc = Descriptor(mt.DOCKER_CONFIG, Digest.of(config), len(config))
-    _check_named(source, entry.config_path, config_desc.digest)
-    where = f"the image {entry.config_path} of {source.description}"
-    try:
-        diff_ids = ImageConfig.parse(config).diff_ids
-    except ManifestError as e:
-        raise LayoutError(f"{where}: {e.message}") from None
-    if len(diff_ids) != len(entry.layer_paths):
-        raise LayoutError(
-            f"{where} has {len(entry.layer_paths)} layers in manifest.json but its config "
-            f"lists {len(diff_ids)} (rootfs.diff_ids)",
-            hint="the archive is damaged; save the image again",
-        )
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="derrick-hash") as pool:
-        hashed = list(pool.map(lambda p: _hash_path(source, p), entry.layer_paths))
+    image = read_legacy(source, entry, jobs)
     plan = _Plan()
-    plan.blobs[config_desc.digest] = BlobSource(config_desc, lambda off: [config[off:]])
-    layers: list[Descriptor] = []
-    for i, (path, (digest, size)) in enumerate(zip(entry.layer_paths, hashed, strict=True)):
-        _check_named(source, path, digest)
-        desc = Descriptor(_layer_media_type(source, path), digest, size)
-        if desc.media_type == mt.DOCKER_LAYER and digest != diff_ids[i]:
-            raise LayoutError(
-                f"layer {path} of {where} is {digest}, but its config names {diff_ids[i]} "
-                f"(rootfs.diff_ids[{i}])",
-                hint="the archive is damaged; save the image again",
-            )
-        layers.append(desc)
-        plan.blobs.setdefault(digest, BlobSource(desc, _source_opener(source, path, desc)))
-    plan.manifests.append(ManifestBlob(docker_manifest_for(config, layers), mt.DOCKER_MANIFEST))
+    config = image.config
+    plan.blobs[image.config_desc.digest] = BlobSource(image.config_desc, lambda off: [config[off:]])
+    for desc, path in image.layers:
+        plan.blobs.setdefault(desc.digest, BlobSource(desc, _source_opener(source, path, desc)))
+    plan.manifests.append(ManifestBlob(image.manifest, mt.DOCKER_MANIFEST))
     return plan
 
 
@@ -500,6 +440,80 @@ def destination(ref: Reference, selected: SelectedImage, shown: str) -> Referenc
 # -- push ------------------------------------------------------------------------------------
 
 
+class EngineProgress:
+    """A :class:`TransferProgress` told what the copy engine's progress says."""
+
+    def __init__(self, progress: TransferProgress) -> None:
+        self._progress = progress
+
+    def planned(self, total_bytes: int) -> None:
+        self._progress.planned(total_bytes)
+
+    def blob_started(self, desc: Descriptor) -> None:
+        self._progress.blob_started(desc)
+
+    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
+        self._progress.blob_advanced(desc, nbytes)
+
+    def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None:
+        self._progress.blob_finished(desc)
+
+
+def push_from(
+    client: RegistryClient,
+    source: TarSource,
+    ref: Reference,
+    name: str | None = None,
+    *,
+    shown: str,
+    jobs: int = DEFAULT_JOBS,
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+    progress: Progress | None = None,
+) -> tuple[Reference, CopyResult]:
+    """Push the image called ``name`` (or the only one) of an archive to ``ref`` with the
+    copy engine: the image whole (every platform of an index), byte for byte.
+
+    ``ref`` without tag or digest takes the image's tag in the source (see
+    :func:`destination`; ``shown`` names the source there).  Returns the reference
+    pushed to and what the copy did.
+    """
+    ref = destination(ref, source.select(name), shown)
+    _check_digest(ref, source.resolve(name).digest)
+    result = transfer.copy(
+        source,
+        RegistryRepository(client, ref, chunk_size=chunk_size),
+        name=name,
+        selection=Selection(all=True),
+        names=() if ref.tag is None else (ImageName(ref.name, ref.tag),),
+        jobs=jobs,
+        progress=progress,
+        retry=client.transport.retry,
+    )
+    return ref, result
+
+
+def push_stats(stats: CopyStats) -> TransferStats:
+    """A copy's stats, counted as a push counts them."""
+    return TransferStats(
+        uploaded=stats.copied,
+        uploaded_bytes=stats.copied_bytes,
+        mounted=stats.mounted,
+        skipped=stats.skipped,
+    )
+
+
+def push_result(source: str, ref: Reference, result: CopyResult) -> PushResult:
+    """What :func:`push_from` did, as :func:`push` says it."""
+    return PushResult(
+        source=source,
+        ref=ref,
+        digest=result.digest,
+        media_type=result.media_type,
+        manifests=result.manifests,
+        stats=push_stats(result.stats),
+    )
+
+
 def push(
     client: RegistryClient,
     source_path: str | Path,
@@ -514,8 +528,22 @@ def push(
 
     ``ref`` names the destination by tag (or by the image's own digest); without
     either, the image's tag in the source is used (see :func:`destination`).
-    With ``chunk_size`` None every blob goes up in one request.
+    With ``chunk_size`` None every blob goes up in one request.  Archives are pushed
+    with the copy engine (:func:`push_from`).
     """
+    if not Path(source_path).is_dir():
+        with open_archive(source_path, jobs=jobs) as archive:
+            pushed, result = push_from(
+                client,
+                archive,
+                ref,
+                name,
+                shown=f"{source_path}:{name}" if name else str(source_path),
+                jobs=jobs,
+                chunk_size=chunk_size,
+                progress=EngineProgress(progress) if progress is not None else None,
+            )
+        return push_result(str(source_path), pushed, result)
     with open_image_source(source_path) as source:
         selected = source.select(name)
         ref = destination(ref, selected, f"{source_path}:{name}" if name else str(source_path))
