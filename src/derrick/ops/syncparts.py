@@ -37,7 +37,7 @@ from derrick.manifest import (
 )
 from derrick.ops.syncreport import Budget, pulls_for
 from derrick.reference import Reference
-from derrick.registry import RegistryClient
+from derrick.registry import RateLimit, RegistryClient
 
 __all__ = [
     "BlobMap",
@@ -63,6 +63,7 @@ class Meter:
         self.registry = registry
         self.gets = 0
         self.held = 0  # pulls taken from the budget for this image
+        self.landed = 0  # pulls whose GET the registry has answered (and so counted)
         self._lock = threading.Lock()
 
     def reserve(self, gets: int) -> None:
@@ -87,13 +88,20 @@ class Meter:
                 self.held += need
             self.gets = gets
 
+    def answered(self, rl: RateLimit | None) -> None:
+        """A GET was answered: its pull is in the registry's count from now on."""
+        with self._lock:
+            new = pulls_for(self.gets) - self.landed
+            self.landed += new
+        self.budget.observe(self.registry, rl, landed=new)
+
     def settle(self) -> None:
         """The image is done: give back what was held and not spent."""
         with self._lock:
             spent = pulls_for(self.gets)
             self.budget.give_back(self.registry, self.held - spent)
-            self.budget.finished(self.registry, spent)
-            self.held = spent
+            self.budget.finished(self.registry, spent - self.landed)
+            self.held = self.landed = spent
 
 
 class MeteredRepository(RegistryRepository):
@@ -119,7 +127,7 @@ class MeteredRepository(RegistryRepository):
         the copy is sure to happen, a HEAD first would only be one more request)."""
         self.meter.count_get()
         got = self.client.get_manifest(self.ref)
-        self.meter.budget.observe(self.ref.registry, got.ratelimit)
+        self.meter.answered(got.ratelimit)
         with self._lock:
             self._kept[got.digest] = got.raw
         self._head = got.descriptor
@@ -140,7 +148,7 @@ class MeteredRepository(RegistryRepository):
         if desc.size > MAX_MANIFEST_SIZE:
             raise ManifestError(f"{what} is {desc.size} bytes, more than the limit")
         got = self.client.get_manifest(self.ref.with_digest(desc.digest))
-        self.meter.budget.observe(self.ref.registry, got.ratelimit)
+        self.meter.answered(got.ratelimit)
         verifier = Verifier(desc.digest, desc.size, what=what)
         verifier.update(got.raw)
         verifier.verify()
@@ -297,9 +305,7 @@ class MirrorRepository(RegistryRepository):
             mounted = super().mount_blob(desc, source)
             if not mounted:
                 other = self.blobs.elsewhere(self.ref, desc.digest)
-                mounted = other is not None and self.client.mount_blob(
-                    self.ref, desc.digest, other
-                )
+                mounted = other is not None and self.client.mount_blob(self.ref, desc.digest, other)
         except BaseException:
             self._release(desc.digest)
             raise

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -192,11 +193,16 @@ class Budget:
         self._running: dict[str, int] = {}  # pulls held by copies not finished
         self._left: dict[str, int] = {}  # what each registry has left for us
         self._seen: set[str] = set()  # registries that answered
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
 
-    def observe(self, registry: str, rl: RateLimit | None) -> None:
-        with self._lock:
+    def observe(self, registry: str, rl: RateLimit | None, *, landed: int = 0) -> None:
+        """Read ``rl`` from an answer of ``registry``; ``landed`` pulls held by a copy are
+        in the registry's count from this answer on."""
+        with self._cond:
             self._seen.add(registry)
+            if landed:
+                self._running[registry] = self._running.get(registry, 0) - landed
+                self._cond.notify_all()
             if rl is None:
                 return
             state = self.states.setdefault(registry, RateLimitState())
@@ -208,24 +214,34 @@ class Budget:
 
     def unlimited(self, registry: str) -> bool:
         """Whether ``registry`` answered and announced no rate limit (so far)."""
-        with self._lock:
+        with self._cond:
             return registry in self._seen and registry not in self.states
 
     def retry_after(self, registry: str, seconds: float | None) -> None:
-        with self._lock:
+        with self._cond:
             state = self.states.setdefault(registry, RateLimitState())
             state.retry_after = seconds
 
     def take(self, registry: str, pulls: int) -> str | None:
-        """Reserve ``pulls``; None when done, else why they cannot be had."""
+        """Reserve ``pulls``; None when done, else why they cannot be had.
+
+        When the registry's count is short while pulls of running copies are not in it
+        yet, the answer waits for those (their answers bring a newer count).
+        """
         if pulls <= 0:
             return None
-        with self._lock:
-            if self.max_pulls is not None and self.spent + pulls > self.max_pulls:
-                return f"the budget of {self.max_pulls} pulls is spent ({self.spent} used)"
-            left = self._left.get(registry)
-            if left is not None and pulls > left:
-                return f"{registry} has {max(left, 0)} pulls left"
+        deadline = time.monotonic() + 60
+        with self._cond:
+            while True:
+                if self.max_pulls is not None and self.spent + pulls > self.max_pulls:
+                    return f"the budget of {self.max_pulls} pulls is spent ({self.spent} used)"
+                left = self._left.get(registry)
+                if left is None or pulls <= left:
+                    break
+                wait = deadline - time.monotonic()
+                if self._running.get(registry, 0) <= 0 or wait <= 0:
+                    return f"{registry} has {max(left, 0)} pulls left"
+                self._cond.wait(wait)
             self.spent += pulls
             self._running[registry] = self._running.get(registry, 0) + pulls
             if left is not None:
@@ -236,13 +252,15 @@ class Budget:
         """Return reserved pulls that were not spent."""
         if pulls <= 0:
             return
-        with self._lock:
+        with self._cond:
             self.spent -= pulls
             if registry in self._left:
                 self._left[registry] += pulls
             self._running[registry] = self._running.get(registry, 0) - pulls
+            self._cond.notify_all()
 
     def finished(self, registry: str, pulls: int) -> None:
-        """A copy that held ``pulls`` is over: the registry's next count includes them."""
-        with self._lock:
+        """A copy is over: the ``pulls`` it held that no answer counted yet are counted."""
+        with self._cond:
             self._running[registry] = self._running.get(registry, 0) - pulls
+            self._cond.notify_all()
