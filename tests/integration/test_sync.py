@@ -642,3 +642,9 @@ def test_a_bad_configuration_is_one_line_with_its_line_number(
     assert line.startswith(f"derrick: error: {path}{where}"), line
     assert says in line
     assert "hunter2" not in line
+
+
+def test_a_layout_destination_is_refused_up_front(cli: Cli, tmp_path: Path) -> None:
+    line = cli("sync", "localhost:5999/a/b", f"oci:{tmp_path}/mirror").failed()
+    assert "OCI layout destinations" in line and "not supported by sync yet" in line
+    assert not (tmp_path / "mirror").exists()

@@ -118,6 +118,7 @@ def sync(
         if isinstance(config_or_plan, str | Path):
             config_or_plan = load_config(Path(config_or_plan))
         if isinstance(config_or_plan, SyncConfig):
+            _supported(config_or_plan)
             the_plan = plan_sync(config_or_plan, client, shard=shard)
         else:
             the_plan = config_or_plan
@@ -129,6 +130,16 @@ def sync(
     finally:
         if own:
             client.close()
+
+
+def _supported(config: SyncConfig) -> None:
+    for spec in config.sources:
+        if spec.destination.layout is not None:
+            raise UsageError(
+                f"{spec.where}: OCI layout destinations (oci:{spec.destination.layout}) "
+                "are not supported by sync yet",
+                hint="mirror into a registry, or pull single images with 'derrick image pull'",
+            )
 
 
 @dataclass
@@ -292,7 +303,7 @@ class _Runner:
     def _check(self, item: SyncItem, meter: Meter) -> _Found:
         target = item.target
         if target is None:
-            raise UsageError("OCI layout destinations are not available in this build")
+            raise UsageError(f"{item.describe_destination()}: not a registry destination")
         source = MeteredRepository(self.client, item.source, meter, None)
         there = None
         if item.tag is not None:
