@@ -648,3 +648,40 @@ def test_a_layout_destination_is_refused_up_front(cli: Cli, tmp_path: Path) -> N
     line = cli("sync", "localhost:5999/a/b", f"oci:{tmp_path}/mirror").failed()
     assert "OCI layout destinations" in line and "not supported by sync yet" in line
     assert not (tmp_path / "mirror").exists()
+
+
+def test_blobs_two_copies_need_at_once_are_stored_once(
+    seeded: SeededRegistries,
+    registry_open: RegistryProcess,
+    mirror: RegistryProcess,
+    test_images: dict[str, LayoutImage],
+    unique_repo: Callable[..., str],
+    cli: Cli,
+) -> None:
+    src, dst_a, dst_b = unique_repo(), unique_repo("mirror"), unique_repo("mirror")
+    fill(registry_open, src, {"a": "eight", "b": "eight"}, seeded)
+    eight = test_images["eight"]
+    config = Path(os.environ["HOME"]) / "two.yaml"
+    with FaultProxy(registry_open.url) as proxy:
+        # every layer download is slow, so the two copies want each blob at the same time
+        proxy.add_fault(Fault(times=None, delay=0.3))
+        config.write_text(
+            "sources:\n"
+            f"  - {{repository: {proxy.host}/{src}, tags: [a],"
+            f" destination: {{registry: {mirror.host}, repository: {dst_a}}}}}\n"
+            f"  - {{repository: {proxy.host}/{src}, tags: [b],"
+            f" destination: {{registry: {mirror.host}, repository: {dst_b}}}}}\n"
+        )
+        offset = mirror.log_size()
+        summary = run_json(cli, config, "--insecure", "--jobs", "2")
+    assert summary["copied"] == 2
+    log = mirror.log_since(offset)
+    uploads = re.findall(
+        r'"PUT /v2/[^"]*/blobs/uploads/[^"]*digest=sha256(?:%3A|:)([0-9a-f]+)', log
+    )
+    assert sorted(uploads) == sorted(d.split(":")[1] for d in eight.blob_digests)
+    assert len(re.findall(r'"POST /v2/[^"]*/blobs/uploads/\?[^"]*mount=[^"]*" 201', log)) == len(
+        eight.blob_digests
+    )
+    with RawClient(mirror) as raw:
+        assert raw.manifest_digest(dst_a, "a") == raw.manifest_digest(dst_b, "b") == eight.digest
