@@ -124,8 +124,11 @@ def test_open_to_open_copies_then_a_second_run_skips_everything(
     fill(registry_open, src_repo, tags, seeded)
     with FaultProxy(registry_open.url) as proxy:
         source, dest = f"{proxy.host}/{src_repo}", f"{mirror.host}/{dst_repo}"
+        offset = mirror.log_size()
         first = run_json(cli, source, dest, "--insecure")
         assert first["copied"] == 4 and first["failed"] == 0 and first["unchanged"] == 0
+        # the destination's tag list said it had none: no HEAD asked about each
+        assert f"HEAD /v2/{dst_repo}/manifests/" not in mirror.log_since(offset)
         amd64 = {n: test_images[n].image_for("linux/amd64").digest for n in ("multi", "dockerlist")}
         with RawClient(mirror) as raw:
             assert raw.manifest_digest(dst_repo, "v1") == test_images["single"].digest

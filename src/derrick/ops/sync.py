@@ -70,6 +70,8 @@ DEFAULT_JOBS = 4
 #: Blobs of one image that move at once.
 BLOB_JOBS = 4
 _SIGNATURE_SUFFIXES = ("sig", "att", "sbom")
+#: A destination whose tags could not be listed: every tag may be there.
+_ANY: set[str] = set()
 
 
 class SyncProgress(Protocol):
@@ -184,6 +186,8 @@ class _Runner:
         self._copies: set[threading.Event] = set()
         self._tags_lock = threading.Lock()
         self._crashed: list[BaseException] = []
+        self._dest_tags: dict[str, set[str]] = {}
+        self._dest_lock = threading.Lock()
 
     # -- the pool ------------------------------------------------------------------------
 
@@ -306,7 +310,7 @@ class _Runner:
             raise UsageError(f"{item.describe_destination()}: not a registry destination")
         source = MeteredRepository(self.client, item.source, meter, None)
         there = None
-        if item.tag is not None:
+        if item.tag is not None and self._may_have(target, item.tag):
             there = self._head(target.with_tag(item.tag))
             if there is None and self._get_first(item):
                 # nothing there: the copy follows, and its GET resolves the tag
@@ -331,6 +335,21 @@ class _Runner:
             and self.stopped is None
             and self.budget.unlimited(item.source.registry)
         )
+
+    def _may_have(self, target: Reference, tag: str) -> bool:
+        """Whether the destination repository may have ``tag`` (its tag list, read once per
+        sync, saves a HEAD for each tag it lacks)."""
+        with self._dest_lock:
+            tags = self._dest_tags.get(target.name)
+            if tags is None:
+                try:
+                    tags = set(self.client.list_tags(target))
+                except NotFoundError:
+                    tags = set()
+                except DerrickError:
+                    tags = _ANY
+                self._dest_tags[target.name] = tags
+        return tags is _ANY or tag in tags
 
     def _head(self, ref: Reference) -> Descriptor | None:
         try:
