@@ -31,32 +31,26 @@ import collections
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from derrick import mediatypes as mt
 from derrick.errors import (
     Cancelled,
     DerrickError,
-    NotFoundError,
     TooManyRequestsError,
     UsageError,
 )
 from derrick.images.model import BlobOutcome, Selection
-from derrick.images.plan import choose
-from derrick.manifest import Descriptor, Index, parse_manifest
+from derrick.manifest import Descriptor
 from derrick.ops import transfer
+from derrick.ops.synccheck import Checker, Found
 from derrick.ops.syncconfig import SyncConfig, load_config
 from derrick.ops.syncparts import (
     BlobMap,
     Meter,
-    MeteredRepository,
     MirrorRepository,
     OutOfPulls,
     Records,
-    check_head,
-    expected_digest,
     needs_index,
 )
 from derrick.ops.syncplan import Shard, SyncItem, SyncPlan, plan_sync
@@ -70,8 +64,6 @@ DEFAULT_JOBS = 4
 #: Blobs of one image that move at once.
 BLOB_JOBS = 4
 _SIGNATURE_SUFFIXES = ("sig", "att", "sbom")
-#: A destination whose tags could not be listed: every tag may be there.
-_ANY: set[str] = set()
 
 
 class SyncProgress(Protocol):
@@ -144,17 +136,6 @@ def _supported(config: SyncConfig) -> None:
             )
 
 
-@dataclass
-class _Found:
-    """What the check of one item found."""
-
-    head: Descriptor
-    source: MeteredRepository
-    expected: Descriptor | None = None  # what a copy stores, when known
-    there: Descriptor | None = None  # what the destination name holds
-    copied: list[str] = field(default_factory=list)  # manifests a copy stored
-
-
 class _Runner:
     def __init__(
         self,
@@ -186,8 +167,9 @@ class _Runner:
         self._copies: set[threading.Event] = set()
         self._tags_lock = threading.Lock()
         self._crashed: list[BaseException] = []
-        self._dest_tags: dict[str, set[str]] = {}
-        self._dest_lock = threading.Lock()
+        self.checker = Checker(
+            client, budget, self.records, dry_run=dry_run, stopped=lambda: self.stopped
+        )
 
     # -- the pool ------------------------------------------------------------------------
 
@@ -250,7 +232,7 @@ class _Runner:
                     self._busy -= 1
                     self._cond.notify_all()
 
-    def _finish(self, item: SyncItem, out: tuple[ImageOutcome, _Found | None]) -> None:
+    def _finish(self, item: SyncItem, out: tuple[ImageOutcome, Found | None]) -> None:
         outcome, found = out
         with self._cond:
             self.outcomes.append(outcome)
@@ -269,13 +251,13 @@ class _Runner:
 
     # -- one image -----------------------------------------------------------------------
 
-    def _one(self, item: SyncItem) -> tuple[ImageOutcome, _Found | None]:
+    def _one(self, item: SyncItem) -> tuple[ImageOutcome, Found | None]:
         started = time.monotonic()
         out = ImageOutcome(str(item.source), item.describe_destination(), "failed")
-        found: _Found | None = None
+        found: Found | None = None
         meter = Meter(self.budget, item.source.registry)
         try:
-            found = self._check(item, meter)
+            found = self.checker.check(item, meter)
             out.digest = str(found.expected.digest) if found.expected else None
             self._decide(item, found, out, meter)
         except OutOfPulls as e:
@@ -304,71 +286,7 @@ class _Runner:
             if self.stopped is None:
                 self.stopped = why
 
-    def _check(self, item: SyncItem, meter: Meter) -> _Found:
-        target = item.target
-        if target is None:
-            raise UsageError(f"{item.describe_destination()}: not a registry destination")
-        source = MeteredRepository(self.client, item.source, meter, None)
-        there = None
-        if item.tag is not None and self._may_have(target, item.tag):
-            there = self._head(target.with_tag(item.tag))
-            if there is None and self._get_first(item):
-                # nothing there: the copy follows, and its GET resolves the tag
-                return _Found(source.fetch_top(), source)
-        head = self.client.head_manifest(item.source)
-        self.budget.observe(item.source.registry, head.ratelimit)
-        check_head(item.source, head.descriptor)
-        source = MeteredRepository(self.client, item.source, meter, head.descriptor)
-        found = _Found(head.descriptor, source, there=there)
-        if item.tag is not None and there is None:
-            return found  # a dry run or a stopped sync: what it would copy is enough
-        found.expected = self._expected(item, found)
-        if item.tag is None:
-            found.there = self._head(target.with_digest(found.expected.digest))
-        return found
-
-    def _get_first(self, item: SyncItem) -> bool:
-        """Whether to skip the source HEAD of an item the destination lacks: not while
-        the source's remaining count is to be read before a pull is spent."""
-        return (
-            not self.dry_run
-            and self.stopped is None
-            and self.budget.unlimited(item.source.registry)
-        )
-
-    def _may_have(self, target: Reference, tag: str) -> bool:
-        """Whether the destination repository may have ``tag`` (its tag list, read once per
-        sync, saves a HEAD for each tag it lacks)."""
-        with self._dest_lock:
-            tags = self._dest_tags.get(target.name)
-            if tags is None:
-                try:
-                    tags = set(self.client.list_tags(target))
-                except NotFoundError:
-                    tags = set()
-                except DerrickError:
-                    tags = _ANY
-                self._dest_tags[target.name] = tags
-        return tags is _ANY or tag in tags
-
-    def _head(self, ref: Reference) -> Descriptor | None:
-        try:
-            return self.client.head_manifest(ref).descriptor
-        except NotFoundError:
-            return None
-
-    def _expected(self, item: SyncItem, found: _Found) -> Descriptor:
-        head = found.head
-        if not needs_index(head, item.selection):
-            return head
-        recorded = self.records.get(head.digest, item.selection)
-        if recorded is None:
-            raw = found.source.top()
-            recorded = expected_digest(raw, head, item.selection, f"index {item.source}")
-            self.records.put(head.digest, item.selection, recorded)
-        return Descriptor(head.media_type, recorded, 0)
-
-    def _decide(self, item: SyncItem, found: _Found, out: ImageOutcome, meter: Meter) -> None:
+    def _decide(self, item: SyncItem, found: Found, out: ImageOutcome, meter: Meter) -> None:
         expected = found.expected
         if (
             expected is not None
@@ -383,24 +301,10 @@ class _Runner:
         if self.dry_run:
             out.status = "planned"
             return
-        meter.reserve(self._gets(item, found))
+        meter.reserve(self.checker.gets(item, found))
         self._copy(item, found, out)
 
-    def _gets(self, item: SyncItem, found: _Found) -> int:
-        """The manifest GETs a copy makes (an index's children counted from it)."""
-        head, selection = found.head, item.selection
-        if not mt.is_index(head.media_type):
-            return 1
-        if not selection.all and len(selection.platforms) < 2:
-            return 2
-        index = parse_manifest(found.source.top(), head.media_type)
-        if not isinstance(index, Index):
-            return 1
-        if selection.all:
-            return 1 + len(index.manifests)
-        return 1 + len(choose(index, selection.platforms, f"index {item.source}"))
-
-    def _copy(self, item: SyncItem, found: _Found, out: ImageOutcome) -> None:
+    def _copy(self, item: SyncItem, found: Found, out: ImageOutcome) -> None:
         target = item.target
         assert target is not None
         sink = MirrorRepository(self.client, target, self.blobs, chunk_size=self.chunk_size)
@@ -435,7 +339,7 @@ class _Runner:
 
     # -- signature tags ------------------------------------------------------------------
 
-    def _follow(self, item: SyncItem, found: _Found) -> None:
+    def _follow(self, item: SyncItem, found: Found) -> None:
         digests = {str(found.head.digest), *found.copied}
         if found.expected is not None:
             digests.add(str(found.expected.digest))
