@@ -280,8 +280,8 @@ def test_one_off_filters_and_dry_run(versioned: str, mirror: RegistryProcess, cl
     summary = run_json(
         cli, versioned, f"{mirror.host}/never", "--tags", r"1\..*", "--exclude", "1.0", "--dry-run"
     )
-    planned = sorted(i["source"].rsplit(":", 1)[1] for i in summary["images"])
-    assert planned == ["1.1", "1.2.0", "1.2.1"]
+    planned = [i["source"].rsplit(":", 1)[1] for i in summary["images"]]
+    assert planned == ["1.1", "1.2.0", "1.2.1"]  # in plan order, whatever finished first
     assert summary["planned"] == 3 and summary["copied"] == 0
     assert summary["filtered"] == len(VERSIONS) - 3
     with RawClient(mirror) as raw:

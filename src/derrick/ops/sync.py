@@ -157,9 +157,10 @@ class _Runner:
         self.chunk_size: int | None = None
         self.blobs = BlobMap()
         self.stopped: str | None = None
-        self.outcomes: list[ImageOutcome] = []
+        self.outcomes: list[tuple[int, ImageOutcome]] = []
         self._queue = collections.deque(the_plan.items)
-        self._queued = {item.key + "\0" + item.describe_destination() for item in the_plan.items}
+        #: every item queued, in plan order (the report keeps that order)
+        self._queued = {_key(item): i for i, item in enumerate(the_plan.items)}
         self._total = len(the_plan.items)
         self._busy = 0
         self._cond = threading.Condition()
@@ -193,7 +194,7 @@ class _Runner:
         if self._crashed:
             raise self._crashed[0]
         return SyncReport(
-            images=self.outcomes,
+            images=[o for _, o in sorted(self.outcomes, key=lambda pair: pair[0])],
             filtered=list(self.plan.filtered),
             source_errors=list(self.plan.failed),
             other_shards=self.plan.other_shards,
@@ -235,7 +236,7 @@ class _Runner:
     def _finish(self, item: SyncItem, out: tuple[ImageOutcome, Found | None]) -> None:
         outcome, found = out
         with self._cond:
-            self.outcomes.append(outcome)
+            self.outcomes.append((self._queued[_key(item)], outcome))
         if self.progress is not None:
             self.progress.image_finished(outcome)
         if item.digest_tags and found is not None and outcome.status in ("copied", "unchanged"):
@@ -247,7 +248,7 @@ class _Runner:
                 )
                 failed.reason = str(e)
                 with self._cond:
-                    self.outcomes.append(failed)
+                    self.outcomes.append((self._queued[_key(item)], failed))
 
     # -- one image -----------------------------------------------------------------------
 
@@ -362,9 +363,9 @@ class _Runner:
                 added.append(follow)
         with self._cond:
             for follow in added:
-                key = follow.key + "\0" + follow.describe_destination()
+                key = _key(follow)
                 if key not in self._queued:
-                    self._queued.add(key)
+                    self._queued[key] = len(self._queued)
                     self._queue.append(follow)
                     self._total += 1
             total = self._total
@@ -378,6 +379,10 @@ class _Runner:
             if tags is None:
                 tags = self.plan.tags[ref.name] = self.client.list_tags(ref)
             return tags
+
+
+def _key(item: SyncItem) -> str:
+    return item.key + "\0" + item.describe_destination()
 
 
 class _Bytes:
