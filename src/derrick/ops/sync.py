@@ -2,17 +2,18 @@
 
 For every item of the plan (:mod:`derrick.ops.syncplan`), ``jobs`` at a time:
 
-1. **Check**: ``HEAD`` the source tag (its digest; ``ratelimit-*`` headers read), ``HEAD``
-   the destination name.  When the destination already names what a copy would store, the
-   item is *unchanged* and nothing else is asked.  What a copy stores is the source digest,
-   except for an index copied with a platform selection: then a record of an earlier run
-   (:class:`~derrick.ops.syncparts.Records`) or the index itself (one ``GET``) says.
+1. **Check** (:mod:`derrick.ops.synccheck`): ``HEAD`` the destination name and the source
+   tag (its digest; ``ratelimit-*`` headers read).  When the destination already names what
+   a copy would store, the item is *unchanged* and nothing else is asked.  What a copy
+   stores is the source digest, except for an index copied with a platform selection: then
+   a record of an earlier run (:class:`~derrick.ops.syncparts.Records`) or the index itself
+   (one ``GET``) says.
 2. **Budget**: the pulls the copy costs (see :mod:`derrick.ops.syncreport`) are taken from
    ``max_pulls`` and from the source registry's remaining count before any ``GET``; when
    either would run out the sync stops starting copies, checks the rest, and reports what
    is left undone and the registry's window.  A 429 the transport could not wait out
    stops it the same way.
-3. **Copy**: :func:`derrick.ops.transfer.copy` of the digest the ``HEAD`` named (so a tag
+3. **Copy**: :func:`derrick.ops.transfer.copy` of the digest the check found (so a tag
    that moves meanwhile is not half-copied), the destination tag put last.  Blobs the
    destination has are skipped, blobs another repository of the destination registry
    holds are mounted, and the rest stream through verified.
