@@ -27,6 +27,7 @@ from derrick.errors import (
 )
 from derrick.manifest import Descriptor, ImageConfig, ImageManifest, Index, Platform
 from derrick.ops.pull import pull
+from derrick.ops.sync import sync
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
 
@@ -53,4 +54,5 @@ __all__ = [
     "UnauthorizedError",
     "__version__",
     "pull",
+    "sync",
 ]

@@ -29,6 +29,7 @@ from derrick.cli.read import (
     repo_group,
     tag_group,
 )
+from derrick.cli.sync import sync_command
 from derrick.errors import DerrickError, UsageError
 from derrick.reference import parse_registry
 
@@ -145,6 +146,7 @@ cli.add_command(manifest_group)
 cli.add_command(blob_group)
 cli.add_command(image_group)
 cli.add_command(ratelimit)
+cli.add_command(sync_command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     try:
         with _closed_output_is_final():
-            cli.main(args=argv, prog_name="derrick", standalone_mode=False)
+            # a command that ends with ctx.exit(N) (click's Exit) comes back as N
+            code = cli.main(args=argv, prog_name="derrick", standalone_mode=False)
             sys.stdout.flush()  # a pipe closed after the last write fails here, not at exit
     except _OutputClosed:
         _silence_output()
@@ -183,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             err=True,
         )
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":
