@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-APT_PACKAGES="python3-venv docker-registry skopeo umoci podman apache2-utils time"
+APT_PACKAGES="python3-venv docker-registry skopeo umoci podman apache2-utils time docker.io"
 missing=""
 for p in $APT_PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

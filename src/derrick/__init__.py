@@ -42,6 +42,7 @@ _WHERE = {
     "Reference": "derrick.reference",
     "RegistryClient": "derrick.registry",
     "pull": "derrick.ops.pull",
+    "sync": "derrick.ops.sync",
 }
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "UnauthorizedError",
     "__version__",
     "pull",
+    "sync",
 ]
 
 if TYPE_CHECKING:
@@ -85,6 +87,7 @@ if TYPE_CHECKING:
     )
     from derrick.manifest import Descriptor, ImageConfig, ImageManifest, Index, Platform
     from derrick.ops.pull import pull
+    from derrick.ops.sync import sync
     from derrick.reference import Reference
     from derrick.registry import RegistryClient
 

@@ -1,60 +1,35 @@
-"""derrick's local content-addressed blob cache, shared by every pull.
+"""The blob cache as the pull code of :mod:`derrick.ops.pull` uses it: a
+:class:`~derrick.store.cache.BlobStore` filled from a registry on demand.
 
-Blobs live at ``<root>/blobs/<alg>/<hex>`` only once verified.  A download in
-progress is ``<hex>.partial``; an interrupted one is resumed with an HTTP
-``Range`` request from where it stopped, re-hashing the bytes already there
-first, so what is kept under the final name is always verified.  An advisory
-lock on the partial file keeps two processes from writing the same blob.
+:class:`BlobCache` is the store (every method of it: :meth:`~BlobStore.lookup`,
+:meth:`~BlobStore.verify_file`, :meth:`~BlobStore.remember`, :meth:`~BlobStore.reserve`,
+…) plus :meth:`BlobCache.fetch` and :meth:`BlobCache.fetch_into`, which download into the
+store's locked, resumable partial files with :func:`derrick.download.download`.  What
+the cache holds and how it is trusted is described in :mod:`derrick.store.cache` and
+:mod:`derrick.store.records`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import threading
 from pathlib import Path
 
-from derrick.digest import Digest
-from derrick.download import Progress, Region, download
+from derrick.download import Progress, download
 from derrick.errors import DigestMismatchError
 from derrick.manifest import Descriptor
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
+from derrick.store.cache import BlobStore, PartialBlob, default_cache_dir
+from derrick.store.files import Region, Tee, copy_range
+from derrick.store.records import RECORDS_KEPT, Stamp
+
+__all__ = ["RECORDS_KEPT", "BlobCache", "Stamp", "default_cache_dir"]
 
 
-def default_cache_dir() -> Path:
-    env = os.environ.get("DERRICK_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "derrick"
-
-
-class BlobCache:
+class BlobCache(BlobStore):
     """A directory of verified blobs, filled from a registry on demand."""
-
-    def __init__(self, root: Path | None = None) -> None:
-        self.root = root or default_cache_dir()
-        self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
-
-    def path(self, digest: Digest) -> Path:
-        return self.root / "blobs" / digest.algorithm / digest.hex
-
-    def partial_path(self, digest: Digest) -> Path:
-        return self.root / "blobs" / digest.algorithm / f"{digest.hex}.partial"
-
-    def has(self, desc: Descriptor) -> bool:
-        try:
-            return self.path(desc.digest).stat().st_size == desc.size
-        except OSError:
-            return False
-
-    def _thread_lock(self, digest: Digest) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(str(digest), threading.Lock())
 
     def fetch(
         self,
@@ -78,70 +53,111 @@ class BlobCache:
         cancelled: threading.Event | None = None,
     ) -> tuple[Path, int]:
         """Like :meth:`fetch`, with the count of bytes received from the registry."""
-        final = self.path(desc.digest)
-        with self._thread_lock(desc.digest):
-            fd = self._lock_partial(desc)
-            if fd is None:
-                if progress:
-                    progress(desc.size)
-                return final, 0
-            part = self.partial_path(desc.digest)
-            try:
-                have = os.fstat(fd).st_size
-                if have > desc.size:
-                    os.ftruncate(fd, 0)
-                    have = 0
-                try:
-                    received = download(
-                        client,
-                        ref,
-                        desc,
-                        Region(fd, 0, desc.size),
-                        have=have,
-                        progress=progress,
-                        cancelled=cancelled,
-                    )
-                except BaseException as e:
-                    # Keep what a later pull can resume; drop the rest (still locked, so
-                    # no other process is writing it): a mismatching blob cannot be
-                    # trusted, and an empty file is nothing to resume.
-                    if isinstance(e, DigestMismatchError) or os.fstat(fd).st_size == 0:
-                        with contextlib.suppress(OSError):
-                            os.unlink(part)
-                    raise
-                os.replace(part, final)
-            finally:
-                os.close(fd)  # also releases the lock
-            return final, received
+        partial = self.reserve(desc)
+        if partial is None:
+            if progress:
+                progress(desc.size)
+            return self.path(desc.digest), 0
+        with partial:
+            received = _download(
+                partial, client, ref, desc, partial.region, partial.have, progress, cancelled
+            )
+            return partial.commit(), received
 
-    def _lock_partial(self, desc: Descriptor) -> int | None:
-        """Open the blob's partial file and hold its lock; None if the blob is complete.
+    def fetch_into(
+        self,
+        client: RegistryClient,
+        ref: Reference,
+        desc: Descriptor,
+        region: Region,
+        *,
+        have: int = 0,
+        progress: Progress | None = None,
+        cancelled: threading.Event | None = None,
+        written: Progress | None = None,
+    ) -> int:
+        """Fill ``region`` (a hole in an archive) with blob ``desc``, and the cache with it.
 
-        Another process that held the lock may have finished (renamed) or dropped the
-        file meanwhile; the lock is then on a file no longer at that path, so the
-        path is looked at again.
+        A blob the cache holds is copied from there.  Otherwise each chunk as it
+        arrives is written both into ``region`` and into the cache's partial
+        file, and the blob enters the cache when its digest matches: one
+        download for both.  ``have`` bytes of ``region`` come from an earlier
+        attempt; the partial file may hold more, which are then used too.
+        ``written`` is told the count of bytes in place (for resume state).
+        Returns the count of bytes received from the registry.
         """
-        part = self.partial_path(desc.digest)
         while True:
-            if self.has(desc):
-                return None
-            part.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+            partial = self.reserve(desc)
+            if partial is not None:
+                break
+            src = self.open_verified(self.path(desc.digest), desc)
+            if src is None:  # damaged since it was looked at: drop it, download it
+                continue
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                st = os.fstat(fd)
-                try:
-                    now = os.stat(part)
-                except FileNotFoundError:
-                    now = None
-                if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
-                    if not self.has(desc):
-                        return fd
-                    with contextlib.suppress(OSError):
-                        os.unlink(part)  # the blob was finished meanwhile: a leftover
-                    os.close(fd)
-                    return None
-            except BaseException:
-                os.close(fd)
-                raise
-            os.close(fd)
+                copy_range(Region(src, 0, desc.size), region, 0, desc.size)
+            finally:
+                os.close(src)
+            if progress:
+                progress(desc.size)
+            if written:
+                written(desc.size)
+            return 0
+        with partial:
+            cached = partial.region
+            in_part = partial.have
+            have = min(max(have, 0), desc.size)
+            # Both places start with the same bytes: the longer run is copied over the
+            # other, and only the rest is downloaded.
+            if in_part > have:
+                copy_range(cached, region, 0, in_part)
+                have = in_part
+            elif have:
+                copy_range(region, cached, 0, have)
+            received = _download(
+                partial,
+                client,
+                ref,
+                desc,
+                Tee(region, cached),
+                have,
+                progress,
+                cancelled,
+                written,
+            )
+            partial.commit()
+            return received
+
+
+def _download(
+    partial: PartialBlob,
+    client: RegistryClient,
+    ref: Reference,
+    desc: Descriptor,
+    sink: Region | Tee,
+    have: int,
+    progress: Progress | None,
+    cancelled: threading.Event | None,
+    written: Progress | None = None,
+) -> int:
+    """Download into ``sink`` (which includes the partial file); the bytes received.
+
+    After a failure the partial file keeps what a later pull can resume, unless the
+    content turned out wrong (it is dropped then).
+    """
+    try:
+        received = download(
+            client,
+            ref,
+            desc,
+            sink,
+            have=have,
+            progress=progress,
+            cancelled=cancelled,
+            written=written,
+        )
+    except DigestMismatchError:
+        partial.discard()
+        raise
+    with contextlib.suppress(OSError):
+        partial.have = os.fstat(partial.fd).st_size
+    return received

@@ -7,27 +7,26 @@ earlier, interrupted download left there, then asks the registry for the rest
 with a ``Range`` request, writing each chunk with ``pwrite`` as it arrives and
 hashing it on the way.  Transient failures mid-way resume from the bytes
 already verified.  The digest and size are checked at the end; the caller
-makes the result visible only then.
+makes the result visible only then.  A :class:`Tee` of regions receives the
+same bytes in each (an archive's hole and the blob cache's partial file), so
+one download fills both.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 
 from derrick.digest import Verifier
-from derrick.errors import DerrickError, DigestMismatchError, TransportError
+from derrick.errors import Cancelled, DigestMismatchError, TransportError
 from derrick.manifest import Descriptor
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
+from derrick.store.files import CHUNK, Region, Sink, Tee, copy_range
 
-CHUNK = 1 << 20
+__all__ = ["CHUNK", "Cancelled", "Progress", "Region", "Sink", "Tee", "copy_range", "download"]
+
 Progress = Callable[[int], None]
-
-
-class Cancelled(DerrickError):
-    """The operation was cancelled because another part of it failed."""
 
 
 class _BrokeOff(Exception):
@@ -38,40 +37,11 @@ class _BrokeOff(Exception):
         self.error = error
 
 
-class Region:
-    """``size`` bytes of the file ``fd`` starting at ``base``."""
-
-    def __init__(self, fd: int, base: int, size: int) -> None:
-        self.fd = fd
-        self.base = base
-        self.size = size
-
-    def write_at(self, pos: int, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(self.fd, view, self.base + pos)
-            pos += n
-            view = view[n:]
-
-    def rehash(self, verifier: Verifier, upto: int) -> int:
-        """Feed the first ``upto`` bytes of the region to ``verifier``; how many were read."""
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        done = 0
-        while done < upto:
-            n = os.preadv(self.fd, [view[: min(CHUNK, upto - done)]], self.base + done)
-            if n <= 0:
-                break
-            verifier.update(view[:n])
-            done += n
-        return done
-
-
 def download(
     client: RegistryClient,
     ref: Reference,
     desc: Descriptor,
-    region: Region,
+    region: Sink,
     *,
     have: int = 0,
     progress: Progress | None = None,
@@ -116,7 +86,7 @@ class _Download:
         client: RegistryClient,
         ref: Reference,
         desc: Descriptor,
-        region: Region,
+        region: Sink,
         progress: Progress | None,
         cancelled: threading.Event | None,
         written: Callable[[int], None] | None,

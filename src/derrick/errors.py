@@ -127,7 +127,12 @@ class ManifestError(DerrickError):
 
 
 class PlatformNotFoundError(DerrickError):
-    """An index has no manifest for the requested platform."""
+    """An index has no manifest for the requested platform, or an image is of another one."""
+
+
+class NotAnImageError(ManifestError):
+    """A manifest is an OCI artifact (Helm chart, signature, SBOM…), not a container image,
+    where only an image will do (a filesystem, a docker-archive)."""
 
 
 class CredentialsError(DerrickError):
@@ -138,8 +143,23 @@ class LayoutError(DerrickError):
     """An OCI layout, OCI archive or docker-archive is malformed or unsafe."""
 
 
+class DiskError(DerrickError):
+    """Writing to the local disk failed (no space left, permission denied, read-only, …).
+
+    The message names the path the user gave and what was left behind.
+    """
+
+    def __init__(self, message: str, *, errno: int | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.errno = errno
+
+
 class UsageError(DerrickError):
     """The caller combined options or arguments that cannot work together."""
+
+
+class Cancelled(DerrickError):
+    """The operation stopped because it was cancelled, or because another part of it failed."""
 
 
 class TransportError(DerrickError):

@@ -199,10 +199,26 @@ class ImageManifest:
     layers: tuple[Descriptor, ...]
     annotations: Mapping[str, str] | None = None
     subject: Descriptor | None = None
+    artifact_type: str | None = None
 
     @property
     def digest(self) -> Digest:
         return Digest.of(self.raw)
+
+    @property
+    def is_image(self) -> bool:
+        """Whether this is a container image: its config is an image config.
+
+        Anything else (a Helm chart, a signature, an SBOM…) is an OCI artifact,
+        with no platform and no filesystem.
+        """
+        return mt.is_image_config(self.config.media_type)
+
+    @property
+    def kind(self) -> str:
+        """The artifact type: ``artifactType``, else the config's media type (as the
+        image-spec says to read an artifact without one)."""
+        return self.artifact_type or self.config.media_type
 
     def descriptor(self, platform: Platform | None = None) -> Descriptor:
         return Descriptor(self.media_type, self.digest, len(self.raw), platform=platform)
@@ -258,11 +274,16 @@ def _load_json(raw: bytes, what: str) -> Any:
         raise ManifestError(f"{what} is not valid JSON: {str(e)[:200]}") from None
 
 
-def parse_manifest(raw: bytes, content_type: str | None = None) -> Manifest:
+def parse_manifest(
+    raw: bytes, content_type: str | None = None, *, null_manifests: bool = False
+) -> Manifest:
     """Parse manifest bytes into an :class:`ImageManifest` or :class:`Index`.
 
     The media type comes from the document's ``mediaType`` field, else from
-    ``content_type`` (the HTTP Content-Type), else from its shape.
+    ``content_type`` (the HTTP Content-Type), else from its shape.  With
+    ``null_manifests`` an index whose ``manifests`` is ``null`` (as some
+    ``docker save`` versions write into ``index.json``) has no entries instead
+    of being refused.
     """
     obj = _load_json(raw, "manifest")
     if not isinstance(obj, dict):
@@ -288,7 +309,10 @@ def parse_manifest(raw: bytes, content_type: str | None = None) -> Manifest:
             hint="the image must be re-pushed in the Docker schema 2 or OCI format",
         )
     if media_type in mt.INDEXES:
-        items = _want(obj, "manifests", list, "index")
+        if null_manifests and "manifests" in obj and obj["manifests"] is None:
+            items = []
+        else:
+            items = _want(obj, "manifests", list, "index")
         return Index(
             raw=raw,
             media_type=media_type,
@@ -309,6 +333,7 @@ def parse_manifest(raw: bytes, content_type: str | None = None) -> Manifest:
             ),
             annotations=_str_map(obj, "annotations", "manifest"),
             subject=Descriptor.from_json(subject, "manifest.subject") if subject else None,
+            artifact_type=_opt(obj, "artifactType", str, "manifest"),
         )
     raise ManifestError(
         f"unsupported manifest media type {media_type!r}",

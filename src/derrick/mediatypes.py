@@ -23,6 +23,8 @@ DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyj
 DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
 
 IMAGE_MANIFESTS = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+#: Configs of container images; a manifest with another config is an OCI artifact.
+IMAGE_CONFIGS = frozenset({OCI_CONFIG, DOCKER_CONFIG})
 INDEXES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 MANIFESTS = IMAGE_MANIFESTS | INDEXES
 
@@ -42,6 +44,10 @@ def is_index(media_type: str) -> bool:
 
 def is_image_manifest(media_type: str) -> bool:
     return media_type in IMAGE_MANIFESTS
+
+
+def is_image_config(media_type: str) -> bool:
+    return media_type in IMAGE_CONFIGS
 
 
 def layer_compression(media_type: str) -> str:

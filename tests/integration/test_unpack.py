@@ -9,9 +9,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import stat
 import subprocess
 import tarfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -178,6 +180,34 @@ def test_unpack_eight_from_registry_matches_umoci_and_expected(
     assert os.lstat(dest / "etc/abs-link").st_mtime == FIXED_MTIME
     # nothing but DIR was left beside it
     assert sorted(x.name for x in tmp_path.iterdir() if x.name.startswith(".")) == []
+
+
+def test_unpack_downloads_a_damaged_cache_blob_again(
+    derrick: Callable[..., Ran], seeded_registries: SeededRegistries, tmp_path: Path
+) -> None:
+    """Layers read from the blob cache are known good first (written to, times put back)."""
+    seeded = seeded_registries.open
+    image = seeded["test/eight"]
+    assert derrick("image", "unpack", image.reference, str(tmp_path / "a")).code == 0
+    victim = image.layout.image.layers[3]
+    cached = tmp_path / "cache" / "blobs" / "sha256" / victim.descriptor.hex
+    time.sleep(0.02)  # past the timestamp tick of its verification (see derrick.cache)
+    before = cached.stat()
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    with cached.open("r+b") as f:
+        f.write(data)
+    os.utime(cached, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    offset = seeded.registry.log_size()
+    r = derrick("image", "unpack", image.reference, str(tmp_path / "b"))
+    assert r.code == 0, r.err
+    assert snapshot(tmp_path / "b") == snapshot(tmp_path / "a")
+    log = seeded.registry.log_since(offset)
+    gets = re.findall(r'"GET /v2/[^ "]+/blobs/(sha256:[0-9a-f]{64}) HTTP', log)
+    # the config (read from the registry each time) and the damaged layer, no other layer
+    assert sorted(gets) == sorted([image.layout.image.config.digest, victim.digest])
+    assert sha256_digest(cached.read_bytes()) == victim.digest
 
 
 def test_unpack_local_layout_and_docker_archive(

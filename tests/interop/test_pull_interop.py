@@ -17,67 +17,21 @@ import json
 import os
 import shutil
 import stat
-import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from support.cli import Cli, Isolation, isolate
+from support.cli import Cli
 from support.images import ImageInfo, LayoutImage
-from support.seed import SeededRegistries, SeededRegistry
+from support.peers import run
+from support.seed import SeededRegistry
 
 SKOPEO = shutil.which("skopeo") or "skopeo"
 UMOCI = shutil.which("umoci") or "umoci"
-PODMAN = shutil.which("podman") or "podman"
 
 OCI_NAMES = ["single", "eight", "multi"]
 DOCKER_NAMES = ["docker", "dockerlist"]
-
-
-@pytest.fixture(autouse=True)
-def iso(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Isolation:
-    return isolate(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def cli(capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    return Cli(capsysbinary, monkeypatch)
-
-
-@pytest.fixture
-def seeded(seeded_registries: SeededRegistries) -> SeededRegistry:
-    return seeded_registries.open
-
-
-@pytest.fixture
-def tool_env(iso: Isolation, tmp_path: Path) -> dict[str, str]:
-    home = iso.home
-    (home / ".config").mkdir(exist_ok=True)
-    run_dir = home / "run"
-    run_dir.mkdir(mode=0o700, exist_ok=True)
-    registries_conf = home / "registries.conf"
-    registries_conf.write_text("")
-    (home / "auth.json").write_text("{}")
-    tmp = tmp_path / "tool-tmp"
-    tmp.mkdir()
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "XDG_RUNTIME_DIR": str(run_dir),
-        "CONTAINERS_REGISTRIES_CONF": str(registries_conf),
-        "REGISTRY_AUTH_FILE": str(home / "auth.json"),
-        "TMPDIR": str(tmp),
-    }
-
-
-def run(args: list[str], env: dict[str, str]) -> str:
-    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
 
 
 def skopeo(env: dict[str, str], *args: str) -> str:
@@ -243,48 +197,6 @@ def test_skopeo_reads_the_oci_archive(
 
 
 # -- podman ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def podman(tool_env: dict[str, str]) -> Iterator[list[str]]:
-    """podman with private storage, as root; the runroot path must be short."""
-    root = Path(tempfile.mkdtemp(prefix="dk-pm-", dir="/tmp"))
-    try:
-        yield [
-            PODMAN,
-            "--root",
-            str(root / "r"),
-            "--runroot",
-            str(root / "rr"),
-            "--tmpdir",
-            str(root / "t"),
-            "--storage-driver",
-            "vfs",
-            "--events-backend",
-            "none",
-            "--cgroup-manager",
-            "cgroupfs",
-        ]
-    finally:
-        subprocess.run(
-            [
-                PODMAN,
-                "--root",
-                str(root / "r"),
-                "--runroot",
-                str(root / "rr"),
-                "--storage-driver",
-                "vfs",
-                "system",
-                "reset",
-                "--force",
-            ],
-            env=tool_env,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.parametrize("how", ["load", "docker-archive"])

@@ -1,4 +1,4 @@
-"""External tools the tests drive (registry, skopeo, umoci, podman, htpasswd).
+"""External tools the tests drive (registry, skopeo, umoci, podman, Docker, htpasswd).
 
 ``scripts/test.sh`` installs every one of them, so a missing tool is a broken test
 machine, not a reason to skip: :func:`require` fails the test and names the package.
@@ -14,6 +14,8 @@ import pytest
 _PACKAGES = {
     "htpasswd": "apache2-utils",
     "/usr/bin/docker-registry": "docker-registry",
+    "docker": "docker.io",
+    "dockerd": "docker.io",
 }
 
 

@@ -3,6 +3,7 @@ builders the other layout tests import."""
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import json
@@ -17,6 +18,7 @@ import pytest
 
 from derrick import mediatypes as mt
 from derrick.digest import Digest
+from derrick.download import Region, copy_range
 from derrick.errors import DigestMismatchError, LayoutError
 from derrick.layout.archive import ArchiveImage, BlobFile
 from derrick.layout.oci import (
@@ -366,25 +368,61 @@ def test_read_blob_detects_corruption(tmp_path: Path) -> None:
         layout.read_blob(d)
 
 
-def test_add_blob_file_links_or_copies(tmp_path: Path) -> None:
+def test_add_blob_file_copies(tmp_path: Path) -> None:
     layout = OCILayout.create(tmp_path / "l")
     src = tmp_path / "download"
     src.write_bytes(b"layer data")
     d = Digest.of(b"layer data")
     dest = layout.add_blob_file(src, d)
     assert dest.read_bytes() == b"layer data"
-    assert dest.stat().st_ino == src.stat().st_ino  # hard link on the same filesystem
+    # a file of its own, never a hard link: writing one cannot change the other
+    assert dest.stat().st_ino != src.stat().st_ino
+    assert src.stat().st_nlink == 1
+    assert oct(dest.stat().st_mode & 0o777) == oct(0o644)
     assert layout.add_blob_file(src, d) == dest  # idempotent
 
-    other = tmp_path / "download2"
-    other.write_bytes(b"copied")
-    d2 = Digest.of(b"copied")
-    dest2 = layout.add_blob_file(other, d2, link=False)
-    assert dest2.read_bytes() == b"copied"
-    assert dest2.stat().st_ino != other.stat().st_ino
+    # a damaged blob in the layout is kept unless replaced
+    dest.write_bytes(b"layer dat!")
+    assert layout.add_blob_file(src, d).read_bytes() == b"layer dat!"
+    assert layout.add_blob_file(src, d, replace=True).read_bytes() == b"layer data"
     assert _no_temp_files(tmp_path)
     with pytest.raises(LayoutError, match="does not exist"):
         layout.add_blob_file(tmp_path / "nope", Digest.of(b"nope"))
+
+
+@pytest.mark.parametrize("in_kernel", [True, False])
+def test_copies_with_and_without_copy_file_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_kernel: bool
+) -> None:
+    """Between filesystems copy_file_range may refuse (EXDEV): the bytes go through a buffer."""
+    if not in_kernel:
+
+        def refuse(*args: object) -> int:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    src = tmp_path / "download"
+    src.write_bytes(data)
+    layout = OCILayout.create(tmp_path / "l")
+    assert layout.add_blob_file(src, Digest.of(data)).read_bytes() == data
+
+    # a region of one file into a region of another, at other offsets
+    out = tmp_path / "out"
+    out.write_bytes(b"x" * 100)
+    with src.open("rb") as a, out.open("r+b") as b:
+        copy_range(Region(a.fileno(), 5, 1000), Region(b.fileno(), 11, 1000), 10, 1000)
+    got = out.read_bytes()
+    assert got[:21] == b"x" * 21
+    assert got[21:1011] == data[15:1005]
+
+
+def test_write_blob_replaces_a_damaged_blob_of_the_same_size(tmp_path: Path) -> None:
+    layout = OCILayout.create(tmp_path / "l")
+    d = layout.write_blob(b"config")
+    layout.blob_path(d).write_bytes(b"cOnfig")
+    assert layout.write_blob(b"config", d) == d
+    assert layout.read_blob(d) == b"config"
 
 
 def test_blob_path_must_stay_inside(tmp_path: Path) -> None:
@@ -487,3 +525,28 @@ def test_sha512_blobs(tmp_path: Path) -> None:
     assert layout.write_blob(b"data", d) == d
     assert layout.blob_path(d).parent.name == "sha512"
     assert layout.read_blob(d) == b"data"
+
+
+def test_add_manifest_waits_for_the_layout_lock(tmp_path: Path) -> None:
+    """index.json changes under a flock on the layout directory, which another process (here:
+    another open file description) holding it delays; no lock file appears in the layout."""
+    import fcntl
+
+    root = tmp_path / "l"
+    layout = OCILayout.create(root)
+    desc = store_in_layout(layout, make_image())
+    before = sorted(p.name for p in root.iterdir())
+    fd = os.open(root, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    adder = threading.Thread(target=layout.add_manifest, args=(desc,), kwargs={"ref_name": "v1"})
+    try:
+        adder.start()
+        adder.join(0.5)
+        assert adder.is_alive(), "add_manifest did not wait for the layout's lock"
+        assert layout.index().manifests == ()
+    finally:
+        os.close(fd)
+    adder.join(10)
+    assert not adder.is_alive()
+    assert [d.annotations for d in layout.index().manifests] == [{ANNOTATION_REF_NAME: "v1"}]
+    assert sorted(p.name for p in root.iterdir()) == before

@@ -94,7 +94,7 @@ def _all_commands() -> dict[str, dict[str, click.Command]]:
 def test_the_command_table_is_true() -> None:
     """Each listed command is the function named, with the help sentence listed; and no
     module registers a command the table does not list."""
-    for module in ("read", "write", "transfer", "fs"):
+    for module in ("read", "write", "transfer", "fs", "sync"):
         __import__(f"derrick.cli.{module}")
     commands = _all_commands()
     for group, table in COMMANDS.items():

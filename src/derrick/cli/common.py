@@ -157,7 +157,7 @@ def platform_option(f: F) -> F:
     return click.option(
         "--platform",
         help="Platform to pick from a multi-platform image, as os/arch[/variant] "
-        "(default: this machine's, linux).",
+        "(default: this machine's, linux); a single-platform image must be of it.",
     )(f)
 
 

@@ -142,6 +142,11 @@ COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
             "ratelimit",
             "Show the pull rate limit the registry reports for REFERENCE (Docker Hub).",
         ),
+        "sync": (
+            "derrick.cli.sync",
+            "sync_command",
+            "Mirror the tags of SOURCE to DESTINATION, or everything CONFIG.yaml names.",
+        ),
     },
 }
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rich.progress import TaskID
 
+    from derrick.images.model import BlobOutcome
     from derrick.manifest import Descriptor
 
 
@@ -86,3 +87,27 @@ def open_progress(stack: ExitStack, *, quiet: bool, label: str) -> BlobProgress 
     if not wants_progress(quiet):
         return None
     return stack.enter_context(BlobProgress(0, label=label))
+
+
+class EngineBars:
+    """The copy engine's progress (:class:`derrick.images.model.Progress`), shown on the
+    bars of a command."""
+
+    def __init__(self, bars: BlobProgress) -> None:
+        self._bars = bars
+
+    def planned(self, total_bytes: int) -> None:
+        self._bars.planned(total_bytes)
+
+    def blob_started(self, desc: Descriptor) -> None:
+        self._bars.blob_started(desc)
+
+    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
+        self._bars.blob_advanced(desc, nbytes)
+
+    def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None:
+        self._bars.blob_finished(desc)
+
+
+def engine_bars(bars: BlobProgress | None) -> EngineBars | None:
+    return EngineBars(bars) if bars is not None else None

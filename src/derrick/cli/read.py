@@ -28,7 +28,7 @@ from derrick.download import Region, download
 from derrick.errors import TransportError, UsageError
 from derrick.manifest import Descriptor, ImageManifest, Index
 from derrick.ops.inspect import inspect_image
-from derrick.ops.resolve import fetch_child, fetch_config, resolve_image
+from derrick.ops.resolve import resolve_image, resolved_config
 from derrick.reference import Reference, parse_registry
 from derrick.registry import RegistryClient
 
@@ -95,14 +95,14 @@ def manifest_get(reference: str, platform: str | None, fmt: str, opts: Options) 
     """
     ref = parse_ref(reference)
     plat = parse_platform(platform)
+    manifest: ImageManifest | Index
     with opts.client(ref.registry) as client:
-        got = client.get_manifest(ref)
-        manifest = got.manifest
-        digest = got.digest
-        if plat is not None and isinstance(manifest, Index):
-            desc = manifest.select(plat)
-            manifest = fetch_child(client, ref, desc)
-            digest = desc.digest
+        if plat is None:
+            got = client.get_manifest(ref)
+            manifest, digest = got.manifest, got.digest
+        else:
+            img = resolve_image(client, ref, plat)
+            manifest, digest = img.manifest, img.digest
     if fmt == "raw":
         sys.stdout.buffer.write(manifest.raw)
         sys.stdout.buffer.flush()
@@ -124,6 +124,8 @@ def manifest_get(reference: str, platform: str | None, fmt: str, opts: Options) 
         )
     else:
         assert isinstance(manifest, ImageManifest)
+        if not manifest.is_image:
+            click.echo(f"Artifact:   {manifest.kind} (not a container image)")
         click.echo(f"Config:     {manifest.config.digest}")
         click.echo("")
         emit_table(
@@ -236,12 +238,22 @@ def image_config(reference: str, platform: str | None, fmt: str, opts: Options) 
     ref = parse_ref(reference)
     with opts.client(ref.registry) as client:
         img = resolve_image(client, ref, parse_platform(platform))
-        cfg = fetch_config(client, ref, img.manifest)
+        if img.manifest.is_image:
+            raw = resolved_config(client, img).raw
+        else:  # an artifact's config, whatever it holds
+            raw = client.get_blob_bytes(ref, img.manifest.config)
     if fmt == "raw":
-        sys.stdout.buffer.write(cfg.raw)
+        sys.stdout.buffer.write(raw)
         sys.stdout.buffer.flush()
-    else:
-        emit_json(json.loads(cfg.raw))
+        return
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise UsageError(
+            f"the config of {ref} ({img.manifest.config.media_type}) is not JSON",
+            hint="print it with --format raw",
+        ) from None
+    emit_json(data)
 
 
 @image_group.command("inspect")
@@ -272,23 +284,30 @@ def _print_inspect(info: dict[str, Any]) -> None:
     click.echo(f"MediaType:  {info['mediaType']}")
     if info["platforms"]:
         click.echo(f"Platforms:  {', '.join(p['platform'] or '?' for p in info['platforms'])}")
-        click.echo(f"Manifest:   {info['manifestDigest']} ({info['platform']})")
+        click.echo(f"Manifest:   {info['manifestDigest']} ({info['platform'] or '-'})")
+    elif info["artifactType"] is None:
+        click.echo(f"Platform:   {info['platform'] or '-'}")
+    if info["artifactType"] is not None:
+        click.echo(f"Artifact:   {info['artifactType']}")
+        click.echo(f"Config:     {cfg['digest']} ({cfg['mediaType']})")
+        click.echo(
+            "            not a container image: pull it to an OCI layout or OCI archive, or copy it"
+        )
     else:
-        click.echo(f"Platform:   {info['platform']}")
-    click.echo(f"Created:    {cfg['created'] or '-'}")
-    click.echo(f"Config:     {cfg['digest']}")
-    if cfg["entrypoint"]:
-        click.echo(f"Entrypoint: {json.dumps(cfg['entrypoint'])}")
-    if cfg["cmd"]:
-        click.echo(f"Cmd:        {json.dumps(cfg['cmd'])}")
-    if cfg["workingDir"]:
-        click.echo(f"WorkingDir: {cfg['workingDir']}")
-    if cfg["user"]:
-        click.echo(f"User:       {cfg['user']}")
-    for e in cfg["env"]:
-        click.echo(f"Env:        {e}")
-    for k, v in cfg["labels"].items():
-        click.echo(f"Label:      {k}={v}")
+        click.echo(f"Created:    {cfg['created'] or '-'}")
+        click.echo(f"Config:     {cfg['digest']}")
+        if cfg["entrypoint"]:
+            click.echo(f"Entrypoint: {json.dumps(cfg['entrypoint'])}")
+        if cfg["cmd"]:
+            click.echo(f"Cmd:        {json.dumps(cfg['cmd'])}")
+        if cfg["workingDir"]:
+            click.echo(f"WorkingDir: {cfg['workingDir']}")
+        if cfg["user"]:
+            click.echo(f"User:       {cfg['user']}")
+        for e in cfg["env"]:
+            click.echo(f"Env:        {e}")
+        for k, v in cfg["labels"].items():
+            click.echo(f"Label:      {k}={v}")
     click.echo(f"Size:       {human_size(info['totalSize'])} compressed")
     click.echo("")
     emit_table(

@@ -20,11 +20,27 @@ from derrick.cli.common import (
     platform_option,
 )
 from derrick.cli.groups import blob_group, image_group, manifest_group, tag_group
-from derrick.cli.progress import open_progress
+from derrick.cli.progress import engine_bars, open_progress
 from derrick.digest import Digest
 from derrick.errors import UsageError
-from derrick.ops.copy import copy_image, tag_image
-from derrick.ops.push import DEFAULT_JOBS, TransferStats, push, put_blob
+from derrick.images.dockerarchive import open_archive
+from derrick.images.layout import LayoutDir
+from derrick.images.model import ImageName, Selection
+from derrick.images.remote import RegistryRepository
+from derrick.ops import transfer
+from derrick.ops.copy import tag_image
+from derrick.ops.images import is_local, split_path_name
+from derrick.ops.push import (
+    DEFAULT_JOBS,
+    PushResult,
+    TransferStats,
+    layout_destination,
+    push_from,
+    push_names,
+    push_result,
+    push_stats,
+    put_blob,
+)
 from derrick.reference import Reference
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
@@ -79,21 +95,69 @@ def jobs_option(f: Any) -> Any:
 
 
 def _split_source(src: str, tag: str | None) -> tuple[str, str | None]:
-    """``DIR``, ``DIR:NAME`` or ``FILE:NAME`` (optionally ``oci:``-style prefixed)."""
+    """``DIR``, ``DIR:NAME`` or ``FILE:NAME`` (optionally ``oci:``-style prefixed).
+
+    NAME may hold colons itself (``app.tar:app:1.0``): the path is the longest
+    part before a colon that exists.
+    """
     for prefix in _TRANSPORTS:
         if src.startswith(prefix) and not Path(src).exists():
             src = src[len(prefix) :]
             break
     name = None
-    if not Path(src).exists() and ":" in src:
-        path, _, name = src.rpartition(":")
-        if Path(path).exists():
-            src = path
-        else:
-            name = None
+    if not Path(src).exists():
+        found = split_path_name(src)  # DIR:v1, DIR:registry/repo:v1, DIR:sha256:…
+        if found is not None:
+            src, name = found[0], found[1] or None
     if name is not None and tag is not None:
         raise UsageError(f"the image is named twice: {name!r} in SRC and {tag!r} by --tag")
     return src, name if name is not None else tag
+
+
+def _local_path(value: str) -> bool:
+    """Whether an argument of ``image copy`` names a path on disk rather than a registry.
+
+    ``docker://`` forces a registry; ``oci:``-style prefixes, paths (``/…``, ``./…``,
+    ``../…``, ``~/…``), names ending in ``.tar`` and anything that exists are local.
+    """
+    if value.startswith("docker://"):
+        return False
+    return (
+        value.startswith((*_TRANSPORTS, "/", "./", "../", "~/"))
+        or value in (".", "..", "~")
+        or value.endswith(".tar")
+        or is_local(value)
+    )
+
+
+def _pull_command(src: str, dest: str) -> str:
+    for prefix in _TRANSPORTS:
+        if dest.startswith(prefix):
+            return f"derrick image pull {src} -o {dest[len(prefix) :]} --format {prefix[:-1]}"
+    return f"derrick image pull {src} -o {dest}"
+
+
+def _refuse_local_paths(src: str, dst: str) -> None:
+    """``image copy`` goes from registry to registry: say what to use for a path instead."""
+    src_local, dst_local = _local_path(src), _local_path(dst)
+    if src_local and dst_local:
+        raise UsageError(
+            f"image copy copies between registries; {src} and {dst} are local paths",
+            hint="derrick image pull writes a registry's image to disk, "
+            "derrick image push uploads one from disk",
+        )
+    if dst_local:
+        raise UsageError(
+            f"image copy copies between registries, and {dst} is a local path",
+            hint=f"to write the image to disk use: {_pull_command(src, dst)} "
+            "(or prefix DST_REF with docker:// if it names a registry)",
+        )
+    if src_local:
+        raise UsageError(
+            f"image copy copies between registries, and {src} is a local path",
+            hint=f"to upload an image from disk use: derrick image push {src} {dst} "
+            "(or prefix SRC_REF with docker:// if it names a registry)",
+        )
 
 
 def _stats_json(stats: TransferStats) -> dict[str, int]:
@@ -116,7 +180,11 @@ def _stats_text(stats: TransferStats) -> str:
 @image_group.command("push")
 @click.argument("src")
 @click.argument("reference")
-@click.option("--tag", "name", help="Which image of SRC to push: its tag (ref name) or RepoTag.")
+@click.option(
+    "--tag",
+    "name",
+    help="Which image of SRC to push: its tag (ref name), RepoTag or image ID.",
+)
 @jobs_option
 @chunk_size_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
@@ -136,31 +204,66 @@ def image_push(
 
     SRC is an OCI layout directory, an OCI archive or a docker-archive
     (docker save, legacy or OCI style).  Pick one of several images with
-    DIR:TAG or --tag; the only one is the default.  Digests are preserved.
+    SRC:NAME or --tag: a tag (ref name) of a layout, a RepoTag or image ID
+    (12 or more hex digits) of a docker-archive; the only one is the default.
+    REFERENCE without a tag takes the image's tag in SRC (an untagged image
+    needs one given).  Digests are preserved.
 
     \b
     Examples:
-      derrick image push ./app-layout:1.0 localhost:5000/team/app:1.0
-      derrick image push app.tar localhost:5000/team/app:1.0 --tag app:1.0
+      derrick image push ./app-layout:1.0 localhost:5000/team/app
+      derrick image push app.tar:app:1.0 localhost:5000/team/app
+      derrick image push untagged.tar localhost:5000/team/app:1.0
     """
     path, image_name = _split_source(src, name)
-    ref = parse_ref(reference)
-    with opts.client(ref.registry) as client, contextlib.ExitStack() as stack:
-        bar = open_progress(stack, quiet=quiet, label=ref.familiar())
-        result = push(
-            client,
-            path,
-            ref,
-            image_name,
-            jobs=jobs,
-            chunk_size=_chunk_size(chunk_size),
-            progress=bar,
+    ref = Reference.parse(reference, default_tag=None)
+    layout = LayoutDir(path, name=image_name) if Path(path).is_dir() else None
+    if layout is not None:  # before any connection: the image and its tag must be there
+        ref = layout_destination(
+            layout, ref, image_name, f"{path}:{image_name}" if image_name else path
         )
+    with contextlib.ExitStack() as stack:
+        # An archive is read (and checked) before the registry is asked anything.
+        archive = stack.enter_context(open_archive(path, jobs=jobs)) if layout is None else None
+        client = stack.enter_context(opts.client(ref.registry))
+        bar = open_progress(stack, quiet=quiet, label=ref.familiar())
+        if layout is not None:
+            copied = transfer.copy(
+                layout,
+                RegistryRepository(client, ref, chunk_size=_chunk_size(chunk_size)),
+                name=image_name,
+                selection=Selection(all=True),  # an index whole, as the layout has it
+                names=push_names(ref),
+                jobs=jobs,
+                progress=engine_bars(bar),
+                retry=client.transport.retry,
+            )
+            result = PushResult(
+                source=path,
+                ref=ref,
+                digest=copied.digest,
+                media_type=copied.media_type,
+                manifests=copied.manifests,
+                stats=push_stats(copied.stats),
+            )
+        else:
+            assert archive is not None
+            pushed, copied = push_from(
+                client,
+                archive,
+                ref,
+                image_name,
+                shown=f"{path}:{image_name}" if image_name else path,
+                jobs=jobs,
+                chunk_size=_chunk_size(chunk_size),
+                progress=engine_bars(bar),
+            )
+            result = push_result(path, pushed, copied)
     if fmt == "json":
         emit_json(
             {
                 "source": result.source,
-                "reference": str(ref),
+                "reference": str(result.ref),
                 "digest": str(result.digest),
                 "mediaType": result.media_type,
                 "manifests": [str(d) for d in result.manifests],
@@ -169,7 +272,8 @@ def image_push(
         )
     elif not quiet:
         click.echo(
-            f"Pushed {path} to {ref} ({result.digest}): {_stats_text(result.stats)}", err=True
+            f"Pushed {path} to {result.ref} ({result.digest}): {_stats_text(result.stats)}",
+            err=True,
         )
 
 
@@ -199,8 +303,11 @@ def image_copy(
     Blobs stream straight through (nothing is stored locally) and are
     verified on the way; on one registry they are mounted instead.  Without
     --all-platforms one platform of an index is copied (--platform, default
-    this machine's).  DST_REF without a tag takes SRC_REF's.  --username
-    applies to the destination registry.
+    this machine's); a single image is copied whatever its platform, unless
+    --platform names another.  DST_REF without a tag takes SRC_REF's.
+    --username applies to the destination registry.  A path on disk is no
+    reference: use image pull or image push for that (docker://REF forces a
+    registry).
 
     \b
     Examples:
@@ -209,36 +316,43 @@ def image_copy(
     """
     if all_platforms and platform:
         raise UsageError("--platform and --all-platforms exclude each other")
-    src = parse_ref(src_ref)
-    dst = Reference.parse(dst_ref, default_tag=None)
+    _refuse_local_paths(src_ref, dst_ref)
+    src = parse_ref(src_ref.removeprefix("docker://"))
+    dst = Reference.parse(dst_ref.removeprefix("docker://"), default_tag=None)
+    wanted = parse_platform(platform)
+    selection = Selection(all=all_platforms, platforms=(wanted,) if wanted else ())
+    names: tuple[ImageName, ...] | None = None  # none given: SRC's tag
+    if dst.digest is not None:
+        names = ()
+    elif dst.tag is not None:
+        names = (ImageName(dst.name, dst.tag),)
     with opts.client(dst.registry) as client, contextlib.ExitStack() as stack:
         bar = open_progress(stack, quiet=quiet, label=dst.familiar())
-        result = copy_image(
-            client,
-            src,
-            dst,
-            platform=parse_platform(platform),
-            all_platforms=all_platforms,
+        result = transfer.copy(
+            RegistryRepository(client, src),
+            RegistryRepository(client, dst, chunk_size=_chunk_size(chunk_size)),
+            selection=selection,
+            names=names,
             jobs=jobs,
-            chunk_size=_chunk_size(chunk_size),
-            progress=bar,
+            progress=engine_bars(bar),
+            retry=client.transport.retry,
         )
+    tag = next((n.tag for n in result.plan.entries[0].names if n.tag), None)
+    shown = dst.with_tag(tag) if dst.digest is None and tag else dst.with_digest(result.digest)
+    stats = push_stats(result.stats)
     if fmt == "json":
         emit_json(
             {
-                "source": str(result.src),
-                "destination": str(result.dst),
+                "source": str(src),
+                "destination": str(shown),
                 "digest": str(result.digest),
                 "mediaType": result.media_type,
                 "manifests": [str(d) for d in result.manifests],
-                **_stats_json(result.stats),
+                **_stats_json(stats),
             }
         )
     elif not quiet:
-        click.echo(
-            f"Copied {src} to {result.dst} ({result.digest}): {_stats_text(result.stats)}",
-            err=True,
-        )
+        click.echo(f"Copied {src} to {shown} ({result.digest}): {_stats_text(stats)}", err=True)
 
 
 # -- tag ---------------------------------------------------------------------------------------

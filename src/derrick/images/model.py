@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import Literal, Protocol, runtime_checkable
 
 from derrick.digest import Digest
+from derrick.errors import UsageError
 from derrick.manifest import Descriptor, ImageManifest, Index, Platform
 
 #: A piece of a blob.  A memoryview may be a view of a buffer the producer reuses: it
@@ -88,6 +89,12 @@ class ImageSource(Protocol):
 
     def names(self) -> list[str]:
         """The names :meth:`resolve` accepts for the images held (tags, ref names)."""
+        ...
+
+    def image_name(self, name: str | None = None) -> ImageName:
+        """What the image ``name`` (as :meth:`resolve` takes it) is called here: the
+        source's repository when it has one, and the tag when ``name`` (or the source's
+        default) is one.  Nothing is read; a copy keeps this name unless told otherwise."""
         ...
 
     def manifest(self, desc: Descriptor) -> bytes:
@@ -151,6 +158,10 @@ class Selection:
     platforms: tuple[Platform, ...] = ()
     all: bool = False
 
+    def __post_init__(self) -> None:
+        if self.all and self.platforms:
+            raise UsageError("a selection takes all platforms, or the ones named: not both")
+
     @property
     def explicit(self) -> bool:
         """Whether platforms were asked for (so a single image is checked against them)."""
@@ -197,6 +208,9 @@ class PlannedEntry:
     names: tuple[ImageName, ...]
     images: tuple[PlannedImage, ...]  # the platform images under ``top`` (one if no index)
     index: Index | None = None  # ``top`` parsed, when it is an index
+    #: Where the entry's manifests and blobs are read from (a plan may join several
+    #: sources); a sink may look at it, e.g. a registry mounts from a repository of its own.
+    source: ImageSource | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -218,6 +232,16 @@ class ImageSink(Protocol):
 
     #: True when blobs must be put one at a time in ``plan.blobs`` order (a stream).
     ordered: bool
+
+    #: True when the sink stores on the local disk (a layout, an archive, a stream to a
+    #: local file): a copy into it may then keep blobs from a remote source in a blob
+    #: cache.  A registry is not local: a copy to it keeps nothing on the way.
+    local: bool
+
+    #: True when the sink takes a whole local file (:attr:`BlobFeed.local`) better than a
+    #: stream (a layout copies or reflinks it): blobs from a remote source are then put in
+    #: the cache first and handed over as files.
+    prefers_files: bool
 
     def begin(self, plan: Plan) -> None:
         """Start writing ``plan``.  Sinks that lay out their container up front (an
@@ -259,7 +283,13 @@ BlobOutcome = Literal["copied", "skipped", "mounted", "linked"]
 
 
 class Progress(Protocol):
-    """Receives the progress of a copy; every method may be called from worker threads."""
+    """Receives the progress of a copy; every method may be called from worker threads.
+
+    ``planned`` comes first, with the size of every blob of the plan.  Each blob then ends
+    with ``blob_finished``; by then its ``blob_advanced`` counts add up to its size (a blob
+    the sink already had or mounted is advanced by its whole size at once).  Only blobs
+    that stream are ``blob_started``.
+    """
 
     def planned(self, total_bytes: int) -> None:
         """The bytes of the blobs about to move."""

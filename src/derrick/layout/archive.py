@@ -51,6 +51,10 @@ __all__ = [
     "ANNOTATION_REF_NAME",
     "ArchiveImage",
     "BlobFile",
+    "check_docker_image",
+    "docker_manifest_json",
+    "image_platform",
+    "repositories_json",
     "split_repo_tag",
     "write_docker_archive",
     "write_oci_archive",
@@ -101,7 +105,8 @@ def split_repo_tag(repo_tag: str) -> tuple[str, str] | None:
     return repo_tag[:colon], repo_tag[colon + 1 :]
 
 
-def _config_platform(manifest: ImageManifest, config: bytes) -> Platform | None:
+def image_platform(manifest: ImageManifest, config: bytes) -> Platform | None:
+    """The platform an image's config says, or None (an artifact, or a config without one)."""
     if manifest.config.media_type not in _IMAGE_CONFIGS:
         return None
     try:
@@ -111,6 +116,22 @@ def _config_platform(manifest: ImageManifest, config: bytes) -> Platform | None:
     if not cfg.os or not cfg.architecture:
         return None
     return cfg.platform
+
+
+def check_docker_image(what: str, manifest: ImageManifest, config: bytes) -> None:
+    """Refuse an image ``docker load`` would reject: a config that does not parse, or one
+    that lists another number of layers (``rootfs.diff_ids``) than the manifest."""
+    try:
+        cfg = ImageConfig.parse(config)
+    except DerrickError as e:
+        raise LayoutError(f"{what} cannot be written as a docker-archive: {e.message}") from None
+    if len(manifest.layers) != len(cfg.diff_ids):
+        raise LayoutError(
+            f"{what} cannot be written as a docker-archive: its manifest "
+            f"has {len(manifest.layers)} layers but its config lists {len(cfg.diff_ids)} "
+            "(rootfs.diff_ids)",
+            hint="docker load would reject it; save it as an OCI archive instead",
+        )
 
 
 def _check_config(image: ArchiveImage, manifest: ImageManifest, config: bytes) -> None:
@@ -203,7 +224,7 @@ def write_oci_archive(
                     hint="export one platform, or provide every manifest of the index",
                 )
         else:
-            top = image.manifest.descriptor(_config_platform(image.manifest, image.config))
+            top = image.manifest.descriptor(image_platform(image.manifest, image.config))
         entries.append(named_descriptor(top, image.ref_name, image.image_name))
         for m, cfg in _image_manifests(image):
             small.setdefault(m.digest, m.raw)
@@ -240,21 +261,8 @@ def write_docker_archive(
     if not images:
         raise LayoutError("no images to write to the docker archive")
     for image in images:
-        m = image.manifest
-        _check_config(image, m, image.config)
-        try:
-            cfg = ImageConfig.parse(image.config)
-        except DerrickError as e:
-            raise LayoutError(
-                f"{image.display_name} cannot be written as a docker-archive: {e.message}"
-            ) from None
-        if len(m.layers) != len(cfg.diff_ids):
-            raise LayoutError(
-                f"{image.display_name} cannot be written as a docker-archive: its manifest "
-                f"has {len(m.layers)} layers but its config lists {len(cfg.diff_ids)} "
-                "(rootfs.diff_ids)",
-                hint="docker load would reject it; save it as an OCI archive instead",
-            )
+        _check_config(image, image.manifest, image.config)
+        check_docker_image(image.display_name, image.manifest, image.config)
 
     w = TarStreamWriter(out, mtime=mtime)
     w.add_bytes("oci-layout", layout_file_bytes())
@@ -277,22 +285,22 @@ def write_docker_archive(
 
     entries = [
         named_descriptor(
-            image.manifest.descriptor(_config_platform(image.manifest, image.config)),
+            image.manifest.descriptor(image_platform(image.manifest, image.config)),
             image.ref_name,
             image.image_name,
         )
         for image in images
     ]
     w.add_bytes("index.json", index_json(_unique(entries)))
-    w.add_bytes("manifest.json", _docker_manifest_json(images))
-    repositories = _repositories_json(images)
+    w.add_bytes("manifest.json", docker_manifest_json(images))
+    repositories = repositories_json(images)
     if repositories is not None:
         w.add_bytes("repositories", repositories)
     w.close()
     return holes
 
 
-def _docker_manifest_json(images: Sequence[ArchiveImage]) -> bytes:
+def docker_manifest_json(images: Sequence[ArchiveImage]) -> bytes:
     items: list[dict[str, Any]] = []
     for image in images:
         items.append(
@@ -305,7 +313,7 @@ def _docker_manifest_json(images: Sequence[ArchiveImage]) -> bytes:
     return json.dumps(items, separators=(",", ":")).encode()
 
 
-def _repositories_json(images: Sequence[ArchiveImage]) -> bytes | None:
+def repositories_json(images: Sequence[ArchiveImage]) -> bytes | None:
     repos: dict[str, dict[str, str]] = {}
     for image in images:
         if not image.manifest.layers:

@@ -10,7 +10,12 @@
     A ``docker save`` tarball: its ``manifest.json`` lists each image's config
     and layer files.  Both the legacy layout (``<id>/layer.tar``, ``<id>.json``)
     and the newer one (``blobs/sha256/<hex>`` plus an OCI ``index.json``) are
-    read.
+    read.  An image saved by ID has ``"RepoTags": null``, and Docker 25.0.0 and
+    25.0.1 then write ``"manifests": null`` into ``index.json``: both read as
+    empty lists.  The OCI manifest of a docker-archive image is used only when
+    it agrees with ``manifest.json`` (same config, same layers in the same
+    order: Docker 25.0.0 listed them in random order); otherwise the image is
+    read from ``manifest.json`` alone.
 
 Archives are never extracted.  Their members are indexed once and each blob is
 read by seeking into the tar file.  Member names that are absolute or contain
@@ -32,7 +37,7 @@ import os
 import posixpath
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -42,6 +47,8 @@ from derrick import mediatypes as mt
 from derrick.digest import Digest, Verifier
 from derrick.errors import DerrickError, LayoutError
 from derrick.layout.oci import (
+    ANNOTATION_IMAGE_NAME,
+    ANNOTATION_REF_NAME,
     INDEX_FILE,
     LAYOUT_FILE,
     blob_member,
@@ -57,17 +64,28 @@ from derrick.manifest import (
     Index,
     parse_manifest,
 )
+from derrick.reference import Reference, validate_tag
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-__all__ = ["DockerArchiveEntry", "ImageSource", "SourceKind", "open_image_source"]
+__all__ = [
+    "DockerArchiveEntry",
+    "ImageSource",
+    "SelectedImage",
+    "SourceKind",
+    "open_image_source",
+    "tag_in",
+]
 
 SourceKind = Literal["oci", "oci-archive", "docker-archive"]
 
 DOCKER_MANIFEST_FILE = "manifest.json"
 _READ_BUFFER = 1 << 20
 _MAX_LINK_HOPS = 16
+#: Shortest image ID prefix (hex digits) that names a docker-archive image, as ``docker`` shows.
+_SHORT_ID = 12
+_HEX = frozenset("0123456789abcdef")
 
 _COMPRESSION_MAGIC = (
     (b"\x1f\x8b", "gzip"),
@@ -87,6 +105,46 @@ class DockerArchiveEntry:
     repo_tags: tuple[str, ...]
     #: Archive paths of the layer tarballs, base layer first.
     layer_paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SelectedImage:
+    """One image of a source, as :meth:`ImageSource.select` found it."""
+
+    #: Its OCI manifest (or index) in the source; None for a docker-archive image without
+    #: one that agrees with ``manifest.json`` (read it from :attr:`docker` then).
+    desc: Descriptor | None
+    #: Its docker-archive ``manifest.json`` entry (None for OCI layouts and archives).
+    docker: DockerArchiveEntry | None
+    #: The tags it carries in the source, each once: from the ``ref.name`` or image name
+    #: annotation of its index entry, or from its RepoTags (only the one it was chosen by).
+    tags: tuple[str, ...]
+
+
+def tag_in(name: str) -> str | None:
+    """The tag a name carries: itself if it is a tag (``v1``), or a reference's (``app:v1``)."""
+    try:
+        return validate_tag(name)
+    except DerrickError:
+        pass
+    try:
+        return Reference.parse(name, default_tag=None).tag
+    except DerrickError:
+        return None
+
+
+def _tags_of(names: Iterable[str | None]) -> tuple[str, ...]:
+    out: list[str] = []
+    for name in names:
+        tag = tag_in(name) if name else None
+        if tag is not None and tag not in out:
+            out.append(tag)
+    return tuple(out)
+
+
+def _entry_tags(desc: Descriptor) -> tuple[str, ...]:
+    ann = desc.annotations or {}
+    return _tags_of([ann.get(ANNOTATION_REF_NAME), ann.get(ANNOTATION_IMAGE_NAME)])
 
 
 # -- member name safety --------------------------------------------------------
@@ -334,6 +392,7 @@ class ImageSource:
         self._store = store
         self._index: Index | None = None
         self._docker: list[DockerArchiveEntry] | None = None
+        self._image_ids: dict[str, Digest] = {}
         if kind in ("oci", "oci-archive") or store.size(LAYOUT_FILE) is not None:
             self._load_oci(required=kind != "docker-archive")
         if kind == "docker-archive":
@@ -396,8 +455,12 @@ class ImageSource:
             if not isinstance(item, dict):
                 raise LayoutError(f"{here} must be an object")
             config = item.get("Config")
-            layers = item.get("Layers")
-            tags = item.get("RepoTags") or []
+            layers = item.get("Layers", ...)
+            if layers is None:  # null lists are empty lists, as Go writes them
+                layers = []
+            tags = item.get("RepoTags")
+            if tags is None:  # an image saved by ID
+                tags = []
             if not isinstance(config, str):
                 raise LayoutError(f"{here}: 'Config' must be a string")
             if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
@@ -437,8 +500,46 @@ class ImageSource:
             raise LayoutError(f"{self.path} is an {self.kind}, not a docker-archive")
         return list(self._docker)
 
+    def image_id(self, entry: DockerArchiveEntry) -> Digest:
+        """The image ID of a docker-archive image: the digest of its config."""
+        found = self._image_ids.get(entry.config_path)
+        if found is None:
+            found = self._image_ids[entry.config_path] = Digest.of(
+                self.read_file(entry.config_path)
+            )
+        return found
+
+    def _shown_names(self) -> list[str]:
+        """Each image by its RepoTags, or by its short image ID if it has none."""
+        out: list[str] = []
+        for e in self.docker_images():
+            shown = list(e.repo_tags) or [f"{self.image_id(e).hex[:_SHORT_ID]} (untagged)"]
+            out.extend(n for n in shown if n not in out)
+        return out
+
+    def _by_image_id(self, name: str) -> DockerArchiveEntry | None:
+        """The image whose ID is ``name`` (``sha256:<hex>``, or 12 or more of its hex digits)."""
+        hex_ = name.removeprefix("sha256:")
+        if len(hex_) < _SHORT_ID or not set(hex_) <= _HEX:
+            return None
+        found: dict[Digest, DockerArchiveEntry] = {}
+        for e in self.docker_images():
+            image_id = self.image_id(e)
+            if image_id.algorithm == "sha256" and image_id.hex.startswith(hex_):
+                found.setdefault(image_id, e)
+        if len(found) > 1:
+            raise LayoutError(
+                f"{name!r} is the start of {len(found)} image IDs in {self.path}",
+                hint="give more of the image ID",
+            )
+        return next(iter(found.values()), None)
+
     def docker_image(self, name: str | None = None) -> DockerArchiveEntry:
-        """The docker-archive image tagged ``name`` (or the only one if None)."""
+        """The docker-archive image called ``name`` (or the only one if None).
+
+        ``name`` is one of its RepoTags, or its image ID (``sha256:<hex>``, or at
+        least the first 12 hex digits), which is how an untagged image is named.
+        """
         entries = self.docker_images()
         if name is None:
             if len(entries) == 1:
@@ -446,50 +547,87 @@ class ImageSource:
             if not entries:
                 raise LayoutError(f"{self.path} holds no images")
             raise LayoutError(
-                f"{self.path} holds {len(entries)} images; choose one of: "
-                + (", ".join(self.names()) or "(none are tagged)")
+                f"{self.path} holds {len(entries)} images; choose one with "
+                f"{self.path}:NAME, NAME one of: " + ", ".join(self._shown_names())
             )
         for e in entries:
             if name in e.repo_tags:
                 return e
+        by_id = self._by_image_id(name)
+        if by_id is not None:
+            return by_id
         raise LayoutError(
-            f"no image tagged {name!r} in {self.path} (it has: {', '.join(self.names()) or 'none'})"
+            f"no image tagged {name!r} in {self.path} "
+            f"(it has: {', '.join(self._shown_names()) or 'none'})"
         )
 
     def resolve(self, name: str | None = None) -> Descriptor | None:
         """The descriptor of the manifest (or index) called ``name``.
 
-        For a docker-archive, ``name`` is one of its RepoTags, and the result is
-        the OCI manifest the archive holds for that image, or None if it holds
-        none (read it with :meth:`docker_image` then).
+        For a docker-archive, ``name`` is one of its RepoTags (or an image ID),
+        and the result is the OCI manifest the archive holds for that image, or
+        None if it holds none (read it with :meth:`docker_image` then).
+        """
+        return self.select(name).desc
+
+    def select(self, name: str | None = None) -> SelectedImage:
+        """The image called ``name`` (None: the only one), and the tags it carries.
+
+        In an OCI layout or archive ``name`` is a ``ref.name``, an image name or a
+        digest.  In a docker-archive it is a RepoTag or an image ID, else a name
+        of its ``index.json``.
         """
         if self._docker is None:
             if self._index is None:  # pragma: no cover - guarded by _load_oci
                 raise LayoutError(f"{self.path} has no index.json")
-            return resolve_entry(self._index.manifests, name, self.description)
+            desc = resolve_entry(self._index.manifests, name, self.description)
+            return SelectedImage(desc, None, _entry_tags(desc))
         try:
             entry = self.docker_image(name)
         except LayoutError:
             if name is None or self._index is None:
                 raise
             try:
-                return resolve_entry(self._index.manifests, name, self.description)
+                desc = resolve_entry(self._index.manifests, name, self.description)
             except LayoutError:
                 pass
+            else:
+                named = self._docker_entry_for(desc)
+                if named is not None:  # read as its manifest.json entry says
+                    return SelectedImage(self._oci_for_docker(named), named, _entry_tags(desc))
+                return SelectedImage(desc, None, _entry_tags(desc))
             raise
-        return self._oci_for_docker(entry)
+        chosen = (name,) if name in entry.repo_tags else entry.repo_tags
+        return SelectedImage(self._oci_for_docker(entry), entry, _tags_of(chosen))
+
+    def _docker_entry_for(self, desc: Descriptor) -> DockerArchiveEntry | None:
+        """The manifest.json entry of the image manifest ``desc`` (by its config), if any."""
+        if not mt.is_image_manifest(desc.media_type) or not self.has_blob(desc.digest):
+            return None
+        try:
+            parsed = parse_manifest(self.read_blob(desc.digest), desc.media_type)
+        except DerrickError:
+            return None
+        if not isinstance(parsed, ImageManifest):
+            return None
+        for entry in self.docker_images():
+            if self.image_id(entry) == parsed.config.digest:
+                return entry
+        return None
 
     def _oci_for_docker(self, entry: DockerArchiveEntry) -> Descriptor | None:
         if self._index is None:
             return None
-        config_digest = Digest.of(self.read_file(entry.config_path))
+        config_digest = self.image_id(entry)
         for desc in self._index.manifests:
-            found = self._find_config(desc, config_digest, depth=0)
+            found = self._find_config(desc, entry, config_digest, depth=0)
             if found is not None:
                 return found
         return None
 
-    def _find_config(self, desc: Descriptor, config: Digest, depth: int) -> Descriptor | None:
+    def _find_config(
+        self, desc: Descriptor, entry: DockerArchiveEntry, config: Digest, depth: int
+    ) -> Descriptor | None:
         if not self.has_blob(desc.digest):
             return None
         try:
@@ -497,11 +635,13 @@ class ImageSource:
         except DerrickError:
             return None
         if isinstance(parsed, ImageManifest):
-            return desc if parsed.config.digest == config else None
+            if parsed.config.digest != config or not _same_layers(parsed, entry):
+                return None
+            return desc
         if depth < 2:
             for child in parsed.manifests:
                 if mt.is_image_manifest(child.media_type) or mt.is_index(child.media_type):
-                    found = self._find_config(child, config, depth + 1)
+                    found = self._find_config(child, entry, config, depth + 1)
                     if found is not None:
                         return found
         return None
@@ -554,9 +694,40 @@ class ImageSource:
         """Open a file of the source by its path (not verified)."""
         return _reader(self._store.open(path), self.file_size(path), None)
 
+    def size_of(self, path: str) -> int | None:
+        """Size of a file of the source, or None when there is none (links followed)."""
+        return self._store.size(path)
+
+    def open_at(self, path: str, offset: int = 0) -> io.FileIO:
+        """The raw file ``path`` of the source, ``offset`` bytes into its content (for a
+        member of an archive: the archive file, seeked).  Not verified; the caller reads
+        no more than :meth:`size_of` says."""
+        f = self._store.open(path)
+        if offset:
+            try:
+                f.seek(offset, os.SEEK_CUR)
+            except BaseException:
+                f.close()
+                raise
+        return f
+
     def read_file(self, path: str, max_size: int = MAX_MANIFEST_SIZE) -> bytes:
         """Read a small file of the source (e.g. a docker-archive config)."""
         return self._read_small(path, max_size)
+
+
+def _same_layers(manifest: ImageManifest, entry: DockerArchiveEntry) -> bool:
+    """Whether ``manifest`` lists the layers ``entry`` names, in the same order.
+
+    A foreign layer (one with URLs) is stored by its diff ID, not its digest,
+    so its path is not compared.
+    """
+    if len(manifest.layers) != len(entry.layer_paths):
+        return False
+    return all(
+        d.urls or blob_member(d.digest) == path
+        for d, path in zip(manifest.layers, entry.layer_paths, strict=True)
+    )
 
 
 def open_image_source(path: Path | str) -> ImageSource:

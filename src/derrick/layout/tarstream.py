@@ -96,7 +96,7 @@ class TarStreamWriter:
             self._write(data)
         self._pad(len(data))
 
-    def add_stream(self, name: str, size: int, chunks: Iterable[bytes]) -> None:
+    def add_stream(self, name: str, size: int, chunks: Iterable[bytes | memoryview]) -> None:
         """Add a regular file of ``size`` bytes whose content arrives as ``chunks``.
 
         Raises :class:`LayoutError` if the chunks add up to a different size; the

@@ -29,6 +29,8 @@ from derrick.ops.push import (
     put_manifests,
     transfer_blobs,
 )
+from derrick.ops.resolve import fetch_config
+from derrick.platform import check_platform
 from derrick.reference import Reference
 from derrick.registry import FetchedManifest, RegistryClient, pull_scope, push_scope
 
@@ -136,7 +138,9 @@ def copy_image(
 
     An index is copied whole with ``all_platforms``; otherwise only the
     manifest for ``platform`` (default: this machine's) is copied, and ``dst``
-    names that manifest.  A ``dst`` without tag or digest takes ``src``'s tag.
+    names that manifest.  A single manifest is copied whatever its platform,
+    unless ``platform`` is given: then its config must name that platform.
+    A ``dst`` without tag or digest takes ``src``'s tag.
     """
     if dst.tag is None and dst.digest is None:
         dst = dst.with_tag(src.tag) if src.tag else dst
@@ -151,6 +155,12 @@ def copy_image(
         manifests.append(ManifestBlob(child.raw, child.media_type))
         images.append(child.manifest)
     else:
+        m = top.manifest
+        if isinstance(m, ImageManifest) and platform is not None and not all_platforms:
+            # not in an index: the platform is the one its config names
+            check_platform(
+                str(src), m, fetch_config(client, src, m) if m.is_image else None, platform
+            )
         _collect(client, src, top, manifests, images)
     if dst.tag is None and dst.digest is None:
         dst = dst.with_digest(manifests[-1].digest)

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from derrick.registry import RegistryClient
 
 
+from derrick.layout.oci import LAYOUT_FILE
 from derrick.layout.tarread import TarReader
 
 log = logging.getLogger("derrick.images")
@@ -106,6 +107,21 @@ class ImageLayers:
 
 
 _LOCAL_PREFIXES = ("oci:", "oci-archive:", "docker-archive:")
+_NO_FILESYSTEM = "it has no filesystem to read"
+
+
+def split_path_name(text: str) -> tuple[str, str] | None:
+    """``(path, name)`` for ``PATH:NAME`` where ``PATH`` exists, else None.
+
+    The split is at the last ``:`` that leaves an existing path before it, so a
+    name may hold colons itself: a full image name (``host:5000/team/app:v1``)
+    or a digest (``sha256:…``).
+    """
+    pos = len(text)
+    while (pos := text.rfind(":", 0, pos)) > 0:
+        if os.path.exists(text[:pos]):
+            return text[:pos], text[pos + 1 :]
+    return None
 
 
 def _split_local(target: str) -> tuple[Path, str | None] | None:
@@ -115,6 +131,9 @@ def _split_local(target: str) -> tuple[Path, str | None] | None:
             rest = target[len(prefix) :]
             if os.path.exists(rest):
                 return Path(rest), None
+            found = split_path_name(rest)
+            if found is not None:
+                return Path(found[0]), found[1] or None
             path, sep, name = rest.rpartition(":")
             if sep and path:
                 return Path(path), name or None
@@ -123,10 +142,16 @@ def _split_local(target: str) -> tuple[Path, str | None] | None:
         return None
     if os.path.exists(target):
         return Path(target), None
-    path, sep, name = target.rpartition(":")
-    if sep and path and "/" not in name and os.path.exists(path):
-        return Path(path), name or None
-    return None
+    found = split_path_name(target)
+    if found is None:
+        return None
+    path, name = found
+    # host:port/repo is a registry reference even beside a directory called host; a full
+    # image name picks from a path only when that is an OCI layout or an archive file
+    is_source = os.path.isfile(path) or os.path.exists(os.path.join(path, LAYOUT_FILE))
+    if "/" in name and not is_source:
+        return None
+    return Path(path), name or None
 
 
 def _check_diff_ids(name: str, config: ImageConfig, count: int) -> None:
@@ -187,10 +212,12 @@ def _open_remote(
     jobs: int,
     progress: PullProgress | None,
 ) -> ImageLayers:
-    from derrick.ops.resolve import fetch_config, resolve_image
+    from derrick.ops.resolve import resolve_image, resolved_config
+    from derrick.platform import require_image
 
     img = resolve_image(client, ref, platform)
-    config = fetch_config(client, ref, img.manifest)
+    require_image(str(ref), img.manifest, _NO_FILESYSTEM)
+    config = resolved_config(client, img)
     _check_diff_ids(str(ref), config, len(img.manifest.layers))
     if progress is not None:
         progress.planned(sum(d.size for d in img.manifest.layers))
@@ -252,6 +279,7 @@ def _read_local(
     src: object, path: Path, name: str | None, platform: Platform | None
 ) -> ImageLayers:
     from derrick.layout.reader import ImageSource
+    from derrick.platform import check_config_platform, check_platform, require_image
 
     assert isinstance(src, ImageSource)
     shown = f"{path}:{name}" if name else str(path)
@@ -259,6 +287,7 @@ def _read_local(
     if desc is None:  # a docker-archive without OCI manifests
         entry = src.docker_image(name)
         config = _parse_config(src.read_file(entry.config_path), shown)
+        check_config_platform(shown, config, platform)
         _check_diff_ids(shown, config, len(entry.layer_paths))
 
         def file_opener(p: str) -> Callable[[], BinaryIO]:
@@ -276,6 +305,7 @@ def _read_local(
         except ManifestError as e:  # say where the broken manifest is
             raise ManifestError(f"{shown}: manifest {d.digest}: {e.message}", hint=e.hint) from None
 
+    from_index = False
     for _ in range(3):
         if not mt.is_index(desc.media_type):
             break
@@ -283,10 +313,14 @@ def _read_local(
         if not isinstance(parsed, Index):
             break
         desc = parsed.select(platform or Platform.host())
+        from_index = True
     manifest = parse(desc)
     if not isinstance(manifest, ImageManifest):
         raise ManifestError(f"{shown}: {desc.digest} is not an image manifest")
+    require_image(shown, manifest, _NO_FILESYSTEM)
     config = _parse_config(src.read_blob(manifest.config.digest), shown)
+    if not from_index:
+        check_platform(shown, manifest, config, platform)
     _check_diff_ids(shown, config, len(manifest.layers))
 
     def blob_opener(digest: Digest) -> Callable[[], BinaryIO]:

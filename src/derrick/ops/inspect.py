@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from derrick.manifest import ImageConfig, Index, Platform
-from derrick.ops.resolve import fetch_config, resolve_image
+from derrick.ops.resolve import resolve_image, resolved_config
+from derrick.platform import config_platform
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
 
@@ -39,9 +40,14 @@ def config_summary(cfg: ImageConfig) -> dict[str, Any]:
 def inspect_image(
     client: RegistryClient, ref: Reference, platform: Platform | None = None
 ) -> dict[str, Any]:
-    """What ``derrick image inspect`` shows, as JSON-ready data."""
+    """What ``derrick image inspect`` shows, as JSON-ready data.
+
+    An OCI artifact (``artifactType`` set to its type, ``platform`` None) has
+    only its config's digest, size and media type under ``config``: its config
+    is not an image config.
+    """
     img = resolve_image(client, ref, platform)
-    cfg = fetch_config(client, ref, img.manifest)
+    m = img.manifest
     top = img.top
     platforms = []
     if isinstance(top.manifest, Index):
@@ -54,23 +60,29 @@ def inspect_image(
                     "size": d.size,
                 }
             )
+    config: dict[str, Any] = {
+        "digest": str(m.config.digest),
+        "size": m.config.size,
+        "mediaType": m.config.media_type,
+    }
+    plat: Platform | None = None
+    if m.is_image:
+        cfg = resolved_config(client, img)
+        plat = config_platform(cfg)
+        config.update(config_summary(cfg))
     layers = [
-        {"digest": str(d.digest), "mediaType": d.media_type, "size": d.size}
-        for d in img.manifest.layers
+        {"digest": str(d.digest), "mediaType": d.media_type, "size": d.size} for d in m.layers
     ]
     return {
         "reference": str(ref),
         "digest": str(top.digest),
         "mediaType": top.media_type,
         "manifestDigest": str(img.digest),
-        "manifestMediaType": img.manifest.media_type,
-        "platform": str(cfg.platform),
+        "manifestMediaType": m.media_type,
+        "artifactType": None if m.is_image else m.kind,
+        "platform": str(plat) if plat else None,
         "platforms": platforms,
-        "config": {
-            "digest": str(img.manifest.config.digest),
-            "size": img.manifest.config.size,
-            **config_summary(cfg),
-        },
+        "config": config,
         "layers": layers,
-        "totalSize": sum(d.size for d in img.manifest.layers) + img.manifest.config.size,
+        "totalSize": sum(d.size for d in m.layers) + m.config.size,
     }

@@ -2,29 +2,34 @@
 
 Blobs download in parallel, each streamed to disk while it is hashed, so memory
 stays flat whatever the image size, and nothing unverified gets a final name.
+Every pull fills the shared :class:`~derrick.cache.BlobCache`, and takes from it
+only blobs it knows to be good (see :mod:`derrick.store.cache`: a record of each
+verified file, else a re-hash; a damaged blob is downloaded again).
 
-* OCI layout: blobs go into the shared :class:`~derrick.cache.BlobCache` and are
-  hard-linked into the layout (no copy on the same filesystem).  A new layout is
-  assembled in a hidden directory beside the destination once every blob is in
-  the cache, then renamed into place; an existing layout gets the blobs it lacks
-  and, last, its ``index.json`` entry.
+* OCI layout: a copy by the engine (:func:`derrick.ops.transfer.copy`) from the
+  registry repository to a :class:`~derrick.images.layout.LayoutDir`.  Blobs go into
+  the cache first and are copied into the layout (reflinks where the filesystem can
+  clone files; never hard links); a new layout is assembled in a hidden directory
+  beside the destination and renamed into place, an existing one gets its blobs first
+  and its ``index.json`` entries last (see :mod:`derrick.images.layout`).
 * Archive file: the tar is laid out with a hole for each layer not in the cache,
   and workers ``pwrite`` each layer into its hole as it arrives (one pass, no
-  temporary copy).  The file is hidden (``.NAME.derrick-partial``) until complete;
-  after a failure it stays, with a JSON resume state beside it, for the next run.
+  temporary copy), writing the same bytes into the cache's partial file, which
+  enters the cache when the digest matches.  The file is hidden
+  (``.NAME.derrick-partial``) until complete; after a failure it stays, with a
+  JSON resume state beside it, for the next run.
 * Standard output: layers go through the cache and are written in order.
 
 An interrupted download resumes with a ``Range`` request, after re-hashing the
-bytes already there (see :mod:`derrick.download`).
+bytes already there (see :mod:`derrick.download`).  An OS error (a full disk, say)
+is reported as a :class:`~derrick.errors.DiskError` naming the destination as
+given, or the blob cache, and what is kept to resume.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import secrets
-import shutil
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -35,15 +40,23 @@ from typing import BinaryIO, Literal, Protocol
 
 from derrick.cache import BlobCache
 from derrick.digest import Digest
-from derrick.download import Region, download
-from derrick.errors import DerrickError, DigestMismatchError, LayoutError, ManifestError, UsageError
+from derrick.download import Region
+from derrick.errors import (
+    DigestMismatchError,
+    DiskError,
+    ManifestError,
+    UsageError,
+)
+from derrick.images.archivefile import ResumeState, describe_os_error, kept_hint, lay_out
+from derrick.images.layout import LayoutDir
+from derrick.images.model import BlobOutcome, ImageName, Selection
+from derrick.images.remote import RegistryRepository
 from derrick.layout.archive import (
     ArchiveImage,
     BlobFile,
     write_docker_archive,
     write_oci_archive,
 )
-from derrick.layout.oci import LAYOUT_FILE, OCILayout
 from derrick.manifest import (
     MAX_MANIFEST_SIZE,
     Descriptor,
@@ -52,9 +65,12 @@ from derrick.manifest import (
     Index,
     Platform,
 )
-from derrick.ops.resolve import fetch_child
+from derrick.ops import transfer
+from derrick.ops.resolve import fetch_child, fetch_config
+from derrick.platform import check_platform, require_image
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
+from derrick.store.cache import CacheDiskError
 
 Format = Literal["oci", "oci-archive", "docker-archive"]
 DEFAULT_JOBS = 4
@@ -87,6 +103,10 @@ class PullResult:
     digest: Digest  # digest of what was stored at the top (index or manifest)
     images: list[PulledImage] = field(default_factory=list)
     downloaded_bytes: int = 0
+    #: OCI layout: when the layout now holds more than one image under the pull's tag (of
+    #: different repositories), the full names of all of them; the tag alone is then
+    #: ambiguous and an image is picked by its full name or digest
+    same_tag: list[str] = field(default_factory=list)
 
 
 def infer_format(dest: str, fmt: str | None) -> Format:
@@ -115,6 +135,22 @@ def infer_format(dest: str, fmt: str | None) -> Format:
     return "oci"
 
 
+def output_format(dest: str, fmt: str | None, *, all_platforms: bool = False) -> Format:
+    """The format of a pull to ``dest`` (see :func:`infer_format`), refusing what cannot
+    be: every platform in a docker-archive, an OCI layout on standard output."""
+    out = infer_format(dest, fmt)
+    if all_platforms and out == "docker-archive":
+        raise UsageError(
+            "a docker-archive holds one platform; --all-platforms needs --format oci or oci-archive"
+        )
+    if dest == "-" and out == "oci":
+        raise UsageError(
+            "an OCI layout is a directory and cannot go to standard output",
+            hint="use --format oci-archive",
+        )
+    return out
+
+
 def repo_tag(ref: Reference) -> str:
     """A ``name:tag`` for docker manifest.json; a digest-only reference gets a tag from it."""
     tag = ref.tag or (f"sha256-{ref.digest.hex[:12]}" if ref.digest else "latest")
@@ -136,7 +172,8 @@ class _Fetcher:
         self.ref = ref
         self.cache = cache
         self.progress = progress
-        self.pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="derrick-pull")
+        self.jobs = max(1, jobs)
+        self.pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="derrick-pull")
         self.futures: dict[Digest, Future[Path]] = {}
         self.cancelled = threading.Event()
         self.downloaded = 0
@@ -176,7 +213,7 @@ class _Fetcher:
     ) -> Path:
         if self.progress:
             self.progress.blob_started(desc)
-        received = download(
+        received = self.cache.fetch_into(
             self.client,
             self.ref,
             desc,
@@ -194,8 +231,13 @@ class _Fetcher:
     def _fetch(self, desc: Descriptor) -> Path:
         if self.progress:
             self.progress.blob_started(desc)
-        path, received = self.cache.fetch_counted(
-            self.client, self.ref, desc, progress=self._advance(desc), cancelled=self.cancelled
+        path, received = _from_cache(
+            self.cache,
+            self.client,
+            self.ref,
+            desc,
+            progress=self._advance(desc),
+            cancelled=self.cancelled,
         )
         self.count(received)
         if self.progress:
@@ -245,6 +287,10 @@ def _select_images(
     top = client.get_manifest(ref)
     m = top.manifest
     if isinstance(m, ImageManifest):
+        if platform is not None and not all_platforms:  # the platform is in the config
+            check_platform(
+                str(ref), m, fetch_config(client, ref, m) if m.is_image else None, platform
+            )
         return None, top.descriptor, [(m, top.descriptor)]
     if all_platforms:
         images = []
@@ -261,7 +307,6 @@ def _config(
     ref: Reference,
     cache: BlobCache,
     m: ImageManifest,
-    layout: OCILayout | None,
     fetcher_count: Callable[[int], None],
 ) -> bytes:
     if m.config.size > MAX_MANIFEST_SIZE:  # refused before a byte of it is downloaded
@@ -269,14 +314,11 @@ def _config(
             f"config {m.config.digest} of {ref} is {m.config.size} bytes, "
             f"more than the {MAX_MANIFEST_SIZE} byte limit"
         )
-    data: bytes | None = None
-    if layout is not None and layout.has_blob(m.config.digest, m.config.size):
-        with contextlib.suppress(DerrickError):
-            data = layout.read_blob(m.config.digest)  # verified
-    if data is None:
-        path, received = cache.fetch_counted(client, ref, m.config)
-        fetcher_count(received)
-        data = path.read_bytes()
+    path, received = _from_cache(cache, client, ref, m.config)
+    fetcher_count(received)
+    data = path.read_bytes()
+    if not m.is_image:
+        return data  # an artifact's config: whatever its type says
     try:
         ImageConfig.parse(data)  # refuse a config that is not one before writing anything
     except ManifestError as e:
@@ -306,43 +348,39 @@ def pull(
     resume; see :func:`_write_archive_file`).
     """
     dest_s = str(dest)
-    fmt = infer_format(dest_s, format)
-    if all_platforms and fmt == "docker-archive":
-        raise UsageError(
-            "a docker-archive holds one platform; --all-platforms needs --format oci or oci-archive"
-        )
-    if dest_s == "-" and fmt == "oci":
-        raise UsageError(
-            "an OCI layout is a directory and cannot go to standard output",
-            hint="use --format oci-archive",
-        )
+    fmt = output_format(dest_s, format, all_platforms=all_platforms)
     cache = cache or BlobCache()
-    existing = _existing_layout(Path(dest_s)) if fmt == "oci" else None
+    if fmt == "oci":
+        return _pull_layout(client, ref, dest_s, platform, all_platforms, jobs, cache, progress)
     index, top_desc, images = _select_images(client, ref, platform, all_platforms)
+    if fmt == "docker-archive":
+        for m, _ in images:
+            require_image(str(ref), m, "a docker-archive holds container images only")
     fetcher = _Fetcher(client, ref, cache, jobs, progress)
     failed = True
     try:
         pulled = [
-            PulledImage(m, d, _config(client, ref, cache, m, existing, fetcher.count))
-            for m, d in images
+            PulledImage(m, d, _config(client, ref, cache, m, fetcher.count)) for m, d in images
         ]
         layers = _unique_layers(pulled)
-        if fmt == "oci":
-            _pull_layout(Path(dest_s), existing, ref, fetcher, pulled, layers, index, top_desc)
+        images_ = _archive_images(ref, pulled, index)
+        writer = write_oci_archive if fmt == "oci-archive" else write_docker_archive
+        if dest_s == "-":
+            # A pipe cannot seek: layers go through the cache, written in order.
+            fetcher.plan(layers)
+            for layer in layers:
+                fetcher.submit(layer)
+            out = stdout or sys.stdout.buffer
+            writer(out, images_, fetcher.wait)
+            out.flush()
         else:
-            images_ = _archive_images(ref, pulled, index)
-            writer = write_oci_archive if fmt == "oci-archive" else write_docker_archive
-            if dest_s == "-":
-                # A pipe cannot seek: layers go through the cache, written in order.
-                fetcher.plan(layers)
-                for layer in layers:
-                    fetcher.submit(layer)
-                out = stdout or sys.stdout.buffer
-                writer(out, images_, fetcher.wait)
-                out.flush()
-            else:
-                _write_archive_file(Path(dest_s), writer, images_, layers, fetcher)
+            _write_archive_file(Path(dest_s), writer, images_, layers, fetcher)
         failed = False
+    except (_CacheFailure, OSError) as e:
+        if dest_s == "-" and not isinstance(e, _CacheFailure):
+            raise  # a closed pipe and the like: the caller's to report
+        fetcher.close(failed=True)  # no worker may still be writing what is reported on
+        raise _disk_error(e, dest_s, cache, images) from None
     finally:
         fetcher.close(failed=failed)
     return PullResult(
@@ -355,6 +393,77 @@ def pull(
     )
 
 
+class _CacheFailure(Exception):
+    """An OS error writing the blob cache, told apart from one writing the destination."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _from_cache(
+    cache: BlobCache,
+    client: RegistryClient,
+    ref: Reference,
+    desc: Descriptor,
+    *,
+    progress: Callable[[int], None] | None = None,
+    cancelled: threading.Event | None = None,
+) -> tuple[Path, int]:
+    """:meth:`BlobCache.fetch_counted`, its OS errors marked as the cache's."""
+    try:
+        return cache.fetch_counted(client, ref, desc, progress=progress, cancelled=cancelled)
+    except OSError as e:
+        raise _CacheFailure(e) from e
+
+
+def _disk_error(
+    error: BaseException,
+    dest: str,
+    cache: BlobCache,
+    images: Sequence[tuple[ImageManifest, Descriptor]],
+) -> DiskError:
+    """What to say of an OS error during a pull: it names the path the user gave (or the
+    blob cache), not an internal name, and what is left behind to resume, if anything."""
+    e = error.error if isinstance(error, _CacheFailure) else error
+    assert isinstance(e, OSError)
+    reason, again = describe_os_error(e)
+    kept: list[str] = []  # what is left behind, for a re-run to resume
+    files = 0
+    plural = False
+    if isinstance(error, _CacheFailure):
+        blobs = [b for m, _ in images for b in (m.config, *m.layers)]
+        partial = sorted({p for b in blobs if (p := cache.partial_path(b.digest)).exists()})
+        if len(partial) == 1:
+            kept.append(f"the partial download {partial[0]}")
+        elif partial:
+            where = partial[0].parent if len({p.parent for p in partial}) == 1 else cache.root
+            kept.append(f"{len(partial)} partial downloads in {where} (*.partial)")
+            plural = True
+        files += len(partial)
+    if dest != "-":
+        target = Path(dest)
+        part = target.parent / f".{target.name}.derrick-partial"
+        if part.exists() and part.with_name(part.name + ".json").exists():
+            kept.append(f"{part} (and its .json resume state)")
+            files += 2
+        elif part.exists():
+            kept.append(str(part))
+            files += 1
+    if kept:
+        hint = kept_hint(kept, files, again, plural=plural)
+    else:
+        hint = f"nothing is left behind: {again}"
+    if isinstance(error, _CacheFailure):
+        shown = "standard output" if dest == "-" else dest
+        return DiskError(
+            f"{reason} writing the blob cache {cache.root} (pulling to {shown})",
+            errno=e.errno,
+            hint=f"{hint}; --cache-dir or DERRICK_CACHE_DIR chooses another cache",
+        )
+    return DiskError(f"{reason} writing {dest}", errno=e.errno, hint=hint)
+
+
 def _unique_layers(pulled: Sequence[PulledImage]) -> list[Descriptor]:
     seen: dict[Digest, Descriptor] = {}
     for p in pulled:
@@ -363,101 +472,67 @@ def _unique_layers(pulled: Sequence[PulledImage]) -> list[Descriptor]:
     return list(seen.values())
 
 
-def _existing_layout(dest: Path) -> OCILayout | None:
-    """The OCI layout at ``dest`` if there is one; refuse what cannot become one."""
-    if (dest / LAYOUT_FILE).exists():
-        return OCILayout.create(dest)
-    if dest.exists() or dest.is_symlink():
-        if not dest.is_dir():
-            raise LayoutError(f"{dest} exists and is not a directory")
-        if any(dest.iterdir()):
-            raise LayoutError(
-                f"{dest} is not empty and is not an OCI image layout",
-                hint="choose a new or empty directory",
-            )
-    return None
+#: What a pull says of a full blob cache: how to choose another one.
+CACHE_REMEDY = "--cache-dir or DERRICK_CACHE_DIR chooses another cache"
+
+
+class _EngineProgress:
+    """A :class:`PullProgress` as the engine's :class:`~derrick.images.model.Progress`."""
+
+    def __init__(self, progress: PullProgress) -> None:
+        self._progress = progress
+
+    def planned(self, total_bytes: int) -> None:
+        self._progress.planned(total_bytes)
+
+    def blob_started(self, desc: Descriptor) -> None:
+        self._progress.blob_started(desc)
+
+    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
+        self._progress.blob_advanced(desc, nbytes)
+
+    def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None:
+        self._progress.blob_finished(desc)
 
 
 def _pull_layout(
-    dest: Path,
-    existing: OCILayout | None,
+    client: RegistryClient,
     ref: Reference,
-    fetcher: _Fetcher,
-    pulled: Sequence[PulledImage],
-    layers: Sequence[Descriptor],
-    index: Index | None,
-    top_desc: Descriptor,
-) -> None:
-    wanted = [
-        layer
-        for layer in layers
-        if existing is None or not existing.has_blob(layer.digest, layer.size)
-    ]
-    fetcher.plan(wanted)
-    for layer in wanted:
-        fetcher.submit(layer)
-    if existing is not None:
-        _write_layout(existing, ref, fetcher, pulled, index, top_desc)
-        return
-    # Everything is in the cache before the new layout is started: an interrupted
-    # pull leaves nothing beside the destination (and resumes from the cache).
-    for layer in wanted:
-        fetcher.wait(layer.digest)
-    parent = dest.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = _make_temp_dir(parent, f".{dest.name}.derrick-tmp")
+    dest: str,
+    platform: Platform | None,
+    all_platforms: bool,
+    jobs: int,
+    cache: BlobCache,
+    progress: PullProgress | None,
+) -> PullResult:
+    """Pull into the OCI layout ``dest``: a copy by the engine, through ``cache``."""
+    if all_platforms:
+        selection = Selection(all=True)
+    else:
+        selection = Selection(platforms=(platform,) if platform is not None else ())
+    sink = LayoutDir(dest, store=cache)
     try:
-        _write_layout(OCILayout.create(tmp), ref, fetcher, pulled, index, top_desc)
-        try:
-            os.rename(tmp, dest)  # an empty directory at dest is replaced
-        except OSError as e:
-            raise LayoutError(
-                f"cannot move the new layout into place at {dest}: {e.strerror}",
-                hint="choose a new or empty directory",
-            ) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _make_temp_dir(parent: Path, prefix: str) -> Path:
-    """A new directory ``<prefix>-<random>`` in ``parent``, with the usual (umask) mode."""
-    while True:
-        path = parent / f"{prefix}-{secrets.token_hex(4)}"
-        try:
-            path.mkdir(0o777)
-        except FileExistsError:
-            continue
-        return path
-
-
-def _write_layout(
-    layout: OCILayout,
-    ref: Reference,
-    fetcher: _Fetcher,
-    pulled: Sequence[PulledImage],
-    index: Index | None,
-    top_desc: Descriptor,
-) -> None:
-    for p in pulled:
-        layout.write_blob(p.config, p.manifest.config.digest)
-        for layer in p.manifest.layers:
-            if layout.has_blob(layer.digest, layer.size):
-                continue
-            layout.add_blob_file(fetcher.get(layer), layer.digest)
-        layout.write_blob(p.manifest.raw, p.descriptor.digest)
-    if index is not None:
-        layout.write_blob(index.raw, index.digest)
-    desc = top_desc
-    if index is None and pulled and pulled[0].descriptor.platform is not None:
-        desc = Descriptor(
-            pulled[0].manifest.media_type,
-            pulled[0].descriptor.digest,
-            pulled[0].descriptor.size,
-            platform=pulled[0].descriptor.platform,
+        result = transfer.copy(
+            RegistryRepository(client, ref),
+            sink,
+            selection=selection,
+            names=(ImageName(ref.name, ref.tag),),
+            jobs=jobs,
+            progress=_EngineProgress(progress) if progress is not None else None,
+            retry=client.transport.retry,
+            cache=cache,
         )
-    # the index entry last: until then the layout does not name the new image
-    layout.add_manifest(desc, ref_name=_ref_name(ref), image_name=str(ref))
+    except CacheDiskError as e:
+        raise e.pulling_to(dest, remedy=CACHE_REMEDY) from None
+    return PullResult(
+        ref=ref,
+        destination=dest,
+        format="oci",
+        digest=result.digest,
+        images=[PulledImage(img.manifest, img.descriptor, img.config) for img in result.images],
+        downloaded_bytes=result.stats.copied_bytes,
+        same_tag=sink.same_tag,
+    )
 
 
 def _ref_name(ref: Reference) -> str | None:
@@ -482,72 +557,6 @@ def _archive_images(
     ]
 
 
-class _ResumeState:
-    """What an interrupted archive pull had verified in place, kept beside the partial file.
-
-    Saved every few dozen MiB and when the pull fails, so a re-run re-hashes
-    those bytes and asks the registry only for the rest.
-    """
-
-    SAVE_EVERY = 32 * 1024 * 1024
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.holes: dict[str, int] = {}
-        self.done: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._unsaved = 0
-        try:
-            data = json.loads(path.read_text())
-            self.holes = {str(k): int(v) for k, v in data.get("holes", {}).items()}
-            self.done = {str(k): int(v) for k, v in data.get("done", {}).items()}
-        except (OSError, ValueError, TypeError, AttributeError):
-            pass
-
-    def resumable(self, digest: Digest, offset: int) -> int:
-        """Bytes of ``digest`` already in place at ``offset``, from the last run."""
-        if self.holes.get(str(digest)) != offset:
-            return 0
-        return self.done.get(str(digest), 0)
-
-    def start(self, holes: dict[Digest, int], have: dict[Digest, int]) -> None:
-        with self._lock:
-            self.holes = {str(d): o for d, o in holes.items()}
-            self.done = {str(d): have.get(d, 0) for d in holes}
-        self.save()
-
-    def progress(self, digest: Digest) -> Callable[[int], None]:
-        key = str(digest)
-
-        def written(count: int) -> None:
-            with self._lock:
-                self._unsaved += count - self.done.get(key, 0)
-                self.done[key] = count
-                due = self._unsaved >= self.SAVE_EVERY
-                if due:
-                    self._unsaved = 0
-            if due:
-                self.save()
-
-        return written
-
-    def forget(self, digest: Digest) -> None:
-        with self._lock:
-            self.done[str(digest)] = 0
-
-    def save(self) -> None:
-        with self._lock:
-            data = json.dumps({"holes": self.holes, "done": self.done}).encode()
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with contextlib.suppress(OSError):
-            tmp.write_bytes(data)
-            os.replace(tmp, self.path)
-
-    def remove(self) -> None:
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-
-
 def _write_archive_file(
     target: Path,
     writer: Callable[[BinaryIO, Sequence[ArchiveImage], BlobFile], dict[Digest, int]],
@@ -559,19 +568,20 @@ def _write_archive_file(
 
     The tar is laid out first: small members are written and each layer not in
     the cache gets a hole of its exact size.  Workers then fill the holes with
-    ``pwrite`` as the bytes arrive, so every byte is written once.  The file
+    ``pwrite`` as the bytes arrive, so every byte is downloaded once, and write
+    the same bytes into the cache (:meth:`BlobCache.fetch_into`).  The file
     is a hidden partial file until all is verified, then renamed to ``target``.
     After a failure the partial file and its resume state stay, and the next
     run resumes them.
     """
     parent = target.parent if str(target.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
     part = parent / f".{target.name}.derrick-partial"
-    state = _ResumeState(parent / f".{target.name}.derrick-partial.json")
+    state = ResumeState(parent / f".{target.name}.derrick-partial.json")
     by_digest = {layer.digest: layer for layer in layers}
 
     def blob_file(digest: Digest) -> Path | None:
-        desc = by_digest[digest]
-        return fetcher.cache.path(digest) if fetcher.cache.has(desc) else None
+        return fetcher.cache.lookup(by_digest[digest])
 
     created = not part.exists()
     fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o666)
@@ -580,11 +590,7 @@ def _write_archive_file(
     try:
         # The layout is deterministic, so rewriting the small members over an
         # earlier partial file leaves the bytes already downloaded in place.
-        with os.fdopen(os.dup(fd), "r+b") as out:
-            holes = writer(out, images, blob_file)
-            out.flush()
-            end = out.tell()
-        os.ftruncate(fd, end)
+        holes = lay_out(fd, lambda out: writer(out, images, blob_file))
         have = {d: state.resumable(d, off) for d, off in holes.items()}
         state.start(holes, have)
         started = True

@@ -8,15 +8,24 @@ way; then each child manifest of an index by digest; then the index or
 manifest under the tag.  Manifests are pushed byte for byte, so the registry's
 digests equal the source's.
 
-A legacy ``docker save`` archive (``<id>/layer.tar`` files and no OCI
-manifest) has no registry manifest to preserve: one is written for it, a
-Docker schema 2 manifest with the config as is and each layer as stored
-(``application/vnd.docker.image.rootfs.diff.tar`` for plain tars).
+An archive is pushed by the copy engine (:func:`push_from`:
+:func:`derrick.ops.transfer.copy` from its source in
+:mod:`derrick.images.ociarchive` or :mod:`derrick.images.dockerarchive` to a
+:class:`~derrick.images.remote.RegistryRepository`), the same way.  A legacy
+``docker save`` archive (``<id>/layer.tar`` files and no OCI manifest) has no
+registry manifest to preserve: the source writes one (see
+:func:`~derrick.images.dockerarchive.read_legacy`), and so it does for a newer
+archive whose OCI manifest is missing from ``index.json`` or disagrees with
+``manifest.json``.  OCI layouts are pushed by :func:`push` itself.
+
+A destination without tag or digest takes the tag the image has in the
+source: the tag of its ``ref.name`` (or image name) in an OCI layout or
+archive, its RepoTag in a docker-archive.  An image without one, or with
+several, needs the tag named.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -28,9 +37,20 @@ from derrick import mediatypes as mt
 from derrick.digest import Digest, Verifier, hash_file
 from derrick.download import Cancelled
 from derrick.errors import DerrickError, LayoutError, ManifestError, UsageError
+from derrick.images.dockerarchive import open_archive, read_legacy
+from derrick.images.layout import LayoutDir
+from derrick.images.model import BlobOutcome, CopyResult, ImageName, Progress, Selection
+from derrick.images.model import TransferStats as CopyStats
+from derrick.images.remote import RegistryRepository
+from derrick.images.tarsource import TarSource
 from derrick.layout.oci import blob_member
-from derrick.layout.reader import ImageSource, open_image_source
+from derrick.layout.reader import (
+    DockerArchiveEntry,
+    ImageSource,
+    SelectedImage,
+)
 from derrick.manifest import Descriptor, ImageManifest, Index, parse_manifest
+from derrick.ops import transfer
 from derrick.reference import Reference
 from derrick.registry import RegistryClient, push_scope
 
@@ -260,12 +280,17 @@ def put_manifests(
         pushed.add(m.digest)
         by_digest = Reference(dst.registry, dst.repository, digest=m.digest)
         client.put_manifest(by_digest, m.raw, m.media_type, scopes=scopes)
-    if dst.digest is not None and dst.digest != top.digest:
+    _check_digest(dst, top.digest)
+    return client.put_manifest(dst, top.raw, top.media_type, scopes=scopes)
+
+
+def _check_digest(dst: Reference, digest: Digest) -> None:
+    """Refuse to push the image ``digest`` to a destination named by another digest."""
+    if dst.digest is not None and dst.digest != digest:
         raise UsageError(
-            f"cannot push to {dst}: the image's digest is {top.digest}",
+            f"cannot push to {dst}: the image's digest is {digest}",
             hint="name the destination by tag, or by the image's own digest",
         )
-    return client.put_manifest(dst, top.raw, top.media_type, scopes=scopes)
 
 
 # -- reading a source ------------------------------------------------------------------------
@@ -355,72 +380,130 @@ def _add_image_blobs(source: ImageSource, m: ImageManifest, plan: _Plan) -> None
         plan.blobs[d.digest] = BlobSource(d, _source_opener(source, blob_member(d.digest), d))
 
 
-def _layer_media_type(source: ImageSource, path: str) -> str:
-    with source.open_file(path) as f:
-        head = f.read(4)
-    if head.startswith(b"\x1f\x8b"):
-        return mt.DOCKER_LAYER_GZIP
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return mt.DOCKER_LAYER_ZSTD
-    return mt.DOCKER_LAYER
-
-
-def _hash_path(source: ImageSource, path: str) -> tuple[Digest, int]:
-    with source.open_file(path) as f:
-        return hash_file(f, chunk=_READ_SIZE)
-
-
-def docker_manifest_for(config: bytes, layers: Sequence[Descriptor]) -> bytes:
-    """The Docker schema 2 manifest of a config and its layers (compact JSON)."""
-    obj = {
-        "schemaVersion": 2,
-        "mediaType": mt.DOCKER_MANIFEST,
-        "config": {
-            "mediaType": mt.DOCKER_CONFIG,
-            "size": len(config),
-            "digest": str(Digest.of(config)),
-        },
-        "layers": [
-            {"mediaType": d.media_type, "size": d.size, "digest": str(d.digest)} for d in layers
-        ],
-    }
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def _plan_legacy_docker(source: ImageSource, name: str | None, jobs: int) -> _Plan:
-    """A plan for a ``docker save`` image without an OCI manifest: write its manifest."""
-    entry = source.docker_image(name)
-    config = source.read_file(entry.config_path)
-    config_desc = Descriptor(mt.DOCKER_CONFIG, Digest.of(config), len(config))
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="derrick-hash") as pool:
-        hashed = list(pool.map(lambda p: _hash_path(source, p), entry.layer_paths))
+def _plan_legacy_docker(source: ImageSource, entry: DockerArchiveEntry, jobs: int) -> _Plan:
+    """A plan for a ``docker save`` image without a usable OCI manifest: write its manifest."""
+    image = read_legacy(source, entry, jobs)
     plan = _Plan()
-    plan.blobs[config_desc.digest] = BlobSource(config_desc, lambda off: [config[off:]])
-    layers: list[Descriptor] = []
-    for path, (digest, size) in zip(entry.layer_paths, hashed, strict=True):
-        desc = Descriptor(_layer_media_type(source, path), digest, size)
-        layers.append(desc)
-        plan.blobs.setdefault(digest, BlobSource(desc, _source_opener(source, path, desc)))
-    plan.manifests.append(ManifestBlob(docker_manifest_for(config, layers), mt.DOCKER_MANIFEST))
+    config = image.config
+    plan.blobs[image.config_desc.digest] = BlobSource(image.config_desc, lambda off: [config[off:]])
+    for desc, path in image.layers:
+        plan.blobs.setdefault(desc.digest, BlobSource(desc, _source_opener(source, path, desc)))
+    plan.manifests.append(ManifestBlob(image.manifest, mt.DOCKER_MANIFEST))
+    return plan
+
+
+def plan_image(source: ImageSource, selected: SelectedImage, *, jobs: int = 1) -> _Plan:
+    """The blobs and manifests of an image :meth:`ImageSource.select` chose."""
+    if selected.desc is None:
+        if selected.docker is None:  # pragma: no cover - select() always finds one
+            raise LayoutError(f"no image to push in {source.description}")
+        return _plan_legacy_docker(source, selected.docker, jobs)
+    plan = _Plan()
+    _add_manifest(source, selected.desc, plan)
     return plan
 
 
 def plan_source(source: ImageSource, name: str | None = None, *, jobs: int = 1) -> _Plan:
     """The blobs and manifests of the image called ``name`` in ``source``."""
-    if source.kind == "docker-archive":
-        desc = source.resolve(name)
-        if desc is None:
-            return _plan_legacy_docker(source, name, jobs)
-    else:
-        desc = source.resolve(name)
-        if desc is None:
-            raise LayoutError(f"no image to push in {source.description}")
-    plan = _Plan()
-    _add_manifest(source, desc, plan)
-    return plan
+    return plan_image(source, source.select(name), jobs=jobs)
+
+
+def destination(ref: Reference, selected: SelectedImage, shown: str) -> Reference:
+    """``ref``, or, without tag and digest, ``ref`` with the tag the image has in its source.
+
+    ``shown`` names the source in errors.  Raises :class:`UsageError` when the
+    image has no tag, or several, to take.
+    """
+    if ref.tag is not None or ref.digest is not None:
+        return ref
+    if len(selected.tags) == 1:
+        return ref.with_tag(selected.tags[0])
+    if not selected.tags:
+        raise UsageError(
+            f"{shown} is not tagged, so {ref} needs a tag to push it as",
+            hint=f"add one, e.g. {ref.name}:latest",
+        )
+    raise UsageError(
+        f"{shown} is tagged {', '.join(selected.tags)}, so {ref} needs the tag to push it as",
+        hint=f"add one, e.g. {ref.name}:{selected.tags[0]}",
+    )
 
 
 # -- push ------------------------------------------------------------------------------------
+
+
+class EngineProgress:
+    """A :class:`TransferProgress` told what the copy engine's progress says."""
+
+    def __init__(self, progress: TransferProgress) -> None:
+        self._progress = progress
+
+    def planned(self, total_bytes: int) -> None:
+        self._progress.planned(total_bytes)
+
+    def blob_started(self, desc: Descriptor) -> None:
+        self._progress.blob_started(desc)
+
+    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
+        self._progress.blob_advanced(desc, nbytes)
+
+    def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None:
+        self._progress.blob_finished(desc)
+
+
+def push_from(
+    client: RegistryClient,
+    source: TarSource,
+    ref: Reference,
+    name: str | None = None,
+    *,
+    shown: str,
+    jobs: int = DEFAULT_JOBS,
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+    progress: Progress | None = None,
+) -> tuple[Reference, CopyResult]:
+    """Push the image called ``name`` (or the only one) of an archive to ``ref`` with the
+    copy engine: the image whole (every platform of an index), byte for byte.
+
+    ``ref`` without tag or digest takes the image's tag in the source (see
+    :func:`destination`; ``shown`` names the source there).  Returns the reference
+    pushed to and what the copy did.
+    """
+    ref = destination(ref, source.select(name), shown)
+    _check_digest(ref, source.resolve(name).digest)
+    result = transfer.copy(
+        source,
+        RegistryRepository(client, ref, chunk_size=chunk_size),
+        name=name,
+        selection=Selection(all=True),
+        names=() if ref.tag is None else (ImageName(ref.name, ref.tag),),
+        jobs=jobs,
+        progress=progress,
+        retry=client.transport.retry,
+    )
+    return ref, result
+
+
+def push_stats(stats: CopyStats) -> TransferStats:
+    """A copy's stats, counted as a push counts them."""
+    return TransferStats(
+        uploaded=stats.copied,
+        uploaded_bytes=stats.copied_bytes,
+        mounted=stats.mounted,
+        skipped=stats.skipped,
+    )
+
+
+def push_result(source: str, ref: Reference, result: CopyResult) -> PushResult:
+    """What :func:`push_from` did, as :func:`push` says it."""
+    return PushResult(
+        source=source,
+        ref=ref,
+        digest=result.digest,
+        media_type=result.media_type,
+        manifests=result.manifests,
+        stats=push_stats(result.stats),
+    )
 
 
 def push(
@@ -435,28 +518,102 @@ def push(
 ) -> PushResult:
     """Push the image called ``name`` (or the only one) of ``source_path`` to ``ref``.
 
-    ``ref`` names the destination by tag (or by the image's own digest).  With
-    ``chunk_size`` None every blob goes up in one request.
+    ``ref`` names the destination by tag (or by the image's own digest); without
+    either, the image's tag in the source is used (see :func:`destination`).
+    With ``chunk_size`` None every blob goes up in one request.  Both OCI layout
+    directories and archives are pushed by the engine (:func:`derrick.ops.transfer.copy`).
     """
-    with open_image_source(source_path) as source:
-        plan = plan_source(source, name, jobs=jobs)
-        stats = transfer_blobs(
+    if Path(source_path).is_dir():
+        return _push_layout(client, source_path, ref, name, jobs, chunk_size, progress)
+    with open_archive(source_path, jobs=jobs) as archive:
+        pushed, result = push_from(
             client,
+            archive,
             ref,
-            list(plan.blobs.values()),
+            name,
+            shown=f"{source_path}:{name}" if name else str(source_path),
             jobs=jobs,
             chunk_size=chunk_size,
-            progress=progress,
+            progress=EngineProgress(progress) if progress is not None else None,
         )
-        digest = put_manifests(client, ref, plan.manifests)
-    top = plan.manifests[-1]
+    return push_result(str(source_path), pushed, result)
+
+
+class _EngineProgress:
+    """A :class:`TransferProgress` as the engine's :class:`~derrick.images.model.Progress`."""
+
+    def __init__(self, progress: TransferProgress) -> None:
+        self._progress = progress
+
+    def planned(self, total_bytes: int) -> None:
+        self._progress.planned(total_bytes)
+
+    def blob_started(self, desc: Descriptor) -> None:
+        self._progress.blob_started(desc)
+
+    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
+        self._progress.blob_advanced(desc, nbytes)
+
+    def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None:
+        self._progress.blob_finished(desc)
+
+
+def layout_destination(
+    source: LayoutDir, ref: Reference, name: str | None, shown: str
+) -> Reference:
+    """Where the image ``name`` of the layout ``source`` goes: ``ref``, with the image's
+    tag when it has neither tag nor digest (see :func:`destination`).  A digest must be
+    the image's own."""
+    top = source.resolve(name)
+    ref = destination(ref, SelectedImage(top, None, source.tags(name)), shown)
+    if ref.digest is not None and ref.digest != top.digest:
+        raise UsageError(
+            f"cannot push to {ref}: the image's digest is {top.digest}",
+            hint="name the destination by tag, or by the image's own digest",
+        )
+    return ref
+
+
+def push_names(ref: Reference) -> tuple[ImageName, ...]:
+    """What a push to ``ref`` calls the image: its tag, or nothing (by digest only)."""
+    return () if ref.digest is not None else (ImageName(ref.name, ref.tag),)
+
+
+def _push_layout(
+    client: RegistryClient,
+    path: str | Path,
+    ref: Reference,
+    name: str | None,
+    jobs: int,
+    chunk_size: int | None,
+    progress: TransferProgress | None,
+) -> PushResult:
+    """Push the image ``name`` of the OCI layout ``path``: a copy by the engine, every
+    platform of an index (the layout must hold them all)."""
+    source = LayoutDir(path, name=name)
+    ref = layout_destination(source, ref, name, f"{path}:{name}" if name else str(path))
+    result = transfer.copy(
+        source,
+        RegistryRepository(client, ref, chunk_size=chunk_size),
+        name=name,
+        selection=Selection(all=True),
+        names=push_names(ref),
+        jobs=jobs,
+        progress=_EngineProgress(progress) if progress is not None else None,
+        retry=client.transport.retry,
+    )
     return PushResult(
-        source=str(source_path),
+        source=str(path),
         ref=ref,
-        digest=digest,
-        media_type=top.media_type,
-        manifests=[m.digest for m in plan.manifests],
-        stats=stats,
+        digest=result.digest,
+        media_type=result.media_type,
+        manifests=result.manifests,
+        stats=TransferStats(
+            uploaded=result.stats.copied,
+            uploaded_bytes=result.stats.copied_bytes,
+            mounted=result.stats.mounted,
+            skipped=result.stats.skipped,
+        ),
     )
 
 

@@ -1,4 +1,9 @@
-"""Resolve a reference to one platform's image: manifest, config and layers."""
+"""Resolve a reference to one platform's image: manifest, config and layers.
+
+A platform asked for is found in an index by its entries' platforms; an image
+that is not in an index has its platform in its config, and is checked against
+that.  An OCI artifact (a Helm chart, a signature, an SBOM…) has none.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from dataclasses import dataclass
 from derrick.digest import Digest
 from derrick.errors import ManifestError
 from derrick.manifest import Descriptor, ImageConfig, ImageManifest, Index, Platform
+from derrick.platform import check_platform
 from derrick.reference import Reference
 from derrick.registry import FetchedManifest, RegistryClient
 
@@ -19,6 +25,7 @@ class ResolvedImage:
     top: FetchedManifest  # what the reference names: an index or a manifest
     manifest: ImageManifest  # the chosen platform's image manifest
     descriptor: Descriptor  # the image manifest's descriptor (with platform when from an index)
+    config: ImageConfig | None = None  # the config, when it was read to check the platform
 
     @property
     def digest(self) -> Digest:
@@ -46,11 +53,20 @@ def fetch_child(client: RegistryClient, ref: Reference, desc: Descriptor) -> Ima
 def resolve_image(
     client: RegistryClient, ref: Reference, platform: Platform | None = None
 ) -> ResolvedImage:
-    """Fetch what ``ref`` names; if it is an index, pick ``platform`` (default: the host's)."""
+    """Fetch what ``ref`` names; if it is an index, pick ``platform`` (default: the host's).
+
+    A manifest that is not in an index is taken whatever its platform, unless
+    ``platform`` is given: then its config must name that platform
+    (:class:`PlatformNotFoundError` otherwise, as for an index without it).
+    """
     top = client.get_manifest(ref)
     m = top.manifest
     if isinstance(m, ImageManifest):
-        return ResolvedImage(ref, top, m, top.descriptor)
+        config = None
+        if platform is not None:
+            config = fetch_config(client, ref, m) if m.is_image else None
+            check_platform(str(ref), m, config, platform)
+        return ResolvedImage(ref, top, m, top.descriptor, config)
     desc = m.select(platform or Platform.host())
     return ResolvedImage(ref, top, fetch_child(client, ref, desc), desc)
 
@@ -61,3 +77,8 @@ def fetch_config(client: RegistryClient, ref: Reference, manifest: ImageManifest
         return ImageConfig.parse(raw)
     except ManifestError as e:
         raise ManifestError(f"config {manifest.config.digest} of {ref}: {e.message}") from None
+
+
+def resolved_config(client: RegistryClient, img: ResolvedImage) -> ImageConfig:
+    """The config of a resolved image (read once)."""
+    return img.config or fetch_config(client, img.ref, img.manifest)

@@ -160,7 +160,7 @@ class RegistryClient:
         ref: Reference,
         digest: Digest,
         size: int,
-        open_at: Callable[[int], Iterable[bytes]],
+        open_at: Callable[[int], Iterable[bytes | memoryview]],
         *,
         chunk_size: int | None = None,
         progress: Callable[[int], None] | None = None,

@@ -62,7 +62,7 @@ def upload_blob(
     ref: Reference,
     digest: Digest,
     size: int,
-    open_at: Callable[[int], Iterable[bytes]],
+    open_at: Callable[[int], Iterable[bytes | memoryview]],
     *,
     chunk_size: int | None = None,
     progress: Callable[[int], None] | None = None,
@@ -232,7 +232,7 @@ class _UploadCursor:
 
     def __init__(
         self,
-        open_at: Callable[[int], Iterable[bytes]],
+        open_at: Callable[[int], Iterable[bytes | memoryview]],
         size: int,
         progress: Callable[[int], None] | None,
         what: str,
@@ -241,7 +241,7 @@ class _UploadCursor:
         self._size = size
         self._progress = progress
         self._what = what
-        self._it: Iterator[bytes] | None = None
+        self._it: Iterator[bytes | memoryview] | None = None
         self._rest = b""  # read from the iterator but not yet sent
         self.pos = 0  # offset of the next byte to send
 
@@ -264,9 +264,9 @@ class _UploadCursor:
             chunk, self._rest = self._rest, b""
             return chunk
         assert self._it is not None
-        for chunk in self._it:
-            if chunk:
-                return bytes(chunk)
+        for piece in self._it:
+            if piece:
+                return bytes(piece)
         raise DigestMismatchError(
             f"{self._what}: the content ended after {self.pos} of {self._size} bytes",
             hint="the source is truncated; nothing was committed",

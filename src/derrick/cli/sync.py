@@ -1,0 +1,275 @@
+"""``derrick sync``: mirror many images (see :mod:`derrick.ops.sync`)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+from pathlib import Path
+from types import TracebackType
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from derrick.cache import default_cache_dir
+from derrick.cli.common import Options, connection_options, emit_json, human_size
+from derrick.errors import UsageError
+from derrick.images.model import Selection
+from derrick.manifest import Platform
+from derrick.ops.sync import DEFAULT_JOBS, sync
+from derrick.ops.syncconfig import SyncConfig, load_config, one_off
+from derrick.ops.syncplan import Shard
+from derrick.ops.syncreport import ImageOutcome, SyncReport
+
+
+@click.command("sync")
+@click.argument("source")
+@click.argument("destination", required=False)
+@click.option(
+    "--tags", "include", multiple=True, metavar="REGEX", help="Copy the tags REGEX matches whole."
+)
+@click.option(
+    "--exclude", multiple=True, metavar="REGEX", help="Leave out the tags REGEX matches whole."
+)
+@click.option(
+    "--platform",
+    "platforms",
+    multiple=True,
+    metavar="OS/ARCH[/VARIANT]",
+    help="Platforms to copy from a multi-platform image (repeat for several; default: "
+    "this machine's).",
+)
+@click.option("--all-platforms", is_flag=True, help="Copy indexes whole, byte for byte.")
+@click.option(
+    "--digest-tags",
+    is_flag=True,
+    help="Also copy the cosign tags (sha256-<hex>.sig, .att, .sbom) of every copied digest.",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=DEFAULT_JOBS,
+    show_default=True,
+    help="Images to copy at once.",
+)
+@click.option(
+    "--max-pulls",
+    type=click.IntRange(0),
+    metavar="N",
+    help="Spend at most N pulls (manifest GETs, counted as Docker Hub counts them).",
+)
+@click.option("--shard", metavar="I/N", help="Do shard I (from 0) of N of the work.")
+@click.option("--dry-run", is_flag=True, help="Check and report; copy nothing.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Report format (on stdout).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="DERRICK_CACHE_DIR",
+    help="Where records of earlier runs are kept.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@connection_options
+def sync_command(
+    source: str,
+    destination: str | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    platforms: tuple[str, ...],
+    all_platforms: bool,
+    digest_tags: bool,
+    jobs: int,
+    max_pulls: int | None,
+    shard: str | None,
+    dry_run: bool,
+    fmt: str,
+    cache_dir: Path | None,
+    quiet: bool,
+    opts: Options,
+) -> None:
+    """Mirror the tags of SOURCE to DESTINATION, or everything CONFIG.yaml names.
+
+    \b
+    derrick sync SRC_REPO DST   DST is a repository (tags keep their names)
+                                or oci:DIR (images named repo:tag)
+    derrick sync CONFIG.yaml    see the configuration schema in the README
+
+    Each tag's digest is compared with the destination's (HEAD requests only):
+    unchanged tags are skipped, changed ones copy only the blobs the destination
+    lacks.  Pulls (manifest GETs) are counted as Docker Hub counts them; the
+    sync stops cleanly before --max-pulls or the registry's remaining count
+    runs out.  Exit status: 0 done, 1 something failed, 3 stopped by the pull
+    budget or rate limit with work left (run again later).  --username applies
+    to the destination registry.
+
+    \b
+    Examples:
+      derrick sync docker.io/library/alpine mirror.example:5000/alpine --tags '3\\.2\\d'
+      derrick sync mirror.yaml --max-pulls 100 --shard "$JOB_COMPLETION_INDEX/4"
+    """
+    selection = _selection(platforms, all_platforms)
+    if destination is None:
+        if include or exclude or platforms or all_platforms:
+            raise UsageError(
+                "--tags, --exclude, --platform and --all-platforms are for "
+                "'derrick sync SRC_REPO DST'",
+                hint="put them in the configuration file",
+            )
+        path = Path(source)
+        if not path.is_file():
+            raise UsageError(
+                f"{source} is not a configuration file",
+                hint="give CONFIG.yaml, or SRC_REPO and DST",
+            )
+        config = load_config(path)
+        if digest_tags:
+            config = config.with_digest_tags()
+    else:
+        config = one_off(
+            source,
+            destination,
+            include=include,
+            exclude=exclude,
+            selection=selection,
+            digest_tags=digest_tags,
+        )
+    the_shard = Shard.parse(shard) if shard else None
+    with opts.client(_login_registry(config, opts)) as client, contextlib.ExitStack() as stack:
+        display = None
+        if not quiet and sys.stderr.isatty():
+            display = stack.enter_context(_Display())
+        report = sync(
+            config,
+            client=client,
+            jobs=jobs,
+            max_pulls=max_pulls,
+            shard=the_shard,
+            dry_run=dry_run,
+            cache_dir=cache_dir or default_cache_dir(),
+            progress=display,
+        )
+    if fmt == "json":
+        emit_json(report.to_json())
+    else:
+        _text(report)
+    _exit(report)
+
+
+def _selection(platforms: tuple[str, ...], all_platforms: bool) -> Selection:
+    if all_platforms and platforms:
+        raise UsageError("--platform and --all-platforms exclude each other")
+    return Selection(all=all_platforms, platforms=tuple(Platform.parse(p) for p in platforms))
+
+
+def _login_registry(config: SyncConfig, opts: Options) -> str | None:
+    """The registry --username is for: the one destination registry (or the source's,
+    for a layout)."""
+    if opts.username is None and not opts.password_stdin:
+        return None
+    registries = {s.destination.registry or s.registry for s in config.sources}
+    if len(registries) != 1:
+        raise UsageError(
+            "--username applies to one registry, and this sync writes to several",
+            hint="log in to each with 'derrick login' instead",
+        )
+    return registries.pop()
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def _text(report: SyncReport) -> None:
+    out = click.echo
+    shown = [*report.copied, *report.planned, *report.failed, *report.left]
+    for item in shown:
+        line = f"{item.status:<9} {item.source} -> {item.destination}"
+        if item.status == "copied":
+            line += f"  {item.digest}  {human_size(item.bytes)}"
+        if item.reason:
+            line += f"  ({item.reason})"
+        out(line)
+    for name, why in report.source_errors:
+        out(f"{'failed':<9} {name}  ({why})")
+    if shown or report.source_errors:
+        out("")
+    failed = len(report.failed) + len(report.source_errors)
+    out(
+        f"{len(report.copied)} copied, {len(report.unchanged)} unchanged, "
+        f"{len(report.filtered)} filtered out, {failed} failed, {len(report.left)} left"
+        + (f", {len(report.planned)} to copy (dry run)" if report.dry_run else "")
+        + (f", {report.other_shards} in other shards" if report.other_shards else "")
+    )
+    budget = f" of a budget of {report.max_pulls}" if report.max_pulls is not None else ""
+    out(f"{human_size(report.bytes)} moved, {report.pulls} pulls{budget}, {report.seconds:.1f}s")
+    if report.stopped:
+        out(f"stopped: {report.stopped}")
+    for registry, state in sorted(report.rate_limits.items()):
+        out(f"{registry}: {state.describe()}")
+
+
+def _exit(report: SyncReport) -> None:
+    failed = len(report.failed) + len(report.source_errors)
+    if failed:
+        click.echo(
+            f"derrick: error: {failed} of {len(report.images) + len(report.source_errors)} "
+            "failed (see the report); run again to retry them",
+            err=True,
+        )
+        raise click.exceptions.Exit(report.exit_code)
+    if report.left:
+        click.echo(
+            f"derrick: error: stopped with {len(report.left)} images left ({report.stopped}); "
+            "run again later",
+            err=True,
+        )
+        raise click.exceptions.Exit(report.exit_code)
+
+
+class _Display:
+    """Images done / total and bytes moved, on stderr."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            TextColumn("images"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[moved]}"),
+            TimeElapsedColumn(),
+            console=Console(file=sys.stderr),
+            transient=True,
+        )
+        self._task = self._progress.add_task("images", total=None, moved="0 B")
+        self._moved = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _Display:
+        self._progress.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._progress.stop()
+
+    def planned(self, images: int) -> None:
+        self._progress.update(self._task, total=images)
+
+    def bytes_moved(self, nbytes: int) -> None:
+        with self._lock:
+            self._moved += nbytes
+            moved = self._moved
+        self._progress.update(self._task, moved=f"{human_size(moved)} moved")
+
+    def image_finished(self, outcome: ImageOutcome) -> None:
+        self._progress.advance(self._task)

@@ -1,0 +1,114 @@
+"""Writing an OCI layout for :class:`~derrick.images.layout.LayoutDir`: the hidden
+directory a new layout is assembled in, blobs written from a stream, index entries
+named from a copy's names, and the one-line error of a failed write."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from derrick.errors import DiskError
+from derrick.images.model import BlobFeed, ImageName
+from derrick.layout.oci import OCILayout, full_name
+from derrick.manifest import Descriptor
+from derrick.store.records import hashes_to
+
+__all__ = ["add_entries", "disk_error", "file_holds", "temp_dir", "write_stream"]
+
+
+def temp_dir(parent: Path, prefix: str) -> Path:
+    """A new directory ``<prefix>.derrick-tmp-<random>`` in ``parent`` (umask mode)."""
+    while True:
+        path = parent / f"{prefix}.derrick-tmp-{secrets.token_hex(4)}"
+        try:
+            path.mkdir(0o777)
+        except FileExistsError:
+            continue
+        return path
+
+
+def write_stream(layout: OCILayout, feed: BlobFeed) -> Path:
+    """Write the feed's chunks as the blob, under a temporary name until the last one
+    (given out only once the feed verified the blob)."""
+    digest = feed.desc.digest
+    dest = layout.blob_path(digest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{digest.hex[:16]}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in feed.chunks():
+                f.write(chunk)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return dest
+
+
+def file_holds(path: Path, desc: Descriptor) -> bool:
+    """Whether the file at ``path`` hashes to blob ``desc``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return os.fstat(fd).st_size == desc.size and hashes_to(fd, desc)
+    finally:
+        os.close(fd)
+
+
+def entry_image_name(name: ImageName, desc: Descriptor) -> str | None:
+    """The full name of an entry: ``repository:tag``, or ``repository@digest`` when the
+    copy has no tag (an image named by digest); None without a repository."""
+    if not name.repository:
+        return None
+    return f"{name.repository}:{name.tag}" if name.tag else f"{name.repository}@{desc.digest}"
+
+
+def add_entries(
+    layout: OCILayout, tops: Iterable[Sequence[tuple[Descriptor, tuple[ImageName, ...]]]]
+) -> list[str]:
+    """Add an ``index.json`` entry for each top manifest under each of its names (one
+    without names when it has none).  Returns the full names of the images under a tag
+    used here when that tag now names more than one image."""
+    tags: list[str] = []
+    for entries in tops:
+        for desc, names in entries:
+            entry = Descriptor(
+                desc.media_type,
+                desc.digest,
+                desc.size,
+                platform=desc.platform,
+                artifact_type=desc.artifact_type,
+            )
+            if not names:
+                layout.add_manifest(entry)
+            for n in names:
+                layout.add_manifest(entry, ref_name=n.tag, image_name=entry_image_name(n, desc))
+                if n.tag and n.tag not in tags:
+                    tags.append(n.tag)
+    same: list[str] = []
+    for tag in tags:
+        tagged = layout.tagged(tag)
+        if len({d.digest for d in tagged}) > 1:
+            same.extend(n for n in dict.fromkeys(full_name(d) for d in tagged) if n not in same)
+    return same
+
+
+def disk_error(e: OSError, shown: str, kept: str) -> DiskError:
+    """``<reason> writing <shown>; <kept>: <what to do>``."""
+    reason = e.strerror or str(e) or type(e).__name__
+    reason = reason[:1].lower() + reason[1:]
+    again = (
+        "make room and run the same command again"
+        if e.errno in (errno.ENOSPC, errno.EDQUOT)
+        else "fix that and run the same command again"
+    )
+    return DiskError(f"{reason} writing {shown}", errno=e.errno, hint=f"{kept}: {again}")

@@ -1,0 +1,115 @@
+"""Open a :class:`~derrick.images.locations.Location` as an image source or sink.
+
+The one place that knows which class serves which kind of location: a registry
+repository (:mod:`derrick.images.remote`), an OCI layout (:mod:`derrick.images.layout`),
+an OCI archive (:mod:`derrick.images.ociarchive`) or a docker-archive
+(:mod:`derrick.images.dockerarchive`).  An archive read as a source is recognised by its
+content whatever prefix named it (a Docker 25+ ``docker save`` is both kinds at once).
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+from derrick.errors import DerrickError, UsageError
+from derrick.images.dockerarchive import DockerArchiveSink, open_archive
+from derrick.images.layout import LayoutDir
+from derrick.images.locations import Location
+from derrick.images.model import ImageName, ImageSink, ImageSource
+from derrick.images.ociarchive import OCIArchiveSink
+from derrick.images.remote import DEFAULT_CHUNK_SIZE, RegistryRepository
+from derrick.reference import Reference
+from derrick.registry import RegistryClient
+from derrick.store.cache import BlobStore
+
+__all__ = ["destination_names", "open_sink", "open_source", "source_name"]
+
+DEFAULT_JOBS = 4
+
+
+def open_source(
+    loc: Location,
+    *,
+    client: RegistryClient | None = None,
+    store: BlobStore | None = None,
+    jobs: int = DEFAULT_JOBS,
+) -> ImageSource:
+    """The image source at ``loc`` (``client`` is needed for a registry)."""
+    if loc.is_registry:
+        assert loc.reference is not None
+        return RegistryRepository(_client(client, loc), loc.reference)
+    assert loc.path is not None
+    if loc.is_stream:
+        raise UsageError(
+            "an image is read from an archive by seeking, not from a stream",
+            hint="save the stream to a file first",
+        )
+    if loc.kind == "oci":
+        return LayoutDir(loc.path, name=loc.name, store=store)
+    return open_archive(loc.path, jobs=jobs)
+
+
+def source_name(loc: Location) -> str | None:
+    """The name of the image to take from the source at ``loc`` (None: its default)."""
+    return None if loc.is_registry else loc.name
+
+
+def open_sink(
+    loc: Location,
+    *,
+    client: RegistryClient | None = None,
+    store: BlobStore | None = None,
+    stdout: BinaryIO | None = None,
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+) -> ImageSink:
+    """The image sink at ``loc``.  A stream (``-``) writes to ``stdout``, which the caller
+    must give: the library writes only where it is told to."""
+    if loc.is_registry:
+        assert loc.reference is not None
+        return RegistryRepository(_client(client, loc), loc.reference, chunk_size=chunk_size)
+    assert loc.path is not None
+    if loc.kind == "oci":
+        return LayoutDir(loc.path, store=store)
+    dest: str | BinaryIO = loc.path
+    if loc.is_stream:
+        if stdout is None:
+            raise UsageError(f"{loc}: no stream to write to was given")
+        dest = stdout
+    if loc.kind == "oci-archive":
+        return OCIArchiveSink(dest)
+    return DockerArchiveSink(dest)  # docker-archive, or a plain existing file
+
+
+def destination_names(loc: Location) -> tuple[ImageName, ...] | None:
+    """What the image is called at ``loc``; None keeps the source's names.
+
+    A registry destination takes its tag (or, named by digest, no name at all); a local
+    one its NAME: a plain tag (``oci:DIR:v1``), or a full name whose tag and repository
+    are both used (``oci:DIR:registry.example/app:v1``, ``docker-archive:F:app:1.0``).
+    """
+    if loc.is_registry:
+        ref = loc.reference
+        assert ref is not None
+        if ref.digest is not None:
+            return ()
+        return (ImageName(ref.name, ref.tag),) if ref.tag else None
+    if not loc.name:
+        return None
+    if "/" not in loc.name and ":" not in loc.name:
+        return (ImageName(None, loc.name),)
+    try:
+        ref = Reference.parse(loc.name, default_tag=None)
+    except DerrickError:
+        raise UsageError(
+            f"{loc}: {loc.name!r} is neither a tag nor an image name",
+            hint="give a tag (v1) or a name with a tag (registry.example/app:v1)",
+        ) from None
+    if ref.digest is not None:
+        raise UsageError(f"{loc}: an image is named here by a tag, not by a digest")
+    return (ImageName(ref.name, ref.tag),)
+
+
+def _client(client: RegistryClient | None, loc: Location) -> RegistryClient:
+    if client is None:
+        raise UsageError(f"{loc} is a registry, and no registry client was given")
+    return client

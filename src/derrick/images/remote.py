@@ -1,0 +1,236 @@
+"""A repository of a registry as an :class:`ImageSource` and an :class:`ImageSink`.
+
+Built on the public methods of :class:`~derrick.registry.RegistryClient`.
+
+As a source, :class:`RegistryRepository` resolves tags and digests with one manifest
+``GET`` whose bytes it keeps for the :meth:`~RegistryRepository.manifest` call that
+follows (registries such as Docker Hub count manifest ``GET``\\ s), and serves blobs
+with ``Range`` when asked for an offset.
+
+As a sink it asks ``HEAD`` whether it has a blob, mounts blobs from another repository
+of the same registry (one token grants push here and pull there), uploads the rest from
+their :class:`~derrick.images.model.BlobFeed` (in one request, or in chunks resumed
+from the offset the registry reports after a broken connection), puts manifests by
+digest, and each top under its tags.  Nothing needs committing: a manifest is visible
+under a tag only once everything it lists is stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+
+from derrick.digest import Digest, Verifier
+from derrick.errors import ManifestError, UsageError
+from derrick.images.model import (
+    BlobFeed,
+    Chunk,
+    ImageName,
+    ImageSource,
+    Plan,
+)
+from derrick.manifest import MAX_MANIFEST_SIZE, Descriptor
+from derrick.reference import Reference, validate_tag
+from derrick.registry import BlobStream, RegistryClient, pull_scope, push_scope
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "RegistryRepository"]
+
+#: Blobs up to this size go up in one request; larger ones in chunks of this size.
+DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
+
+
+class _RemoteBody:
+    """An open blob download (a :class:`~derrick.images.model.BlobBody`)."""
+
+    def __init__(self, stream: BlobStream, stack: contextlib.ExitStack) -> None:
+        self.offset = stream.offset
+        self._stream = stream
+        self._stack = stack
+
+    def chunks(self) -> Iterator[Chunk]:
+        yield from self._stream.chunks()
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> _RemoteBody:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class RegistryRepository:
+    """The repository ``ref`` names, through ``client`` (which the caller closes).
+
+    ``ref``'s tag or digest is what :meth:`resolve` takes by default.  As a sink the
+    names come from the copy; a ``ref`` with a digest accepts only that image.
+    ``chunk_size`` (None: every blob in one request) and ``mount`` shape uploads.
+    """
+
+    ordered = False
+    local = False  # a copy to a registry keeps nothing on the local disk
+    prefers_files = False
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        ref: Reference,
+        *,
+        chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+        mount: bool = True,
+    ) -> None:
+        self.client = client
+        self.ref = ref
+        self.description = ref.name
+        self.chunk_size = chunk_size
+        self.mount = mount
+        self._lock = threading.Lock()
+        self._resolved: dict[Digest, bytes] = {}  # manifest bytes resolve fetched
+        self._heads: dict[Digest, bool] = {}  # HEAD answers had before they were asked
+        self._mount_from: frozenset[str] = frozenset()
+        self._scopes: list[str] | None = None  # set by begin: this is a sink
+
+    def __repr__(self) -> str:
+        return f"RegistryRepository({self.ref})"
+
+    # -- naming --------------------------------------------------------------------------
+
+    def _named(self, name: str | None) -> Reference:
+        if name is None:
+            return self.ref
+        if ":" in name:  # tags have no colon: a digest
+            return Reference(self.ref.registry, self.ref.repository, digest=Digest.parse(name))
+        return self.ref.with_tag(validate_tag(name))
+
+    def image_name(self, name: str | None = None) -> ImageName:
+        return ImageName(self.ref.name, self._named(name).tag)
+
+    # -- source --------------------------------------------------------------------------
+
+    def resolve(self, name: str | None = None) -> Descriptor:
+        ref = self._named(name)
+        if ref.tag is None and ref.digest is None:
+            raise UsageError(
+                f"{self.description}: no image named: give a tag or a digest",
+                hint=f"e.g. {self.description}:latest",
+            )
+        got = self.client.get_manifest(ref)
+        with self._lock:
+            self._resolved[got.digest] = got.raw
+        return got.descriptor
+
+    def names(self) -> list[str]:
+        return self.client.list_tags(self.ref)
+
+    def manifest(self, desc: Descriptor) -> bytes:
+        what = f"manifest {desc.digest} of {self.description}"
+        with self._lock:
+            raw = self._resolved.pop(desc.digest, None)
+        if raw is None:
+            if desc.size > MAX_MANIFEST_SIZE:
+                raise ManifestError(
+                    f"{what} is {desc.size} bytes, more than the {MAX_MANIFEST_SIZE} byte limit"
+                )
+            # by digest, the tag kept: errors then name the reference the user gave
+            raw = self.client.get_manifest(self.ref.with_digest(desc.digest)).raw
+            if len(raw) != desc.size:
+                raise ManifestError(
+                    f"{what} is {len(raw)} bytes but the index says {desc.size}",
+                    hint="the registry is serving wrong content; nothing was kept",
+                )
+        verifier = Verifier(desc.digest, desc.size, what=what)
+        verifier.update(raw)
+        verifier.verify()
+        return raw
+
+    def has_blob(self, desc: Descriptor) -> bool:
+        with self._lock:
+            known = self._heads.pop(desc.digest, None)
+        if known is not None:
+            return known
+        return self.client.head_blob(self.ref, desc.digest, scopes=self._scopes) is not None
+
+    def open_blob(self, desc: Descriptor, offset: int = 0) -> _RemoteBody:
+        stack = contextlib.ExitStack()
+        stream = stack.enter_context(self.client.open_blob(self.ref, desc.digest, offset=offset))
+        return _RemoteBody(stream, stack)
+
+    def local_blob(self, desc: Descriptor) -> None:
+        return None
+
+    def close(self) -> None:
+        pass  # the client is the caller's
+
+    # -- sink ----------------------------------------------------------------------------
+
+    def begin(self, plan: Plan) -> None:
+        """Check a digest destination, choose the token scopes, and get the token once."""
+        if self.ref.digest is not None:
+            tops = {e.top.digest for e in plan.entries}
+            if tops != {self.ref.digest}:
+                shown = ", ".join(str(d) for d in sorted(tops))
+                raise UsageError(
+                    f"cannot copy to {self.ref}: the image's digest is {shown}",
+                    hint="name the destination by tag, or by the image's own digest",
+                )
+        mount_from: set[str] = set()
+        if self.mount:
+            for entry in plan.entries:
+                src = entry.source
+                if (
+                    isinstance(src, RegistryRepository)
+                    and src.ref.registry == self.ref.registry
+                    and src.ref.repository != self.ref.repository
+                ):
+                    mount_from.add(src.ref.repository)
+        self._mount_from = frozenset(mount_from)
+        # One token grants push here and pull on the repositories blobs are mounted from.
+        self._scopes = [push_scope(self.ref.repository), *map(pull_scope, sorted(mount_from))]
+        if plan.blobs:
+            # One request first, so the workers find the token (or basic auth) known.
+            first = plan.blobs[0].digest
+            have = self.client.head_blob(self.ref, first, scopes=self._scopes) is not None
+            with self._lock:
+                self._heads[first] = have
+
+    def mount_blob(self, desc: Descriptor, source: ImageSource) -> bool:
+        if not isinstance(source, RegistryRepository):
+            return False
+        if source.ref.repository not in self._mount_from or source.ref.registry != (
+            self.ref.registry
+        ):
+            return False
+        return self.client.mount_blob(self.ref, desc.digest, source.ref.repository)
+
+    def put_blob(self, feed: BlobFeed) -> None:
+        self.client.upload_blob(
+            self.ref,
+            feed.desc.digest,
+            feed.desc.size,
+            lambda offset: feed.chunks(offset),
+            chunk_size=self.chunk_size,
+            scopes=self._scopes,
+        )
+
+    def put_manifest(self, desc: Descriptor, raw: bytes, names: Sequence[ImageName] = ()) -> None:
+        tags = list(dict.fromkeys(n.tag for n in names if n.tag))
+        if self.ref.digest is not None or not tags:
+            targets = [Reference(self.ref.registry, self.ref.repository, digest=desc.digest)]
+        else:
+            targets = [self.ref.with_tag(t) for t in tags]
+        for target in targets:
+            self.client.put_manifest(target, raw, desc.media_type, scopes=self._scopes)
+
+    def commit(self) -> None:
+        pass  # the tags were put last: everything is visible
+
+    def abort(self) -> None:
+        pass  # failed uploads cancelled their sessions; blobs without a manifest stay unseen

@@ -1,0 +1,409 @@
+"""Mirror many images: :func:`sync`, incremental, within rate limits, one shard of many.
+
+For every item of the plan (:mod:`derrick.ops.syncplan`), ``jobs`` at a time:
+
+1. **Check** (:mod:`derrick.ops.synccheck`): ``HEAD`` the destination name and the source
+   tag (its digest; ``ratelimit-*`` headers read).  When the destination already names what
+   a copy would store, the item is *unchanged* and nothing else is asked.  What a copy
+   stores is the source digest, except for an index copied with a platform selection: then
+   a record of an earlier run (:class:`~derrick.ops.syncparts.Records`) or the index itself
+   (one ``GET``) says.
+2. **Budget**: the pulls the copy costs (see :mod:`derrick.ops.syncreport`) are taken from
+   ``max_pulls`` and from the source registry's remaining count before any ``GET``; when
+   either would run out the sync stops starting copies, checks the rest, and reports what
+   is left undone and the registry's window.  A 429 the transport could not wait out
+   stops it the same way.
+3. **Copy**: :func:`derrick.ops.transfer.copy` of the digest the check found (so a tag
+   that moves meanwhile is not half-copied), the destination tag put last.  Blobs the
+   destination has are skipped, blobs another repository of the destination registry
+   holds are mounted, and the rest stream through verified.
+4. **Signatures** (``digest_tags``): cosign's ``sha256-<hex>.sig``, ``.att`` and ``.sbom``
+   tags of the digest the destination names and of every manifest copied are mirrored too,
+   when the source has them.
+
+One image's failure does not stop the others.  Re-running after an interrupt or a failure
+redoes only what is unfinished: finished images are unchanged, and blobs already stored are
+skipped.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from derrick.errors import (
+    Cancelled,
+    DerrickError,
+    TooManyRequestsError,
+    UsageError,
+)
+from derrick.images.model import BlobOutcome, Selection
+from derrick.manifest import Descriptor
+from derrick.ops import transfer
+from derrick.ops.synccheck import Checker, Found
+from derrick.ops.syncconfig import SyncConfig, load_config
+from derrick.ops.syncparts import (
+    BlobMap,
+    Meter,
+    MirrorRepository,
+    OutOfPulls,
+    Records,
+    needs_index,
+)
+from derrick.ops.syncplan import Shard, SyncItem, SyncPlan, plan_sync
+from derrick.ops.syncreport import Budget, ImageOutcome, SyncReport
+from derrick.reference import Reference
+from derrick.registry import RegistryClient
+
+__all__ = ["DEFAULT_JOBS", "SyncProgress", "sync"]
+
+DEFAULT_JOBS = 4
+#: Blobs of one image that move at once.
+BLOB_JOBS = 4
+_SIGNATURE_SUFFIXES = ("sig", "att", "sbom")
+
+
+class SyncProgress(Protocol):
+    """Receives a sync's progress; every method may be called from worker threads."""
+
+    def planned(self, images: int) -> None:
+        """The images to check (called again when signature tags add some)."""
+        ...
+
+    def bytes_moved(self, nbytes: int) -> None:
+        """Blob bytes read from a source (negative when a retry goes back)."""
+        ...
+
+    def image_finished(self, outcome: ImageOutcome) -> None: ...
+
+
+def sync(
+    config_or_plan: SyncConfig | SyncPlan | str | Path,
+    *,
+    client: RegistryClient | None = None,
+    jobs: int = DEFAULT_JOBS,
+    max_pulls: int | None = None,
+    shard: Shard | None = None,
+    dry_run: bool = False,
+    cache_dir: Path | None = None,
+    progress: SyncProgress | None = None,
+    chunk_size: int | None = 64 * 1024 * 1024,
+) -> SyncReport:
+    """Mirror what ``config_or_plan`` names; the :class:`SyncReport`.
+
+    ``config_or_plan`` is a configuration file's path, a :class:`SyncConfig`, or a
+    :class:`SyncPlan` made by :func:`~derrick.ops.syncplan.plan_sync` (``shard`` then does
+    not apply).  ``client`` (default: one with the usual credentials, closed at the end)
+    reaches every registry.  ``jobs`` images copy at once.  ``max_pulls`` caps the pulls
+    spent (see :mod:`derrick.ops.syncreport`).  ``dry_run`` checks and reports without
+    copying.  ``cache_dir`` keeps what an index copied with a platform selection became,
+    so later checks need no ``GET``.  Raises only for a bad configuration or an interrupt:
+    what fails for an image is in the report.
+    """
+    if max_pulls is not None and max_pulls < 0:
+        raise UsageError("the pull budget cannot be negative")
+    own = client is None
+    client = client if client is not None else RegistryClient()
+    try:
+        started = time.monotonic()
+        if isinstance(config_or_plan, str | Path):
+            config_or_plan = load_config(Path(config_or_plan))
+        if isinstance(config_or_plan, SyncConfig):
+            _supported(config_or_plan)
+            the_plan = plan_sync(config_or_plan, client, shard=shard)
+        else:
+            the_plan = config_or_plan
+        runner = _Runner(client, the_plan, jobs, Budget(max_pulls), dry_run, cache_dir, progress)
+        runner.chunk_size = chunk_size
+        report = runner.run()
+        report.seconds = time.monotonic() - started
+        return report
+    finally:
+        if own:
+            client.close()
+
+
+def _supported(config: SyncConfig) -> None:
+    for spec in config.sources:
+        if spec.destination.layout is not None:
+            raise UsageError(
+                f"{spec.where}: OCI layout destinations (oci:{spec.destination.layout}) "
+                "are not supported by sync yet",
+                hint="mirror into a registry, or pull single images with 'derrick image pull'",
+            )
+
+
+class _Runner:
+    def __init__(
+        self,
+        client: RegistryClient,
+        the_plan: SyncPlan,
+        jobs: int,
+        budget: Budget,
+        dry_run: bool,
+        cache_dir: Path | None,
+        progress: SyncProgress | None,
+    ) -> None:
+        self.client = client
+        self.plan = the_plan
+        self.jobs = max(1, jobs)
+        self.budget = budget
+        self.dry_run = dry_run
+        self.records = Records(cache_dir)
+        self.progress = progress
+        self.chunk_size: int | None = None
+        self.blobs = BlobMap()
+        self.stopped: str | None = None
+        self.outcomes: list[tuple[int, ImageOutcome]] = []
+        self._queue = collections.deque(the_plan.items)
+        #: every item queued, in plan order (the report keeps that order)
+        self._queued = {_key(item): i for i, item in enumerate(the_plan.items)}
+        self._total = len(the_plan.items)
+        self._busy = 0
+        self._cond = threading.Condition()
+        self._cancel = threading.Event()
+        self._copies: set[threading.Event] = set()
+        self._tags_lock = threading.Lock()
+        self._crashed: list[BaseException] = []
+        self.checker = Checker(
+            client, budget, self.records, dry_run=dry_run, stopped=lambda: self.stopped
+        )
+
+    # -- the pool ------------------------------------------------------------------------
+
+    def run(self) -> SyncReport:
+        if self.progress is not None:
+            self.progress.planned(self._total)
+        workers = [
+            threading.Thread(target=self._work, name=f"derrick-sync-{i}", daemon=True)
+            for i in range(min(self.jobs, max(1, len(self._queue))))
+        ]
+        for t in workers:
+            t.start()
+        try:
+            for t in workers:
+                t.join()
+        except BaseException:
+            self._cancel_all()
+            for t in workers:
+                t.join()
+            raise
+        if self._crashed:
+            raise self._crashed[0]
+        return SyncReport(
+            images=[o for _, o in sorted(self.outcomes, key=lambda pair: pair[0])],
+            filtered=list(self.plan.filtered),
+            source_errors=list(self.plan.failed),
+            other_shards=self.plan.other_shards,
+            stopped=self.stopped,
+            max_pulls=self.budget.max_pulls,
+            pulls=self.budget.spent,
+            rate_limits=dict(self.budget.states),
+            dry_run=self.dry_run,
+        )
+
+    def _cancel_all(self) -> None:
+        self._cancel.set()
+        with self._cond:
+            for event in self._copies:
+                event.set()
+            self._cond.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and self._busy and not self._cancel.is_set():
+                    self._cond.wait()
+                if self._cancel.is_set() or not self._queue:
+                    self._cond.notify_all()
+                    return
+                item = self._queue.popleft()
+                self._busy += 1
+            try:
+                self._finish(item, self._one(item))
+            except BaseException as e:  # not an image's failure: stop everything
+                with self._cond:
+                    self._crashed.append(e)
+                self._cancel_all()
+            finally:
+                with self._cond:
+                    self._busy -= 1
+                    self._cond.notify_all()
+
+    def _finish(self, item: SyncItem, out: tuple[ImageOutcome, Found | None]) -> None:
+        outcome, found = out
+        with self._cond:
+            self.outcomes.append((self._queued[_key(item)], outcome))
+        if self.progress is not None:
+            self.progress.image_finished(outcome)
+        if item.digest_tags and found is not None and outcome.status in ("copied", "unchanged"):
+            try:
+                self._follow(item, found)
+            except DerrickError as e:
+                failed = ImageOutcome(
+                    f"{item.source.name} (signature tags)", outcome.destination, "failed"
+                )
+                failed.reason = str(e)
+                with self._cond:
+                    self.outcomes.append((self._queued[_key(item)], failed))
+
+    # -- one image -----------------------------------------------------------------------
+
+    def _one(self, item: SyncItem) -> tuple[ImageOutcome, Found | None]:
+        started = time.monotonic()
+        out = ImageOutcome(str(item.source), item.describe_destination(), "failed")
+        found: Found | None = None
+        meter = Meter(self.budget, item.source.registry)
+        try:
+            found = self.checker.check(item, meter)
+            out.digest = str(found.expected.digest) if found.expected else None
+            self._decide(item, found, out, meter)
+        except OutOfPulls as e:
+            self._stop(out, str(e))
+        except TooManyRequestsError as e:
+            self.budget.retry_after(item.source.registry, e.retry_after)
+            self._stop(out, str(e))
+        except Cancelled as e:
+            out.reason = str(e)
+            if self._cancel.is_set():
+                out.status = "left"
+        except DerrickError as e:
+            out.reason = str(e)
+        except OSError as e:
+            out.reason = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+        finally:
+            meter.settle()
+        out.manifest_gets = meter.gets
+        out.seconds = time.monotonic() - started
+        return out, found
+
+    def _stop(self, out: ImageOutcome, why: str) -> None:
+        out.status = "left"
+        out.reason = why
+        with self._cond:
+            if self.stopped is None:
+                self.stopped = why
+
+    def _decide(self, item: SyncItem, found: Found, out: ImageOutcome, meter: Meter) -> None:
+        expected = found.expected
+        if (
+            expected is not None
+            and found.there is not None
+            and found.there.digest == expected.digest
+        ):
+            out.status = "unchanged"
+            return
+        if self.stopped is not None:
+            out.status, out.reason = "left", self.stopped
+            return
+        if self.dry_run:
+            out.status = "planned"
+            return
+        meter.reserve(self.checker.gets(item, found))
+        self._copy(item, found, out)
+
+    def _copy(self, item: SyncItem, found: Found, out: ImageOutcome) -> None:
+        target = item.target
+        assert target is not None
+        sink = MirrorRepository(self.client, target, self.blobs, chunk_size=self.chunk_size)
+        event = threading.Event()
+        with self._cond:
+            if self._cancel.is_set():
+                raise Cancelled("cancelled")
+            self._copies.add(event)
+        try:
+            result = transfer.copy(
+                found.source,
+                sink,
+                name=str(found.head.digest),
+                selection=item.selection,
+                names=(item.name,) if item.tag else (),
+                jobs=BLOB_JOBS,
+                progress=_Bytes(self.progress.bytes_moved) if self.progress else None,
+                cancel=event,
+                retry=self.client.transport.retry,
+            )
+        finally:
+            with self._cond:
+                self._copies.discard(event)
+        out.status = "copied"
+        out.digest = str(result.digest)
+        out.bytes = result.stats.copied_bytes
+        out.blobs = result.stats.copied
+        out.mounted = result.stats.mounted
+        found.copied = [str(d) for d in result.manifests]
+        if needs_index(found.head, item.selection):
+            self.records.put(found.head.digest, item.selection, result.digest)
+
+    # -- signature tags ------------------------------------------------------------------
+
+    def _follow(self, item: SyncItem, found: Found) -> None:
+        digests = {str(found.head.digest), *found.copied}
+        if found.expected is not None:
+            digests.add(str(found.expected.digest))
+        tags = set(self._source_tags(item.source))
+        added = []
+        for d in sorted(digests):
+            alg, _, hex_ = d.partition(":")
+            for suffix in _SIGNATURE_SUFFIXES:
+                tag = f"{alg}-{hex_}.{suffix}"
+                if tag not in tags:
+                    continue
+                follow = SyncItem(
+                    item.source.with_tag(tag),
+                    item.destination,
+                    item.repository,
+                    tag,
+                    Selection(all=True),
+                    False,
+                )
+                added.append(follow)
+        with self._cond:
+            for follow in added:
+                key = _key(follow)
+                if key not in self._queued:
+                    self._queued[key] = len(self._queued)
+                    self._queue.append(follow)
+                    self._total += 1
+            total = self._total
+            self._cond.notify_all()
+        if added and self.progress is not None:
+            self.progress.planned(total)
+
+    def _source_tags(self, ref: Reference) -> list[str]:
+        with self._tags_lock:
+            tags = self.plan.tags.get(ref.name)
+            if tags is None:
+                tags = self.plan.tags[ref.name] = self.client.list_tags(ref)
+            return tags
+
+
+def _key(item: SyncItem) -> str:
+    return item.key + "\0" + item.describe_destination()
+
+
+class _Bytes:
+    """The engine's progress of one copy, as bytes moved for the sync's display."""
+
+    def __init__(self, moved: Callable[[int], None]) -> None:
+        self._moved = moved
+        self._streaming: set[str] = set()
+        self._lock = threading.Lock()
+
+    def planned(self, total_bytes: int) -> None:
+        pass
+
+    def blob_started(self, desc: Descriptor) -> None:
+        with self._lock:
+            self._streaming.add(str(desc.digest))
+
+    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
+        if str(desc.digest) in self._streaming:
+            self._moved(nbytes)
+
+    def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None:
+        pass

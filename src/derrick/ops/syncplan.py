@@ -1,0 +1,185 @@
+"""The plan of a sync: every (source image, destination name) pair a configuration names.
+
+:func:`plan_sync` lists each source's tags (``namespace`` sources list the registry's
+catalog first), applies the tag selection, and keeps the items of one shard when asked.
+Listing is all it does against registries: no manifest is read here.
+
+Shards: an item belongs to shard ``sha256(SOURCE_REPOSITORY + ":" + TAG_OR_DIGEST) mod N``
+(the first 8 bytes of the hash, big-endian), so every machine that runs shard I of N with
+the same configuration and the same tags at the source takes the same items, the N shards
+are disjoint, and together they are the whole plan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from derrick.digest import Digest
+from derrick.errors import DerrickError, UsageError
+from derrick.images.model import ImageName, Selection
+from derrick.ops.syncconfig import Destination, SourceSpec, SyncConfig
+from derrick.reference import Reference
+from derrick.registry import RegistryClient
+
+__all__ = ["Shard", "SyncItem", "SyncPlan", "plan_sync"]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` (from 0) of ``count``."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise UsageError(
+                f"invalid shard {self.index}/{self.count}",
+                hint="give I/N with 0 <= I < N, e.g. 0/4 (JOB_COMPLETION_INDEX counts from 0)",
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        index, sep, count = text.partition("/")
+        if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+            raise UsageError(f"invalid shard {text!r}", hint="give I/N, e.g. 0/4")
+        return cls(int(index), int(count))
+
+    def owns(self, key: str) -> bool:
+        n = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+        return n % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@dataclass(frozen=True)
+class SyncItem:
+    """One image to mirror: ``source`` (a tag or a digest) to ``tag`` of a destination.
+
+    ``tag`` None stores the image by digest only.  ``repository`` is the destination
+    repository path (a registry's), or the name the image gets in an OCI layout.
+    """
+
+    source: Reference
+    destination: Destination
+    repository: str
+    tag: str | None
+    selection: Selection = field(default_factory=Selection)
+    digest_tags: bool = False
+
+    @property
+    def key(self) -> str:
+        """What shards and de-duplication go by: source repository and tag (or digest)."""
+        return f"{self.source.name}:{self.source.identifier}"
+
+    @property
+    def target(self) -> Reference | None:
+        """The destination repository (no tag) in a registry; None for a layout."""
+        if self.destination.registry is None:
+            return None
+        return Reference(self.destination.registry, self.repository)
+
+    @property
+    def name(self) -> ImageName:
+        """What the copy is called in the destination."""
+        if self.destination.registry is not None:
+            return ImageName(f"{self.destination.registry}/{self.repository}", self.tag)
+        return ImageName(self.repository, self.tag)
+
+    def describe_destination(self) -> str:
+        where = self.name.repository or ""
+        if self.destination.layout is not None:
+            where = f"oci:{self.destination.layout}:{where}"
+        return f"{where}:{self.tag}" if self.tag else f"{where}@{self.source.digest}"
+
+
+@dataclass
+class SyncPlan:
+    """What a sync will check and copy, and what it left out."""
+
+    items: list[SyncItem] = field(default_factory=list)
+    #: source images the tag selection left out (``registry/repository:tag``)
+    filtered: list[str] = field(default_factory=list)
+    #: sources that could not be listed: (``registry/repository``, why)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    #: items that belong to other shards
+    other_shards: int = 0
+    #: the tags each listed source repository has (for signature tags)
+    tags: dict[str, list[str]] = field(default_factory=dict)
+
+
+def plan_sync(
+    config: SyncConfig, client: RegistryClient, *, shard: Shard | None = None
+) -> SyncPlan:
+    """The :class:`SyncPlan` of ``config``: sources listed, tags chosen, one shard kept."""
+    out = SyncPlan()
+    seen: set[tuple[str, str]] = set()
+    for spec in config.sources:
+        try:
+            repos = _repositories(client, spec)
+        except DerrickError as e:
+            out.failed.append((spec.name, str(e)))
+            continue
+        for repo in repos:
+            ref = Reference(spec.registry, repo)
+            try:
+                items = list(_items(client, spec, ref, out))
+            except DerrickError as e:
+                out.failed.append((ref.name, str(e)))
+                continue
+            for item in items:
+                dest_key = (str(item.destination), item.describe_destination())
+                if dest_key in seen:
+                    continue  # named by two sources: the first one wins
+                seen.add(dest_key)
+                if shard is not None and not shard.owns(item.key):
+                    out.other_shards += 1
+                    continue
+                out.items.append(item)
+    return out
+
+
+def _repositories(client: RegistryClient, spec: SourceSpec) -> list[str]:
+    if spec.repository is not None:
+        return [spec.repository]
+    ns = (spec.namespace or "").rstrip("/") + "/"
+    repos = [r for r in client.catalog(spec.registry) if r.startswith(ns)]
+    if not repos:
+        raise UsageError(
+            f"the catalog of {spec.registry} lists no repository under {ns}",
+            hint="check the namespace, and that the credentials may list the catalog",
+        )
+    return sorted(repos)
+
+
+def _items(
+    client: RegistryClient, spec: SourceSpec, ref: Reference, out: SyncPlan
+) -> Iterable[SyncItem]:
+    listed: list[str] = []
+    if spec.tags.needs_listing or spec.digest_tags:
+        listed = sorted(client.list_tags(ref))  # registries list in no promised order
+        out.tags[ref.name] = listed
+    chosen, filtered = spec.tags.choose(listed)
+    out.filtered.extend(f"{ref.name}:{t}" for t in filtered)
+    repository = spec.destination.repository_for(spec.registry, ref.repository)
+    for name in chosen:
+        if ":" in name:  # a digest: stored by digest
+            source = ref.with_digest(Digest.parse(name))
+            yield SyncItem(source, spec.destination, repository, None, spec.selection, False)
+        else:
+            source = ref.with_tag(name)
+            yield SyncItem(
+                source, spec.destination, repository, name, spec.selection, spec.digest_tags
+            )
+    for tag, digest in spec.tags.pins:
+        yield SyncItem(
+            ref.with_digest(digest),
+            spec.destination,
+            repository,
+            tag,
+            spec.selection,
+            spec.digest_tags,
+        )

@@ -1,0 +1,266 @@
+"""What a sync reports, and the pull budget it keeps.
+
+Pulls are counted the way Docker Hub counts them: a manifest ``GET`` is a pull, and up to
+two ``GET``\\ s of one image (an index and the platform image chosen from it) are one
+pull; ``HEAD`` requests and blob downloads are none.  So an image copy costs
+``ceil(G / 2)`` pulls, G being the manifest ``GET``\\ s it made (its top manifest or
+index, and every child manifest it copied); an unchanged tag costs none (two ``HEAD``\\ s),
+except that deciding about an index copied with a platform selection, when no record of
+an earlier run says what it became, costs its one ``GET``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from derrick.registry import RateLimit
+
+__all__ = ["Budget", "ImageOutcome", "RateLimitState", "Status", "SyncReport", "pulls_for"]
+
+#: ``copied``; ``unchanged`` (skipped); ``failed``; ``left`` (not done: the pull budget or
+#: the rate limit stopped the sync first); ``planned`` (would be copied: a dry run).
+Status = Literal["copied", "unchanged", "failed", "left", "planned"]
+
+#: Exit status of a sync that left work undone for the budget or rate limit, failing nothing.
+EXIT_LEFT = 3
+
+
+def pulls_for(gets: int) -> int:
+    """The pulls ``gets`` manifest GETs of one image count as (see the module docstring)."""
+    return math.ceil(gets / 2)
+
+
+@dataclass
+class ImageOutcome:
+    """What happened to one image."""
+
+    source: str  # registry/repository:tag or @digest
+    destination: str
+    status: Status
+    digest: str | None = None  # what the destination name points at (or would)
+    reason: str | None = None  # why it failed or was left
+    bytes: int = 0  # blob bytes read from the source
+    blobs: int = 0  # blobs copied (streamed)
+    mounted: int = 0  # blobs mounted from another repository of the destination
+    manifest_gets: int = 0  # manifest GETs at the source
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "destination": self.destination,
+            "status": self.status,
+            "digest": self.digest,
+            "reason": self.reason,
+            "bytes": self.bytes,
+            "blobs": self.blobs,
+            "mounted": self.mounted,
+            "manifestGets": self.manifest_gets,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class RateLimitState:
+    """The last ``ratelimit-*`` headers a source registry sent, and a 429's Retry-After."""
+
+    limit: int | None = None
+    remaining: int | None = None
+    window_seconds: int | None = None
+    retry_after: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "limit": self.limit,
+            "remaining": self.remaining,
+            "windowSeconds": self.window_seconds,
+            "retryAfter": self.retry_after,
+        }
+
+    def describe(self) -> str:
+        parts = []
+        if self.remaining is not None:
+            of = f" of {self.limit}" if self.limit is not None else ""
+            parts.append(f"{self.remaining}{of} pulls left")
+        if self.window_seconds:
+            parts.append(
+                f"the window is {_duration(self.window_seconds)} and pulls come back as it slides"
+            )
+        if self.retry_after is not None:
+            parts.append(f"the registry asked to wait {_duration(self.retry_after)}")
+        return "; ".join(parts) or "no rate limit announced"
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s >= 3600 and s % 3600 == 0:
+        return f"{s // 3600}h"
+    if s >= 60 and s % 60 == 0:
+        return f"{s // 60}m"
+    return f"{s}s"
+
+
+@dataclass
+class SyncReport:
+    """The outcome of a sync: every image, what was filtered out, time and bytes."""
+
+    images: list[ImageOutcome] = field(default_factory=list)
+    filtered: list[str] = field(default_factory=list)
+    #: sources that could not be listed: (name, why); they count as failures
+    source_errors: list[tuple[str, str]] = field(default_factory=list)
+    other_shards: int = 0
+    seconds: float = 0.0
+    #: why the sync stopped copying before the end (pull budget, rate limit), if it did
+    stopped: str | None = None
+    max_pulls: int | None = None
+    pulls: int = 0  # pulls spent, as counted in the module docstring
+    rate_limits: dict[str, RateLimitState] = field(default_factory=dict)
+    dry_run: bool = False
+
+    def _with(self, status: Status) -> list[ImageOutcome]:
+        return [i for i in self.images if i.status == status]
+
+    @property
+    def copied(self) -> list[ImageOutcome]:
+        return self._with("copied")
+
+    @property
+    def unchanged(self) -> list[ImageOutcome]:
+        return self._with("unchanged")
+
+    @property
+    def failed(self) -> list[ImageOutcome]:
+        return self._with("failed")
+
+    @property
+    def left(self) -> list[ImageOutcome]:
+        return self._with("left")
+
+    @property
+    def planned(self) -> list[ImageOutcome]:
+        return self._with("planned")
+
+    @property
+    def bytes(self) -> int:
+        return sum(i.bytes for i in self.images)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when everything is done; 1 when anything failed; :data:`EXIT_LEFT` when the
+        budget or the rate limit left work undone and nothing failed."""
+        if self.failed or self.source_errors:
+            return 1
+        return EXIT_LEFT if self.left else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "copied": len(self.copied),
+            "unchanged": len(self.unchanged),
+            "filtered": len(self.filtered),
+            "failed": len(self.failed) + len(self.source_errors),
+            "left": len(self.left),
+            "planned": len(self.planned),
+            "otherShards": self.other_shards,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "pulls": self.pulls,
+            "maxPulls": self.max_pulls,
+            "stopped": self.stopped,
+            "dryRun": self.dry_run,
+            "rateLimits": {k: v.to_json() for k, v in self.rate_limits.items()},
+            "images": [i.to_json() for i in self.images],
+            "filteredOut": self.filtered,
+            "sourceErrors": [{"source": n, "reason": r} for n, r in self.source_errors],
+        }
+
+
+class Budget:
+    """The pulls a sync may still spend: ``--max-pulls`` and each registry's remaining count.
+
+    :meth:`take` reserves pulls before a copy spends them (refused when either would be
+    overdrawn); :meth:`observe` reads a registry's ``ratelimit-*`` headers, which count what
+    it has seen; pulls reserved by copies still running are kept off what it says.
+    """
+
+    def __init__(self, max_pulls: int | None) -> None:
+        self.max_pulls = max_pulls
+        self.spent = 0
+        self.states: dict[str, RateLimitState] = {}
+        self._running: dict[str, int] = {}  # pulls held by copies not finished
+        self._left: dict[str, int] = {}  # what each registry has left for us
+        self._seen: set[str] = set()  # registries that answered
+        self._cond = threading.Condition()
+
+    def observe(self, registry: str, rl: RateLimit | None, *, landed: int = 0) -> None:
+        """Read ``rl`` from an answer of ``registry``; ``landed`` pulls held by a copy are
+        in the registry's count from this answer on."""
+        with self._cond:
+            self._seen.add(registry)
+            if landed:
+                self._running[registry] = self._running.get(registry, 0) - landed
+                self._cond.notify_all()
+            if rl is None:
+                return
+            state = self.states.setdefault(registry, RateLimitState())
+            state.limit = rl.limit if rl.limit is not None else state.limit
+            state.window_seconds = rl.window_seconds or state.window_seconds
+            if rl.remaining is not None:
+                state.remaining = rl.remaining
+                self._left[registry] = rl.remaining - self._running.get(registry, 0)
+
+    def unlimited(self, registry: str) -> bool:
+        """Whether ``registry`` answered and announced no rate limit (so far)."""
+        with self._cond:
+            return registry in self._seen and registry not in self.states
+
+    def retry_after(self, registry: str, seconds: float | None) -> None:
+        with self._cond:
+            state = self.states.setdefault(registry, RateLimitState())
+            state.retry_after = seconds
+
+    def take(self, registry: str, pulls: int) -> str | None:
+        """Reserve ``pulls``; None when done, else why they cannot be had.
+
+        When the registry's count is short while pulls of running copies are not in it
+        yet, the answer waits for those (their answers bring a newer count).
+        """
+        if pulls <= 0:
+            return None
+        deadline = time.monotonic() + 60
+        with self._cond:
+            while True:
+                if self.max_pulls is not None and self.spent + pulls > self.max_pulls:
+                    return f"the budget of {self.max_pulls} pulls is spent ({self.spent} used)"
+                left = self._left.get(registry)
+                if left is None or pulls <= left:
+                    break
+                wait = deadline - time.monotonic()
+                if self._running.get(registry, 0) <= 0 or wait <= 0:
+                    return f"{registry} has {max(left, 0)} pulls left"
+                self._cond.wait(wait)
+            self.spent += pulls
+            self._running[registry] = self._running.get(registry, 0) + pulls
+            if left is not None:
+                self._left[registry] = left - pulls
+            return None
+
+    def give_back(self, registry: str, pulls: int) -> None:
+        """Return reserved pulls that were not spent."""
+        if pulls <= 0:
+            return
+        with self._cond:
+            self.spent -= pulls
+            if registry in self._left:
+                self._left[registry] += pulls
+            self._running[registry] = self._running.get(registry, 0) - pulls
+            self._cond.notify_all()
+
+    def finished(self, registry: str, pulls: int) -> None:
+        """A copy is over: the ``pulls`` it held that no answer counted yet are counted."""
+        with self._cond:
+            self._running[registry] = self._running.get(registry, 0) - pulls
+            self._cond.notify_all()

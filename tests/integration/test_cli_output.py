@@ -1,0 +1,228 @@
+"""Where the CLI's output goes: a reader that stops early, a terminal, a local path.
+
+* A pipe whose reader has gone (``derrick tag ls … | head -1``): derrick stops quietly with
+  status 141, as ``ls | head`` does, with nothing on stderr.
+* An archive to standard output that is a terminal is refused before anything is fetched.
+* ``image copy`` to or from a local path says which command does that instead of reading
+  the path as a Docker Hub repository.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from derrick.ops.push import put_blob
+from derrick.reference import Reference
+from support.cli import Cli, Isolation
+from support.images import LayoutImage
+from support.registry import RegistryProcess
+from support.seed import SeededRegistries, derrick_client
+
+DERRICK = [sys.executable, "-m", "derrick.cli.main"]
+
+
+def _into_closed_pipe(*argv: Any) -> tuple[int, str]:
+    """Run derrick with standard output a pipe whose reader has already gone."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = subprocess.run(
+            [*DERRICK, *(str(a) for a in argv)],
+            stdin=subprocess.DEVNULL,
+            stdout=w,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ),
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(w)
+    return proc.returncode, proc.stderr.decode(errors="replace")
+
+
+# -- a reader that stops early ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tag", "ls", "{repo}"],
+        ["tag", "ls", "{repo}", "--format", "json"],
+        ["manifest", "get", "{ref}"],
+        ["manifest", "get", "{ref}", "--format", "raw"],
+        ["image", "config", "{ref}"],
+        ["image", "inspect", "{ref}"],
+        ["image", "pull", "{ref}", "-o", "-", "--format", "oci-archive"],
+        ["image", "export", "{ref}", "-o", "-"],
+        ["image", "pull", "--help"],
+    ],
+    ids=lambda a: " ".join(x for x in a if not x.startswith("{")),
+)
+def test_reader_gone_before_the_first_byte(seeded: SeededRegistries, argv: list[str]) -> None:
+    img = seeded.open["test/single"]
+    repo = f"{img.registry.host}/{img.repo}"
+    code, err = _into_closed_pipe(*(a.format(repo=repo, ref=img.reference) for a in argv))
+    assert err == ""  # no traceback, no "Exception ignored", no error line
+    assert code == 141
+
+
+def test_reader_stops_mid_blob(
+    registry_open: RegistryProcess,
+    unique_repo: Callable[..., str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``derrick blob get REPO DIGEST | head -c 100``: a blob far larger than a pipe holds."""
+    blob = tmp_path / "big.bin"
+    blob.write_bytes(os.urandom(4 * 1024 * 1024))
+    ref = Reference.parse(f"{registry_open.host}/{unique_repo()}")
+    with derrick_client(registry_open) as client:
+        desc, _ = put_blob(client, ref, blob)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    with (tmp_path / "stderr").open("w+b") as err:
+        proc = subprocess.Popen(
+            [*DERRICK, "blob", "get", str(ref), str(desc.digest)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=dict(os.environ),
+        )
+        assert proc.stdout is not None
+        head = proc.stdout.read(100)
+        proc.stdout.close()
+        code = proc.wait(timeout=60)
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    assert head == blob.read_bytes()[:100]
+    assert stderr == ""
+    assert code == 141
+    assert list(scratch.iterdir()) == []  # the verified copy is gone too
+
+
+# -- a terminal ------------------------------------------------------------------------------
+
+
+def _on_terminal(*argv: Any) -> tuple[int, str]:
+    """Run derrick with stdout and stderr a terminal (a pty); return its status and screen."""
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(
+            [*DERRICK, *(str(a) for a in argv)],
+            stdin=subprocess.DEVNULL,
+            stdout=slave,
+            stderr=slave,
+            env={**os.environ, "TERM": "xterm", "COLUMNS": "120"},
+        )
+        os.close(slave)
+        slave = -1
+        screen = b""
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every writer has closed the terminal
+                break
+            if not data:
+                break
+            screen += data
+        code = proc.wait(timeout=60)
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    return code, screen.decode(errors="replace")
+
+
+@pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive"])
+def test_pull_refuses_to_write_an_archive_to_a_terminal(
+    seeded: SeededRegistries, env: Isolation, fmt: str
+) -> None:
+    img = seeded.open["test/eight"]
+    log = img.registry.log_size()
+    code, screen = _on_terminal("image", "pull", img.reference, "-o", "-", "--format", fmt)
+    lines = [line for line in screen.splitlines() if line.strip()]
+    assert code == 2
+    assert len(lines) == 1, screen  # no progress display, no tar
+    assert lines[0].startswith("derrick: error: refusing to write an archive to a terminal")
+    assert "-o FILE" in lines[0]
+    assert "/v2/" not in img.registry.log_since(log)  # nothing was asked of the registry
+    assert list(env.cache.iterdir()) == []  # nor fetched into the cache
+
+
+# -- image copy and local paths --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dest", "advice"),
+    [
+        ("{tmp}/out", "derrick image pull {src} -o {tmp}/out"),
+        ("mydir", "derrick image pull {src} -o mydir"),  # an existing directory
+        ("./x", "derrick image pull {src} -o ./x"),
+        ("../x", "derrick image pull {src} -o ../x"),
+        ("x.tar", "derrick image pull {src} -o x.tar"),
+        ("oci:layout", "derrick image pull {src} -o layout --format oci"),
+        ("oci-archive:img.tar", "derrick image pull {src} -o img.tar --format oci-archive"),
+        ("docker-archive:img", "derrick image pull {src} -o img --format docker-archive"),
+    ],
+)
+def test_copy_to_a_local_path_says_to_pull(
+    cli: Cli,
+    seeded: SeededRegistries,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    dest: str,
+    advice: str,
+) -> None:
+    img = seeded.open["test/single"]
+    work = tmp_path / "work"
+    (work / "mydir").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    dest = dest.format(tmp=tmp_path)
+    log = img.registry.log_size()
+    r = cli("image", "copy", img.reference, dest)
+    line = r.failed()
+    assert r.code == 2
+    assert f"{dest} is a local path" in line
+    assert advice.format(src=img.reference, tmp=tmp_path) in line
+    assert "/v2/" not in img.registry.log_since(log)
+    assert sorted(p.name for p in work.iterdir()) == ["mydir"]
+    assert list((work / "mydir").iterdir()) == []
+
+
+def test_copy_from_a_local_path_says_to_push(
+    cli: Cli,
+    seeded: SeededRegistries,
+    test_images: dict[str, LayoutImage],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    layout = test_images["single"]
+    monkeypatch.chdir(layout.path.parent)
+    dst = f"{seeded.open.registry.host}/scratch/from-disk:v1"
+    for src in (str(layout.path), f"./{layout.path.name}:v1", f"oci:{layout.path}:v1"):
+        line = cli("image", "copy", src, dst).failed()
+        assert f"{src} is a local path" in line
+        assert f"derrick image push {src} {dst}" in line
+    line = cli("image", "copy", "./a", str(tmp_path / "b.tar")).failed()
+    assert "./a and " in line and "local paths" in line
+    assert "derrick image pull" in line and "derrick image push" in line
+
+
+def test_copy_docker_prefix_means_a_registry(
+    cli: Cli, seeded: SeededRegistries, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    img = seeded.open["test/single"]
+    host = img.registry.host
+    monkeypatch.chdir(tmp_path)
+    Path(host).mkdir()  # a directory that looks like the registry's name is no local path here
+    cli("image", "copy", f"docker://{img.reference}", f"docker://{host}/scratch/copy.tar").ok()
+    r = cli("manifest", "head", f"{host}/scratch/copy.tar:{img.tag}").ok()
+    assert r.out.strip() == img.digest

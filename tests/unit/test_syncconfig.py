@@ -1,0 +1,128 @@
+"""The sync configuration: schema, defaults and overrides, ${ENV}, errors with lines."""
+
+from __future__ import annotations
+
+import pytest
+
+from derrick.errors import UsageError
+from derrick.ops.syncconfig import TagSelection, one_off, parse_config
+from derrick.ops.syncplan import Shard
+
+FULL = """
+defaults:
+  platforms: [linux/amd64, linux/arm64]
+  digest-tags: true
+  tags: {exclude: ['.*-rc.*']}
+  destination:
+    registry: ${MIRROR}
+    prefix: hub
+sources:
+  - repository: docker.io/library/alpine
+    tags: {semver: ">=3.18 <4", newest: 2}
+  - repository: quay.io/team/app
+    platforms: all
+    digest-tags: false
+    tags: [1.0, "2.0"]
+    destination: {oci: /srv/layout}
+  - namespace: localhost:5000/team
+    destination: {strip-registry: false}
+"""
+
+
+def test_defaults_and_overrides() -> None:
+    config = parse_config(FULL, "m.yaml", {"MIRROR": "mirror.example:5000"})
+    alpine, app, team = config.sources
+    assert alpine.selection.platforms and len(alpine.selection.platforms) == 2
+    assert alpine.digest_tags and not app.digest_tags
+    assert alpine.tags.semver is not None and alpine.tags.newest == 2
+    assert alpine.tags.exclude and alpine.tags.exclude[0].pattern == ".*-rc.*"
+    assert alpine.destination.registry == "mirror.example:5000"
+    assert alpine.destination.repository_for("docker.io", "library/alpine") == "hub/library/alpine"
+    assert app.selection.all and app.tags.explicit == ("1.0", "2.0")  # 1.0 stays text
+    assert app.destination.registry is None and str(app.destination.layout) == "/srv/layout"
+    assert team.namespace == "team" and team.repository is None
+    assert (
+        team.destination.repository_for("localhost:5000", "team/x") == "hub/localhost:5000/team/x"
+    )
+    assert alpine.where == "m.yaml:10"
+
+
+def test_tag_selection_order() -> None:
+    config = parse_config(FULL, "m.yaml", {"MIRROR": "m.example"})
+    tags = config.sources[0].tags
+    got, filtered = tags.choose(["3.17", "3.18", "3.19", "3.20-rc1", "3.20", "4.0", "latest"])
+    assert got == ["3.19", "3.20"]
+    assert filtered == ["3.17", "3.18", "3.20-rc1", "4.0", "latest"]
+
+
+def test_pins_alone_name_everything() -> None:
+    from derrick.digest import Digest
+
+    d = Digest.parse("sha256:" + "a" * 64)
+    assert TagSelection(pins=(("stable", d),)).choose(["1", "stable"]) == ([], ["1"])
+    assert not TagSelection(pins=(("stable", d),)).needs_listing
+
+
+@pytest.mark.parametrize(
+    ("text", "start"),
+    [
+        ("", "m.yaml: sources: the file is empty"),
+        ("- a\n", "m.yaml:1: : must be a mapping"),
+        ("sources:\n  - {repository: a.b/c, namespace: a.b/d}\n", "m.yaml:2: sources[0]: give"),
+        (
+            "sources:\n  - repository: a.b/c\n    destination: {registry: x.y, oci: /d}\n",
+            "m.yaml:3: sources[0].destination: give registry or oci",
+        ),
+        (
+            "sources:\n  - repository: a.b/c\n    destination: {registry: x.y}\n"
+            "    tags: {newest: 0}\n",
+            "m.yaml:4: sources[0].tags.newest: must be a whole number",
+        ),
+        (
+            "sources:\n  - repository: a.b/c\n    destination: {registry: x.y}\n"
+            "    digest-tags: maybe\n",
+            "m.yaml:4: sources[0].digest-tags: must be true or false",
+        ),
+        (
+            "sources:\n  - repository: a.b/c\n    destination: {registry: x.y}\n"
+            "    tags: {pins: {stable: nope}}\n",
+            "m.yaml:4: sources[0].tags.pins.stable:",
+        ),
+        (
+            "sources:\n  - namespace: a.b/c\n    destination: {registry: x.y, repository: z}\n",
+            "m.yaml:3: sources[0].destination.repository: a namespace has many",
+        ),
+        (
+            "sources:\n  - repository: a.b/Bad\n    destination: {registry: x.y}\n",
+            "m.yaml:2: sources[0].repository:",
+        ),
+    ],
+)
+def test_errors_name_file_line_and_key(text: str, start: str) -> None:
+    with pytest.raises(UsageError) as e:
+        parse_config(text, "m.yaml", {})
+    assert str(e.value).startswith(start), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_one_off_forms() -> None:
+    reg = one_off("alpine", "localhost:5000/mirror/alpine", include=("3.*",)).sources[0]
+    assert (reg.registry, reg.repository) == ("docker.io", "library/alpine")
+    assert reg.destination.repository_for("docker.io", "library/alpine") == "mirror/alpine"
+    lay = one_off("alpine", "oci:/tmp/x").sources[0]
+    assert lay.destination.repository_for("docker.io", "library/alpine") == (
+        "docker.io/library/alpine"
+    )
+    with pytest.raises(UsageError, match="--tags: invalid regular expression"):
+        one_off("alpine", "localhost:5000/x", include=("(",))
+
+
+def test_shards() -> None:
+    keys = [f"r:{i}" for i in range(200)]
+    owned = [[k for k in keys if Shard(i, 4).owns(k)] for i in range(4)]
+    assert sorted(k for o in owned for k in o) == sorted(keys)
+    assert all(30 < len(o) < 70 for o in owned)
+    assert Shard.parse("2/4") == Shard(2, 4)
+    for bad in ("4/4", "-1/2", "x", "1/0"):
+        with pytest.raises(UsageError):
+            Shard.parse(bad)
