@@ -1,29 +1,113 @@
 """The one exception tree of derrick.
 
-Every error derrick raises is a :class:`DerrickError`.  Each carries a one-line,
-human message that says what failed and, where there is one, what to try next
-(``hint``).  Registry errors also carry the HTTP status, the registry's error
-codes and the URL with any credentials removed.
+Every error derrick raises is a :class:`DerrickError`.  Each carries a one-line
+message that says what failed (on which reference, blob or path), and where
+there is something to try, a :class:`Remedy` (machine-readable: a kind and its
+parameters, which a front end such as the CLI renders in its own words) and/or
+a neutral ``hint``.  Registry errors also carry the HTTP status, the registry's
+error codes and the URL with any credentials removed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal, get_args
+
+#: What a user can do about an error.  ``insecure``: allow plain http and unverified TLS
+#: for ``host``; ``login``: give credentials for ``registry``; ``credentials``: correct the
+#: credentials used for ``registry``; ``ca-cert``: trust the CA of ``host`` (a CA file, or
+#: the per-registry file ``path``); ``ca-file``: give a readable PEM file of CAs;
+#: ``timeout``: allow longer waits, or try again; ``retries``: try again, or allow more
+#: retries; ``retry``: try again; ``tags``: look at the tags the repository has;
+#: ``inline-credentials``: give credentials for ``registry`` with each use, not saved.
+RemedyKind = Literal[
+    "insecure",
+    "login",
+    "credentials",
+    "inline-credentials",
+    "ca-cert",
+    "ca-file",
+    "timeout",
+    "retries",
+    "retry",
+    "tags",
+]
+REMEDY_KINDS: tuple[RemedyKind, ...] = get_args(RemedyKind)
+
+#: Each remedy in library terms (the CLI says the same with its flags).
+_REMEDY_WORDS: Mapping[str, str] = {
+    "insecure": "name {host} insecure (plain http, unverified TLS) if you trust it",
+    "login": "give credentials for {registry}",
+    "credentials": "check the user name and password for {registry}",
+    "inline-credentials": "give the credentials for {registry} with each use instead",
+    "ca-cert": "trust the CA of {host} (a CA file, or {path}), or name {host} insecure",
+    "ca-file": "give a readable PEM file of CA certificates",
+    "timeout": "allow a longer timeout, or try again",
+    "retries": "try again, or allow more retries",
+    "retry": "try again",
+    "tags": "list the repository's tags to see which exist",
+}
+
+
+class Remedy:
+    """What the user can do about an error: a kind (see :data:`RemedyKind`) and its
+    parameters, e.g. ``Remedy("insecure", host="registry.local:5000")``."""
+
+    __slots__ = ("kind", "params")
+
+    kind: RemedyKind
+    params: Mapping[str, str]
+
+    def __init__(self, kind: RemedyKind, /, **params: str) -> None:
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "params", MappingProxyType(dict(params)))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Remedy is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Remedy):
+            return NotImplemented
+        return self.kind == other.kind and dict(self.params) == dict(other.params)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, tuple(sorted(self.params.items()))))
+
+    def __repr__(self) -> str:
+        args = "".join(f", {k}={v!r}" for k, v in self.params.items())
+        return f"Remedy({self.kind!r}{args})"
+
+    def describe(self) -> str:
+        """The remedy in library terms (front ends render :attr:`kind` in their own)."""
+        return fill(_REMEDY_WORDS.get(self.kind, self.kind), self.params)
+
+
+def fill(template: str, params: Mapping[str, str]) -> str:
+    """``template`` with ``{name}`` replaced by ``params``; an unknown name stays as it is."""
+    return template.format_map(_Keep(params))
+
+
+class _Keep(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
 
 
 class DerrickError(Exception):
     """Root of every error derrick raises."""
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, remedy: Remedy | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.remedy = remedy
 
     def __str__(self) -> str:
-        if self.hint:
-            return f"{self.message}; {self.hint}"
-        return self.message
+        parts = [self.message, self.hint, self.remedy.describe() if self.remedy else None]
+        return "; ".join(p for p in parts if p)
 
 
 class InvalidReferenceError(DerrickError, ValueError):
@@ -106,8 +190,9 @@ class RegistryError(DerrickError):
         url: str,
         errors: Sequence[RegistryErrorDetail] = (),
         hint: str | None = None,
+        remedy: Remedy | None = None,
     ) -> None:
-        super().__init__(message, hint=hint)
+        super().__init__(message, hint=hint, remedy=remedy)
         self.status = status
         self.url = url
         self.errors = tuple(errors)
@@ -152,9 +237,10 @@ class TooManyRequestsError(RegistryError):
         url: str,
         errors: Sequence[RegistryErrorDetail] = (),
         hint: str | None = None,
+        remedy: Remedy | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message, status=status, url=url, errors=errors, hint=hint)
+        super().__init__(message, status=status, url=url, errors=errors, hint=hint, remedy=remedy)
         self.retry_after = retry_after
 
 

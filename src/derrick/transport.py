@@ -1,19 +1,23 @@
 """The one place derrick does HTTP.
 
-:class:`Transport` owns the connection pools, TLS settings, the choice between
-https and plain http, retries with backoff, and redirects.  It knows nothing of
-registries or auth: :mod:`derrick.registry` builds requests and hands them here.
+:class:`Transport` owns the connection pools, TLS settings, retries with backoff, and
+redirects.  It knows nothing of registries or auth: :mod:`derrick.registry` builds
+requests and hands them here.  Which scheme a host speaks is asked of it explicitly
+(:meth:`Transport.probe_scheme`), never found out as a side effect of building a URL.
 
 Redirects are followed by hand so that the ``Authorization`` header is dropped
 whenever a redirect leaves the origin it was meant for (blob downloads are
 commonly redirected to a storage host that must never see registry
 credentials).
+
+The connections are derrick's own (:mod:`derrick.connections`: large socket reads, an
+expiry check that cannot race a request); importing this module changes nothing in
+httpx or httpcore for anyone else.
 """
 
 from __future__ import annotations
 
 import email.utils
-import functools
 import ipaddress
 import logging
 import random
@@ -24,57 +28,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
-import httpcore
 import httpx
 
-from derrick.errors import DerrickError, TLSError, TransportError
+from derrick.connections import http_client
+from derrick.errors import DerrickError, Remedy, TLSError, TransportError
 
 log = logging.getLogger("derrick.http")
-
-#: Bytes asked of the socket per read.  httpcore reads 64 KiB at a time; for
-#: blob bodies that means thousands of trips through its parser per 100 MiB, and
-#: that per-read Python work (with the GIL held) is what limits parallel
-#: downloads.  Bigger reads cut the CPU cost of a pull by about a third (measured
-#: with benchmarks/bench.py).  Raising it only changes how much one read may
-#: return, never what is read, so it is safe for any other httpx user in the
-#: process too.
-SOCKET_READ_SIZE = 512 * 1024
-_http11 = getattr(getattr(httpcore, "_sync", None), "http11", None)
-_conn_cls = getattr(_http11, "HTTP11Connection", None)
-if _conn_cls is not None and getattr(_conn_cls, "READ_NUM_BYTES", 0) < SOCKET_READ_SIZE:
-    _conn_cls.READ_NUM_BYTES = SOCKET_READ_SIZE
-
-
-def _atomic_expiry_check(has_expired: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    """``HTTP11Connection.has_expired`` with the connection's state lock held.
-
-    httpcore (1.0.9) decides a pooled connection is dead when it is idle and its
-    socket is readable, reading the state and polling the socket apart.  With
-    many threads on one pool, a request handed that connection can start in
-    between and get its answer back: the socket is readable, the connection is
-    closed under the request, and the request hangs until its read timeout
-    (seen as 30 s stalls when 20 copies share 4 connections).  Taking the lock
-    the request takes to start makes the check see one state or the other.
-    """
-
-    @functools.wraps(has_expired)
-    def checked(self: Any) -> bool:
-        lock = getattr(self, "_state_lock", None)
-        if lock is None:
-            return has_expired(self)
-        with lock:
-            return has_expired(self)
-
-    checked.__derrick_atomic__ = True  # type: ignore[attr-defined]
-    return checked
-
-
-_has_expired = getattr(_conn_cls, "has_expired", None)
-if _has_expired is not None and not getattr(_has_expired, "__derrick_atomic__", False):
-    _conn_cls.has_expired = _atomic_expiry_check(_has_expired)  # type: ignore[union-attr]
 
 #: Status codes that are worth another try.
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -155,35 +116,40 @@ class TLSConfig:
     certs_dir: Path | None = field(default_factory=lambda: Path("/etc/docker/certs.d"))
 
     def context_for(self, host: str, *, verify: bool) -> ssl.SSLContext:
-        ctx = ssl.create_default_context()
+        """The context for ``host``: its client certificate, and unless ``verify`` is
+        false, the system's CAs (loading them costs ~20 ms), ``ca_cert`` and its own."""
+        hostdir = self.certs_dir / host if self.certs_dir is not None else None
         if not verify:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-            return ctx
+        else:
+            ctx = ssl.create_default_context()
+            self._load_cas(ctx, hostdir)
+        if hostdir is not None and hostdir.is_dir():
+            for f in sorted(hostdir.iterdir()):
+                if f.suffix == ".cert":
+                    key = f.with_suffix(".key")
+                    if key.exists():
+                        ctx.load_cert_chain(str(f), str(key))
+        return ctx
+
+    def _load_cas(self, ctx: ssl.SSLContext, hostdir: Path | None) -> None:
         if self.ca_cert is not None:
             try:
                 ctx.load_verify_locations(cafile=str(self.ca_cert))
             except (OSError, ssl.SSLError) as e:
                 raise TLSError(
-                    f"cannot load CA certificate {self.ca_cert}: {e}",
-                    hint="pass a PEM file with --ca-cert",
+                    f"cannot load CA certificate {self.ca_cert}: {e}", remedy=Remedy("ca-file")
                 ) from None
-        if self.certs_dir is not None:
-            hostdir = self.certs_dir / host.replace(":", ":")
-            if hostdir.is_dir():
-                for f in sorted(hostdir.iterdir()):
-                    if f.suffix == ".crt":
-                        ctx.load_verify_locations(cafile=str(f))
-                for f in sorted(hostdir.iterdir()):
-                    if f.suffix == ".cert":
-                        key = f.with_suffix(".key")
-                        if key.exists():
-                            ctx.load_cert_chain(str(f), str(key))
-        return ctx
+        if hostdir is not None and hostdir.is_dir():
+            for f in sorted(hostdir.iterdir()):
+                if f.suffix == ".crt":
+                    ctx.load_verify_locations(cafile=str(f))
 
 
 class Transport:
-    """Connection pools, scheme choice, retries and redirects for every request.
+    """Connection pools, retries and redirects for every request, and the scheme probe.
 
     ``insecure_hosts`` are registries the user named insecure: plain http is
     allowed and TLS is not verified.  Loopback hosts may also fall back to
@@ -214,9 +180,7 @@ class Transport:
         self._mounts = dict(mounts or {})
         self._sleep = sleep
         self._clients: dict[tuple[str, bool], httpx.Client] = {}
-        self._schemes: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._discovery = threading.Lock()
 
     # -- configuration -----------------------------------------------------------------
 
@@ -232,24 +196,18 @@ class Transport:
         with self._lock:
             client = self._clients.get(key)
             if client is None:
-                verify_arg: ssl.SSLContext | bool = True
-                if scheme == "https":
-                    verify_arg = self.tls.context_for(host, verify=verify)
-                limits = httpx.Limits(
-                    max_connections=self.max_connections,
-                    max_keepalive_connections=self.max_connections,
-                )
-                client = httpx.Client(
-                    verify=verify_arg,
-                    timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 15.0)),
-                    limits=limits,
-                    follow_redirects=False,
-                    headers={"User-Agent": self.user_agent},
-                    mounts=self._mounts or None,
-                    trust_env=True,
-                )
-                self._clients[key] = client
+                ctx = self.tls.context_for(host, verify=verify) if scheme == "https" else None
+                client = self._clients[key] = self._new_client(ctx)
             return client
+
+    def _new_client(self, ssl_context: ssl.SSLContext | None) -> httpx.Client:
+        return http_client(
+            ssl_context=ssl_context,
+            timeout=self.timeout,
+            max_connections=self.max_connections,
+            user_agent=self.user_agent,
+            mounts=self._mounts,
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -263,34 +221,37 @@ class Transport:
 
     # -- scheme discovery --------------------------------------------------------------
 
-    def base_url(self, host: str) -> str:
-        """``https://host`` or, for insecure and loopback hosts that speak plain http,
-        ``http://host``.  Decided once per host by trying https first."""
-        scheme = self._schemes.get(host)
-        if scheme is None:
-            # One probe per host: threads starting at once wait for it, rather than each
-            # opening probe connections beside the connection limit.
-            with self._discovery:
-                scheme = self._schemes.get(host)
-                if scheme is None:
-                    scheme = self._discover_scheme(host)
-                    self._schemes[host] = scheme
-        return f"{scheme}://{host}"
+    def probe_scheme(self, host: str) -> str:
+        """``"https"``, or ``"http"`` for an insecure or loopback host that answers
+        https with something other than TLS.  Costs a request for such hosts (one
+        ``GET /v2/`` over https); callers ask once per host and remember the answer.
 
-    def _discover_scheme(self, host: str) -> str:
+        Only whether the host speaks TLS is asked: a loopback host's certificate is not
+        checked by the probe (the requests that follow check it), so no CA store is
+        loaded for a host that turns out to speak plain http.
+        """
         if not self.allows_http(host):
             return "https"
+        url = f"https://{host}/v2/"
+        if self.is_insecure(host):
+            probe, own = self._client(host, "https"), False
+        else:
+            ctx = self.tls.context_for(host, verify=False)
+            probe, own = self._new_client(ctx), True
         try:
-            self._client(host, "https").request("GET", f"https://{host}/v2/")
+            probe.request("GET", url)
             return "https"
         except httpx.ConnectError as e:
-            if _is_tls_problem(e) and not _is_cert_problem(e):
-                return "http"
-            if _is_cert_problem(e):
+            if _is_client_cert_problem(e) or _is_cert_problem(e):
                 return "https"  # the real request reports the certificate problem
-            raise self._transport_error(e, f"https://{host}/v2/") from None
+            if _is_tls_problem(e):
+                return "http"
+            raise self._transport_error(e, url) from None
         except httpx.HTTPError:
             return "https"
+        finally:
+            if own:
+                probe.close()
 
     # -- sending ---------------------------------------------------------------------
 
@@ -365,7 +326,7 @@ class Transport:
             if target.scheme == "http" and not self.allows_http(host):
                 raise TransportError(
                     f"refusing plain-http request to {redact_url(target)}",
-                    hint=f"pass --insecure if {host} is a registry you trust over http",
+                    remedy=Remedy("insecure", host=host),
                 )
             client = self._client(host, target.scheme)
             body = content() if callable(content) else content
@@ -404,18 +365,19 @@ class Transport:
         if isinstance(e, httpx.ConnectError) and _is_cert_problem(e):
             return TLSError(
                 f"TLS certificate of {host} could not be verified ({_short(e)})",
-                hint="pass the registry's CA with --ca-cert FILE, "
-                f"or put it in {certs / host / 'ca.crt'}, or use --insecure",
+                remedy=Remedy("ca-cert", host=host, path=str(certs / host / "ca.crt")),
             )
         if isinstance(e, httpx.ConnectError) and _is_tls_problem(e):
             return TLSError(
                 f"TLS handshake with {host} failed ({_short(e)})",
-                hint="if the registry speaks plain http, pass --insecure",
+                hint="the registry may speak plain http",
+                remedy=Remedy("insecure", host=host),
             )
         if isinstance(e, httpx.TimeoutException):
             return TransportError(
                 f"timed out talking to {host} ({shown})",
-                hint="check the registry is up, or raise --timeout",
+                hint="check the registry is up",
+                remedy=Remedy("timeout"),
             )
         if isinstance(e, httpx.ConnectError):
             return TransportError(
@@ -424,7 +386,8 @@ class Transport:
             )
         return TransportError(
             f"connection to {host} failed: {_short(e)} ({shown})",
-            hint="the connection was dropped; run the command again, or raise --retries",
+            hint="the connection was dropped",
+            remedy=Remedy("retries"),
         )
 
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from derrick.auth.credentials import Credential
+from derrick.cli.errors import error_text
 from derrick.digest import Digest
 from derrick.errors import (
     BlobUnknownError,
@@ -31,7 +32,8 @@ from derrick.errors import (
     UnauthorizedError,
 )
 from derrick.reference import Reference
-from derrick.registry import _LINK_RE, RateLimit, RegistryClient
+from derrick.registry import RateLimit, RegistryClient
+from derrick.registry.tags import LINK_RE
 from derrick.transport import (
     RetryPolicy,
     Transport,
@@ -247,13 +249,13 @@ def test_retry_policy_delay() -> None:
     ],
 )
 def test_link_header_next(header: str, target: str) -> None:
-    m = _LINK_RE.search(header)
+    m = LINK_RE.search(header)
     assert m is not None and m.group(1) == target
 
 
 @pytest.mark.parametrize("header", ['</prev>; rel="prev"', "", "garbage", "<>"])
 def test_link_header_without_next(header: str) -> None:
-    m = _LINK_RE.search(header)
+    m = LINK_RE.search(header)
     assert m is None or m.group(1) == ""
 
 
@@ -384,8 +386,11 @@ def test_manifest_error_mapping(status: int, body: Any, exc: type[Exception], te
 
     with make_client(handler, retries=0) as client, pytest.raises(exc) as info:
         client.get_manifest(ref())
-    assert text in str(info.value)
-    assert "\n" not in str(info.value)
+    shown = error_text(info.value)  # as the CLI says it
+    assert text in shown
+    assert "\n" not in shown
+    # The library's own words name no CLI flag or command.
+    assert "derrick " not in str(info.value) and "--" not in str(info.value)
 
 
 def test_denied_after_credentials_were_sent_blames_them() -> None:
@@ -475,8 +480,11 @@ def test_connection_errors() -> None:
             "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate"
         )
 
-    with make_client(bad_cert) as client, pytest.raises(TLSError, match="--ca-cert"):
+    with make_client(bad_cert) as client, pytest.raises(TLSError) as ei:
         client.list_tags(ref())
+    assert "could not be verified" in ei.value.message
+    assert ei.value.remedy is not None and ei.value.remedy.kind == "ca-cert"
+    assert ei.value.remedy.params["path"] == f"/etc/docker/certs.d/{HOST}/ca.crt"
 
 
 # -- redirects -------------------------------------------------------------------------------

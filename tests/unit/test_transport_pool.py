@@ -1,6 +1,7 @@
 """derrick's guard against a race in httpcore's connection pool (see
-:func:`derrick.transport._atomic_expiry_check`): a pooled connection is judged dead
-only while its state cannot change under the check."""
+:class:`derrick.connections.DerrickHTTP11Connection`): a pooled connection is judged dead
+only while its state cannot change under the check -- on derrick's own connections only,
+httpcore's class is left as it is."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import httpcore
 from httpcore._sync.http11 import HTTP11Connection, HTTPConnectionState
 
-import derrick.transport
+from derrick.connections import SOCKET_READ_SIZE, DerrickHTTP11Connection
 
 
 class _Stream:
@@ -31,9 +32,11 @@ class _Stream:
         pass
 
 
-def _idle_connection(readable: bool) -> tuple[HTTP11Connection, _Stream]:
+def _idle_connection(
+    readable: bool, cls: type[HTTP11Connection] = DerrickHTTP11Connection
+) -> tuple[HTTP11Connection, _Stream]:
     stream = _Stream(readable)
-    conn = HTTP11Connection(origin=httpcore.Origin(b"http", b"registry.test", 80), stream=stream)  # type: ignore[arg-type]
+    conn = cls(origin=httpcore.Origin(b"http", b"registry.test", 80), stream=stream)  # type: ignore[arg-type]
     stream.conn = conn
     conn._state = HTTPConnectionState.IDLE
     return conn, stream
@@ -53,8 +56,10 @@ def test_expiry_check_still_sees_a_server_disconnect() -> None:
     assert conn.has_expired() is False
 
 
-def test_guard_is_installed_once() -> None:
-    guarded = HTTP11Connection.has_expired
-    assert guarded is derrick.transport._conn_cls.has_expired
-    assert getattr(guarded, "__derrick_atomic__", False)
-    assert not getattr(guarded.__wrapped__, "__derrick_atomic__", False)  # type: ignore[attr-defined]
+def test_httpcore_connections_are_left_alone() -> None:
+    """Importing derrick changes nothing for other users of httpcore."""
+    conn, stream = _idle_connection(readable=False, cls=HTTP11Connection)
+    assert conn.has_expired() is False
+    assert stream.locked == [False]  # httpcore's own check, unguarded as it ships
+    assert HTTP11Connection.READ_NUM_BYTES == 64 * 1024
+    assert DerrickHTTP11Connection.READ_NUM_BYTES == SOCKET_READ_SIZE == 512 * 1024

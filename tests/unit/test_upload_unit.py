@@ -21,8 +21,8 @@ from derrick.ops.copy import streaming_opener
 from derrick.ops.push import BlobSource, transfer_blobs, verified_opener
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
+from derrick.registry.uploads import _uploaded_bytes
 from derrick.transport import RetryPolicy, Transport
-from derrick.upload import _uploaded_bytes
 
 DST = Reference.parse("dst.test/team/app:v1")
 SRC = Reference.parse("src.test/team/app:v1")

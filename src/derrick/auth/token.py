@@ -4,7 +4,8 @@ For a Bearer challenge the token is asked of the realm named in the challenge,
 for the scopes the challenge names joined with those the operation needs.
 With an identity token (a refresh token) the OAuth2 ``POST`` grant is used;
 otherwise a ``GET`` with Basic credentials, or anonymously.  Tokens are cached
-per (registry, scopes) until shortly before they expire.
+per (registry, scopes) until shortly before they expire, and asked for once: threads
+that need the same token at the same time wait for the one request.
 
 The authenticator remembers, per registry, whether credentials were held back
 (plain http to a host not named insecure) and whether they were ever sent, so
@@ -25,7 +26,8 @@ import httpx
 
 from derrick.auth.challenge import Challenge, merge_scope, parse_challenges
 from derrick.auth.credentials import Credential
-from derrick.errors import UnauthorizedError
+from derrick.errors import Remedy, UnauthorizedError
+from derrick.singleflight import SingleFlight
 from derrick.transport import Transport, origin, redact_url
 
 #: Seconds assumed for a token that states no lifetime, and the least we accept.
@@ -63,6 +65,7 @@ class Authenticator:
         self._lookup = credentials
         self._client_id = client_id
         self._tokens: dict[tuple[str, tuple[str, ...]], Token] = {}
+        self._flights: SingleFlight[tuple[str, tuple[str, ...]], Token] = SingleFlight()
         self._schemes: dict[str, Challenge] = {}
         self._creds: dict[str, Credential | None] = {}
         self._lock = threading.Lock()
@@ -112,9 +115,18 @@ class Authenticator:
         return None
 
     def respond(
-        self, registry: str, resp: httpx.Response, scopes: Sequence[str], *, fresh: bool = False
+        self,
+        registry: str,
+        resp: httpx.Response,
+        scopes: Sequence[str],
+        *,
+        rejected: str | None = None,
     ) -> str | None:
-        """Given a 401 response, the header to retry with; None if there is nothing to try."""
+        """Given a 401 response, the header to retry with; None if there is nothing to try.
+
+        ``rejected`` is the ``Authorization`` header the request carried: a token that
+        was refused is not offered again.
+        """
         challenges = parse_challenges(resp.headers.get_list("www-authenticate"))
         bearer = next((c for c in challenges if c.scheme == "bearer"), None)
         basic = next((c for c in challenges if c.scheme == "basic"), None)
@@ -123,18 +135,39 @@ class Authenticator:
             wanted = list(scopes)
             if bearer.scope:
                 wanted += bearer.scope.split()
-            merged = tuple(merge_scope(wanted))
-            key = (registry, merged)
-            tok = self._tokens.get(key)
-            if tok is None or not tok.valid() or fresh:
-                tok = self._fetch_token(registry, bearer, merged, resp.request.url)
-                self._tokens[key] = tok
+            key = (registry, tuple(merge_scope(wanted)))
+            tok = self._usable_token(key, rejected)
+            if tok is None:
+                tok = self._flights.do(
+                    key, lambda: self._renew(key, bearer, resp.request.url, rejected)
+                )
                 self._tokens[(registry, tuple(merge_scope(scopes)))] = tok
             return f"Bearer {tok.value}"
         if basic is not None:
             self._schemes[registry] = basic
             return self._basic(registry, self.usable_credential(registry, resp.request.url))
         return None
+
+    def _usable_token(self, key: tuple[str, tuple[str, ...]], rejected: str | None) -> Token | None:
+        """The cached token for ``key`` unless it expired or is the one ``rejected``."""
+        tok = self._tokens.get(key)
+        if tok is None or not tok.valid() or rejected == f"Bearer {tok.value}":
+            return None
+        return tok
+
+    def _renew(
+        self,
+        key: tuple[str, tuple[str, ...]],
+        bearer: Challenge,
+        registry_url: httpx.URL,
+        rejected: str | None,
+    ) -> Token:
+        """A token for ``key``: one another thread stored meanwhile, else a new one."""
+        tok = self._usable_token(key, rejected)
+        if tok is None:
+            tok = self._fetch_token(key[0], bearer, key[1], registry_url)
+            self._tokens[key] = tok
+        return tok
 
     def login(self, registry: str, resp: httpx.Response) -> str | None:
         """Answer the 401 of an anonymous ``GET /v2/`` with the credentials themselves.
@@ -186,7 +219,7 @@ class Authenticator:
                 "credentials will not be sent there",
                 status=401,
                 url=realm,
-                hint=f"pass --insecure if you trust {realm_host} over http",
+                remedy=Remedy("insecure", host=realm_host),
             )
         self.token_requests.append((registry, scopes))
         headers = {"Accept": "application/json"}
@@ -230,9 +263,8 @@ class Authenticator:
                 f"the token service of {registry} refused {who} (HTTP {resp.status_code})",
                 status=resp.status_code,
                 url=redact_url(realm),
-                hint=f"check the user name and password (derrick login {registry})"
-                if sent
-                else f"this repository needs credentials: derrick login {registry}",
+                hint=None if sent else "this repository needs credentials",
+                remedy=Remedy("credentials" if sent else "login", registry=registry),
             )
         if resp.status_code != 200:
             raise UnauthorizedError(

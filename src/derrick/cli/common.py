@@ -1,4 +1,8 @@
-"""What every command shares: connection options, the client, output helpers."""
+"""What every command shares: connection options, the client, output helpers.
+
+Light to import (every command, ``--help`` and ``--version`` load it): what a helper
+needs (the registry client, credentials, rich, ...) is imported when it is called.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +14,19 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from derrick.auth.credentials import Credential, CredentialStore
 from derrick.errors import UsageError
-from derrick.manifest import Platform
-from derrick.reference import Reference
-from derrick.registry import RegistryClient
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from derrick.auth.credentials import CredentialStore
+    from derrick.manifest import Platform
+    from derrick.reference import Reference
+    from derrick.registry import RegistryClient
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,6 +53,8 @@ class Options:
         return self._password
 
     def credential_store(self, registry: str | None = None) -> CredentialStore:
+        from derrick.auth.credentials import Credential, CredentialStore
+
         overrides: dict[str, Credential] = {}
         if self.username is not None or self.password_stdin:
             if self.username is None:
@@ -58,6 +66,8 @@ class Options:
         return CredentialStore(overrides=overrides)
 
     def client(self, registry: str | None = None) -> RegistryClient:
+        from derrick.registry import RegistryClient
+
         return RegistryClient(
             credentials=self.credential_store(registry),
             insecure=self.insecure,
@@ -152,14 +162,20 @@ def platform_option(f: F) -> F:
 
 
 def parse_platform(value: str | None) -> Platform | None:
+    from derrick.manifest import Platform
+
     return Platform.parse(value) if value else None
 
 
 def parse_ref(value: str) -> Reference:
+    from derrick.reference import Reference
+
     return Reference.parse(value)
 
 
 def stdout_console() -> Console:
+    from rich.console import Console
+
     # A pipe gets whole lines: rich would otherwise cut digests to 80 columns.
     width = None if sys.stdout.isatty() else 4096
     return Console(file=sys.stdout, soft_wrap=True, highlight=False, width=width)
@@ -172,6 +188,8 @@ def emit_json(data: Any) -> None:
 def emit_table(
     columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
 ) -> None:
+    from rich.table import Table
+
     table = Table(
         *columns, title=title, box=None, pad_edge=False, show_edge=False, header_style="bold"
     )

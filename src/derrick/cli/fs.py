@@ -21,8 +21,8 @@ from derrick.cli.common import (
     parse_platform,
     platform_option,
 )
+from derrick.cli.groups import image_group
 from derrick.cli.progress import open_progress
-from derrick.cli.read import image_group
 from derrick.errors import UsageError
 from derrick.ops.analyze import diff_images, export_image, layer_report
 from derrick.ops.images import ImageLayers, is_local, open_image

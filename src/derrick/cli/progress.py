@@ -6,26 +6,30 @@ import sys
 import threading
 from contextlib import ExitStack
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
-from derrick.images.model import BlobOutcome
-from derrick.manifest import Descriptor
+    from derrick.images.model import BlobOutcome
+    from derrick.manifest import Descriptor
 
 
 class BlobProgress:
     """Implements the pull/push progress protocol with rich bars on stderr."""
 
     def __init__(self, total: int, *, label: str = "total") -> None:
+        # rich is imported when bars are drawn, not when a command that may draw them loads.
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self._console = Console(file=sys.stderr)
         self._progress = Progress(
             TextColumn("{task.description}"),

@@ -22,6 +22,7 @@ from derrick.cli.common import (
     parse_ref,
     platform_option,
 )
+from derrick.cli.groups import blob_group, image_group, manifest_group, repo_group, tag_group
 from derrick.digest import Digest, Verifier
 from derrick.download import Region, download
 from derrick.errors import TransportError, UsageError
@@ -30,28 +31,6 @@ from derrick.ops.inspect import inspect_image
 from derrick.ops.resolve import resolve_image, resolved_config
 from derrick.reference import Reference, parse_registry
 from derrick.registry import RegistryClient
-
-
-class _TagGroup(click.Group):
-    """``derrick tag ls REPO``, plus ``derrick tag REF NEWTAG`` as short for ``tag add``."""
-
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
-        if args and args[0] not in self.commands and "add" in self.commands:
-            return "add", self.commands["add"], args
-        return super().resolve_command(ctx, args)
-
-
-@click.group(
-    "tag",
-    cls=_TagGroup,
-    # "derrick tag --insecure REF NEWTAG" goes to add
-    context_settings={"ignore_unknown_options": True},
-    short_help="List tags, or tag an image.",
-)
-def tag_group() -> None:
-    """List tags of a repository, or tag an image: derrick tag REF NEWTAG."""
 
 
 @tag_group.command("ls")
@@ -77,11 +56,6 @@ def tag_ls(repository: str, limit: int | None, fmt: str, opts: Options) -> None:
             click.echo(t)
 
 
-@click.group("repo")
-def repo_group() -> None:
-    """List repositories of a registry."""
-
-
 @repo_group.command("ls")
 @click.argument("registry")
 @click.option("--limit", type=click.IntRange(1), help="Page size to ask the registry for.")
@@ -102,11 +76,6 @@ def repo_ls(registry: str, limit: int | None, fmt: str, opts: Options) -> None:
     else:
         for r in repos:
             click.echo(r)
-
-
-@click.group("manifest")
-def manifest_group() -> None:
-    """Read manifests and indexes."""
 
 
 @manifest_group.command("get")
@@ -186,11 +155,6 @@ def manifest_head(reference: str, fmt: str, opts: Options) -> None:
         click.echo(str(d.digest))
 
 
-@click.group("blob")
-def blob_group() -> None:
-    """Read blobs (layers, configs) by digest."""
-
-
 @blob_group.command("get")
 @click.argument("repository")
 @click.argument("digest")
@@ -257,11 +221,6 @@ def _download_blob(client: RegistryClient, ref: Reference, digest: Digest, f: Bi
         download(client, ref, desc, Region(f.fileno(), 0, total), have=v.count)
         return
     v.verify()
-
-
-@click.group("image")
-def image_group() -> None:
-    """Whole images: inspect, config, pull, push, copy."""
 
 
 @image_group.command("config")

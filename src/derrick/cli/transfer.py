@@ -24,8 +24,8 @@ from derrick.cli.common import (
     parse_ref,
     platform_option,
 )
+from derrick.cli.groups import image_group
 from derrick.cli.progress import BlobProgress, engine_bars, open_progress
-from derrick.cli.read import image_group
 from derrick.digest import Digest
 from derrick.errors import UsageError
 from derrick.images.layout import LayoutDir

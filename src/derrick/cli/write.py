@@ -19,8 +19,8 @@ from derrick.cli.common import (
     parse_ref,
     platform_option,
 )
+from derrick.cli.groups import blob_group, image_group, manifest_group, tag_group
 from derrick.cli.progress import engine_bars, open_progress
-from derrick.cli.read import blob_group, image_group, manifest_group, tag_group
 from derrick.digest import Digest
 from derrick.errors import UsageError
 from derrick.images.dockerarchive import open_archive

@@ -22,7 +22,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 
-from derrick.api import pull_scope, push_scope
 from derrick.digest import Digest, Verifier
 from derrick.errors import ManifestError, UsageError
 from derrick.images.model import (
@@ -34,7 +33,7 @@ from derrick.images.model import (
 )
 from derrick.manifest import MAX_MANIFEST_SIZE, Descriptor
 from derrick.reference import Reference, validate_tag
-from derrick.registry import BlobStream, RegistryClient
+from derrick.registry import BlobStream, RegistryClient, pull_scope, push_scope
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "RegistryRepository"]
 

@@ -15,7 +15,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from derrick import mediatypes as mt
-from derrick.api import pull_scope, push_scope
 from derrick.digest import Digest, Verifier
 from derrick.errors import ManifestError
 from derrick.manifest import Descriptor, ImageManifest, Index, Platform
@@ -33,7 +32,7 @@ from derrick.ops.push import (
 from derrick.ops.resolve import fetch_config
 from derrick.platform import check_platform
 from derrick.reference import Reference
-from derrick.registry import FetchedManifest, RegistryClient
+from derrick.registry import FetchedManifest, RegistryClient, pull_scope, push_scope
 
 _MAX_INDEX_DEPTH = 4
 _FOREIGN_LAYERS = frozenset(

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from derrick import mediatypes as mt
-from derrick.api import push_scope
 from derrick.digest import Digest, Verifier, hash_file
 from derrick.download import Cancelled
 from derrick.errors import DerrickError, LayoutError, ManifestError, UsageError
@@ -53,7 +52,7 @@ from derrick.layout.reader import (
 from derrick.manifest import Descriptor, ImageManifest, Index, parse_manifest
 from derrick.ops import transfer
 from derrick.reference import Reference
-from derrick.registry import RegistryClient
+from derrick.registry import RegistryClient, push_scope
 
 #: Blobs up to this size go up in one request; larger ones in chunks of this size.
 DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
@@ -152,14 +151,12 @@ class _Transfer:
             return self.stats
         if self.progress is not None:
             self.progress.planned(sum(b.desc.size for b in blobs))
-        # One request first, so the workers find a token (or basic auth) already known.
-        first = self.client.head_blob(self.dst, blobs[0].desc.digest, scopes=self.scopes)
         pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="derrick-push")
         futures: list[Future[None]] = []
         failed = True
         try:
-            for i, blob in enumerate(blobs):
-                futures.append(pool.submit(self._one, blob, first if i == 0 else -1))
+            for blob in blobs:
+                futures.append(pool.submit(self._one, blob))
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             errors = [e for f in futures if f in done and (e := f.exception()) is not None]
             if errors:
@@ -173,17 +170,12 @@ class _Transfer:
             pool.shutdown(wait=True, cancel_futures=failed)
         return self.stats
 
-    def _one(self, blob: BlobSource, known: int | None) -> None:
-        """Transfer one blob; ``known`` is a HEAD answer already had (-1: not asked yet)."""
+    def _one(self, blob: BlobSource) -> None:
+        """Transfer one blob (workers start at once: the client asks for a token once)."""
         if self.cancelled.is_set():
             raise Cancelled("cancelled")
         desc = blob.desc
-        have = (
-            self.client.head_blob(self.dst, desc.digest, scopes=self.scopes)
-            if known == -1
-            else known
-        )
-        if have is not None:
+        if self.client.head_blob(self.dst, desc.digest, scopes=self.scopes) is not None:
             self._done_without_upload(desc, skipped=True)
             return
         if self.mount_from is not None and self.client.mount_blob(

@@ -1,0 +1,92 @@
+"""Errors carry a neutral message and a machine-readable remedy; the CLI words the remedy
+with its flags, in one place."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from derrick.cli.errors import REMEDIES, error_text, remedy_text
+from derrick.errors import REMEDY_KINDS, DerrickError, Remedy, TransportError
+from derrick.registry.errors import RULES, map_error
+
+PARAMS = {"host": "reg.test:5000", "registry": "reg.test:5000", "path": "/certs/reg.test/ca.crt"}
+
+
+@pytest.mark.parametrize("kind", REMEDY_KINDS)
+def test_every_remedy_is_worded_by_the_cli_and_the_library(kind: str) -> None:
+    remedy = Remedy(kind, **PARAMS)  # type: ignore[arg-type]
+    cli, lib = remedy_text(remedy), remedy.describe()
+    assert kind in REMEDIES
+    for text in (cli, lib):
+        assert text and "{" not in text  # every placeholder filled
+    assert "--" in cli or "derrick " in cli or kind in ("retry",)
+    assert "--" not in lib and "derrick " not in lib
+
+
+def test_an_error_with_a_remedy() -> None:
+    e = TransportError(
+        "refusing plain-http request to http://reg.test:5000/v2/",
+        hint="the registry is not named insecure",
+        remedy=Remedy("insecure", host="reg.test:5000"),
+    )
+    assert e.remedy == Remedy("insecure", host="reg.test:5000")
+    assert e.remedy.params["host"] == "reg.test:5000"
+    assert str(e) == (
+        "refusing plain-http request to http://reg.test:5000/v2/; the registry is not named "
+        "insecure; name reg.test:5000 insecure (plain http, unverified TLS) if you trust it"
+    )
+    assert error_text(e) == (
+        "refusing plain-http request to http://reg.test:5000/v2/; the registry is not named "
+        "insecure; pass --insecure if you trust reg.test:5000 over http"
+    )
+    assert error_text(DerrickError("plain")) == str(DerrickError("plain")) == "plain"
+
+
+def test_remedies_are_values() -> None:
+    a = Remedy("login", registry="r")
+    assert a == Remedy("login", registry="r") and hash(a) == hash(Remedy("login", registry="r"))
+    assert a != Remedy("login", registry="s") and a != Remedy("credentials", registry="r")
+    assert repr(a) == "Remedy('login', registry='r')"
+    with pytest.raises(AttributeError):
+        a.kind = "tags"  # type: ignore[misc]
+
+
+def _answer(status: int, body: object = None, **headers: str) -> httpx.Response:
+    request = httpx.Request("GET", "https://reg.test/v2/team/app/manifests/v1")
+    if body is None:
+        return httpx.Response(status, headers=headers, request=request)
+    return httpx.Response(status, json=body, headers=headers, request=request)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "held", "kind", "cli_words"),
+    [
+        (401, "UNAUTHORIZED", {}, "login", "derrick login reg.test"),
+        (401, "UNAUTHORIZED", {"sent": True}, "credentials", "(derrick login reg.test)"),
+        (401, "UNAUTHORIZED", {"withheld": True}, "insecure", "pass --insecure"),
+        (403, "DENIED", {"withheld": True}, "insecure", "pass --insecure"),
+        (403, "DENIED", {}, "login", "--password-stdin"),
+        (404, "MANIFEST_UNKNOWN", {}, "tags", "derrick tag ls"),
+    ],
+)
+def test_registry_errors_carry_remedies(
+    status: int, code: str, held: dict[str, bool], kind: str, cli_words: str
+) -> None:
+    e = map_error(
+        _answer(status, {"errors": [{"code": code}]}),
+        registry="reg.test",
+        what="manifest reg.test/team/app:v1",
+        subject="manifest",
+        **held,
+    )
+    assert e.remedy is not None and e.remedy.kind == kind
+    assert cli_words in error_text(e)
+    assert "--" not in str(e) and "derrick " not in str(e)
+
+
+def test_the_table_ends_with_a_rule_for_everything() -> None:
+    last = RULES[-1]
+    assert not last.codes and not last.statuses and last.when is None
+    e = map_error(_answer(418), registry="reg.test", what="manifest x")
+    assert type(e).__name__ == "ProtocolError" and "unexpected HTTP 418" in e.message
