@@ -2,12 +2,14 @@
 
 The main entry points::
 
-    from derrick import RegistryClient, Reference, pull
+    from derrick import RegistryClient, Reference, copy
+    from derrick.images.dockerarchive import DockerArchiveSink
+    from derrick.images.remote import RegistryRepository
 
     with RegistryClient() as client:
         ref = Reference.parse("localhost:5000/team/app:1.0")
         client.list_tags(ref)
-        pull(client, ref, "app.tar")
+        copy(RegistryRepository(client, ref), DockerArchiveSink("app.tar"))
 
 Every error derrick raises is a :class:`DerrickError`.  The names below are imported when
 first used (``import derrick`` alone loads no HTTP stack).
@@ -41,7 +43,7 @@ _WHERE = {
     "Digest": "derrick.digest",
     "Reference": "derrick.reference",
     "RegistryClient": "derrick.registry",
-    "pull": "derrick.ops.pull",
+    "copy": "derrick.ops.transfer",
     "sync": "derrick.ops.sync",
 }
 
@@ -66,7 +68,7 @@ __all__ = [
     "TransportError",
     "UnauthorizedError",
     "__version__",
-    "pull",
+    "copy",
     "sync",
 ]
 
@@ -86,8 +88,8 @@ if TYPE_CHECKING:
         UnauthorizedError,
     )
     from derrick.manifest import Descriptor, ImageConfig, ImageManifest, Index, Platform
-    from derrick.ops.pull import pull
     from derrick.ops.sync import sync
+    from derrick.ops.transfer import copy
     from derrick.reference import Reference
     from derrick.registry import RegistryClient
 

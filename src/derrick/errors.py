@@ -21,7 +21,10 @@ from typing import Literal, get_args
 #: the per-registry file ``path``); ``ca-file``: give a readable PEM file of CAs;
 #: ``timeout``: allow longer waits, or try again; ``retries``: try again, or allow more
 #: retries; ``retry``: try again; ``tags``: look at the tags the repository has;
-#: ``inline-credentials``: give credentials for ``registry`` with each use, not saved.
+#: ``inline-credentials``: give credentials for ``registry`` with each use, not saved;
+#: ``all-platforms``: copy the image with every platform of its index; ``oci-archive``:
+#: write an OCI archive, which holds what a docker-archive cannot; ``cache-dir``: use
+#: another blob cache.
 RemedyKind = Literal[
     "insecure",
     "login",
@@ -33,6 +36,9 @@ RemedyKind = Literal[
     "retries",
     "retry",
     "tags",
+    "all-platforms",
+    "oci-archive",
+    "cache-dir",
 ]
 REMEDY_KINDS: tuple[RemedyKind, ...] = get_args(RemedyKind)
 
@@ -48,6 +54,9 @@ _REMEDY_WORDS: Mapping[str, str] = {
     "retries": "try again, or allow more retries",
     "retry": "try again",
     "tags": "list the repository's tags to see which exist",
+    "all-platforms": "copy the image with every platform of its index",
+    "oci-archive": "write an OCI archive instead",
+    "cache-dir": "choose another blob cache",
 }
 
 
@@ -149,8 +158,15 @@ class DiskError(DerrickError):
     The message names the path the user gave and what was left behind.
     """
 
-    def __init__(self, message: str, *, errno: int | None = None, hint: str | None = None):
-        super().__init__(message, hint=hint)
+    def __init__(
+        self,
+        message: str,
+        *,
+        errno: int | None = None,
+        hint: str | None = None,
+        remedy: Remedy | None = None,
+    ):
+        super().__init__(message, hint=hint, remedy=remedy)
         self.errno = errno
 
 

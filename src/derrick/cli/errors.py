@@ -20,6 +20,9 @@ REMEDIES: Mapping[str, str] = {
     "retries": "run the command again, or raise --retries",
     "retry": "run the command again",
     "tags": "list the tags with 'derrick tag ls'",
+    "all-platforms": "pull or copy it with --all-platforms",
+    "oci-archive": "write an OCI archive instead (oci-archive:FILE, or --format oci-archive)",
+    "cache-dir": "--cache-dir or DERRICK_CACHE_DIR chooses another cache",
 }
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import click
 
@@ -23,14 +23,12 @@ from derrick.cli.common import (
     platform_option,
 )
 from derrick.cli.groups import blob_group, image_group, manifest_group, repo_group, tag_group
-from derrick.digest import Digest, Verifier
-from derrick.download import Region, download
-from derrick.errors import TransportError, UsageError
-from derrick.manifest import Descriptor, ImageManifest, Index
+from derrick.digest import Digest
+from derrick.errors import UsageError
+from derrick.manifest import ImageManifest, Index
 from derrick.ops.inspect import inspect_image
 from derrick.ops.resolve import resolve_image, resolved_config
-from derrick.reference import Reference, parse_registry
-from derrick.registry import RegistryClient
+from derrick.reference import parse_registry
 
 
 @tag_group.command("ls")
@@ -162,18 +160,22 @@ def manifest_head(reference: str, fmt: str, opts: Options) -> None:
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write to FILE (written under a temporary name, renamed when verified).",
+    help="Write to FILE (as a hidden partial file beside it, renamed when verified; an "
+    "interrupted download resumes from it).",
 )
 @connection_options
 def blob_get(repository: str, digest: str, output: Path | None, opts: Options) -> None:
     """Download blob DIGEST of REPOSITORY, verified, to stdout or -o FILE.
 
     Nothing is written to stdout or FILE until the whole blob has matched its digest.
+    A body that breaks off is asked for again from where it stopped.
 
     \b
     Example:
       derrick blob get localhost:5000/app sha256:4f1c… > layer.tar.gz
     """
+    from derrick.ops.blobs import get_blob
+
     ref = parse_ref(repository)
     dg = Digest.parse(digest)
     if output is None and sys.stdout.isatty():
@@ -181,46 +183,22 @@ def blob_get(repository: str, digest: str, output: Path | None, opts: Options) -
             "refusing to write a blob to a terminal",
             hint="redirect standard output to a file, or pass -o FILE",
         )
-    target_dir = (output.parent if output else Path(tempfile.gettempdir())) or Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=".derrick-blob-", dir=target_dir)
-    tmp = Path(tmp_name)
+    if output is not None:
+        with opts.client(ref.registry) as client:
+            get_blob(client, ref, dg, output)
+        return
+    # standard output: the blob is verified in a file of its own first, then copied out
+    spool = Path(tempfile.mkdtemp(prefix="derrick-blob-"))
     try:
-        with os.fdopen(fd, "wb") as f, opts.client(ref.registry) as client:
-            _download_blob(client, ref, dg, f)
-        if output is not None:
-            os.replace(tmp, output)
-            return
-        with tmp.open("rb") as src:
+        with opts.client(ref.registry) as client:
+            get_blob(client, ref, dg, spool / "blob", resume=False)
+        with (spool / "blob").open("rb") as src:
             out = sys.stdout.buffer
             while chunk := src.read(1 << 20):
                 out.write(chunk)
             out.flush()
     finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _download_blob(client: RegistryClient, ref: Reference, digest: Digest, f: BinaryIO) -> None:
-    """Write blob ``digest`` of ``ref`` to ``f``, verified.
-
-    A body that breaks off is resumed with ``Range`` requests (up to the retry
-    count more times) when the registry said how large the blob is.
-    """
-    v = Verifier(digest)
-    total: int | None = None
-    try:
-        with client.open_blob(ref, digest) as stream:
-            total = stream.total
-            for chunk in stream.chunks():
-                v.update(chunk)
-                f.write(chunk)
-    except TransportError:
-        if total is None or not client.transport.retry.retries:
-            raise
-        f.flush()
-        desc = Descriptor("application/octet-stream", digest, total)
-        download(client, ref, desc, Region(f.fileno(), 0, total), have=v.count)
-        return
-    v.verify()
+        shutil.rmtree(spool, ignore_errors=True)
 
 
 @image_group.command("config")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -12,7 +13,6 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from derrick.cache import default_cache_dir
 from derrick.cli.common import Options, connection_options, emit_json, human_size
 from derrick.errors import UsageError
 from derrick.images.model import Selection
@@ -21,6 +21,7 @@ from derrick.ops.sync import DEFAULT_JOBS, sync
 from derrick.ops.syncconfig import SyncConfig, load_config, one_off
 from derrick.ops.syncplan import Shard
 from derrick.ops.syncreport import ImageOutcome, SyncReport
+from derrick.store.cache import default_cache_dir
 
 
 @click.command("sync")
@@ -38,9 +39,11 @@ from derrick.ops.syncreport import ImageOutcome, SyncReport
     multiple=True,
     metavar="OS/ARCH[/VARIANT]",
     help="Platforms to copy from a multi-platform image (repeat for several; default: "
-    "this machine's).",
+    "every platform, the index byte for byte).",
 )
-@click.option("--all-platforms", is_flag=True, help="Copy indexes whole, byte for byte.")
+@click.option(
+    "--all-platforms", is_flag=True, help="Copy indexes whole, byte for byte (the default)."
+)
 @click.option(
     "--digest-tags",
     is_flag=True,
@@ -142,10 +145,7 @@ def sync_command(
             digest_tags=digest_tags,
         )
     the_shard = Shard.parse(shard) if shard else None
-    with opts.client(_login_registry(config, opts)) as client, contextlib.ExitStack() as stack:
-        display = None
-        if not quiet and sys.stderr.isatty():
-            display = stack.enter_context(_Display())
+    with opts.client(_login_registry(config, opts)) as client, sync_display(quiet) as display:
         report = sync(
             config,
             client=client,
@@ -159,14 +159,27 @@ def sync_command(
     if fmt == "json":
         emit_json(report.to_json())
     else:
-        _text(report)
-    _exit(report)
+        report_text(report)
+    report_exit(report)
 
 
 def _selection(platforms: tuple[str, ...], all_platforms: bool) -> Selection:
+    """Every platform of an index unless some are named: a mirror must not lose any."""
     if all_platforms and platforms:
         raise UsageError("--platform and --all-platforms exclude each other")
-    return Selection(all=all_platforms, platforms=tuple(Platform.parse(p) for p in platforms))
+    if platforms:
+        return Selection(platforms=tuple(Platform.parse(p) for p in platforms))
+    return Selection(all=True)
+
+
+@contextlib.contextmanager
+def sync_display(quiet: bool) -> Iterator[_Display | None]:
+    """The progress display of a sync on stderr, when it is a terminal and not ``quiet``."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    with _Display() as display:
+        yield display
 
 
 def _login_registry(config: SyncConfig, opts: Options) -> str | None:
@@ -186,7 +199,7 @@ def _login_registry(config: SyncConfig, opts: Options) -> str | None:
 # -- output ------------------------------------------------------------------------------
 
 
-def _text(report: SyncReport) -> None:
+def report_text(report: SyncReport) -> None:
     out = click.echo
     shown = [*report.copied, *report.planned, *report.failed, *report.left]
     for item in shown:
@@ -215,7 +228,7 @@ def _text(report: SyncReport) -> None:
         out(f"{registry}: {state.describe()}")
 
 
-def _exit(report: SyncReport) -> None:
+def report_exit(report: SyncReport) -> None:
     failed = len(report.failed) + len(report.source_errors)
     if failed:
         click.echo(

@@ -25,7 +25,7 @@ from the names the copy gives it), ``repositories``, the configs and layers (sto
 source serves them; loaders detect the compression) under ``blobs/sha256/``, and -- so the
 tar is a valid OCI layout too, as newer Docker writes -- ``oci-layout``, ``index.json`` and
 the manifests.  A docker-archive holds one platform per image and container images only:
-an index (``--all-platforms``) or an artifact is refused before anything is written.
+an index of several platforms or an artifact is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pathlib import Path
 
 from derrick import mediatypes as mt
 from derrick.digest import Digest, hash_file
-from derrick.errors import DerrickError, LayoutError, ManifestError, UsageError
+from derrick.errors import DerrickError, LayoutError, ManifestError, Remedy, UsageError
 from derrick.images.archive import ArchiveSink, Member
 from derrick.images.model import ImageName, Plan, PlannedEntry
 from derrick.images.ociarchive import OCIArchiveSource, oci_members
@@ -244,8 +244,8 @@ def _docker_image(entry: PlannedEntry) -> ArchiveImage:
         raise UsageError(
             f"{what} is an index of {len(entry.images)} images, and a docker-archive holds "
             "one platform per image",
-            hint="write an OCI archive (--format oci-archive) to keep them all, "
-            "or choose one platform",
+            hint="choose one platform",
+            remedy=Remedy("oci-archive"),
         )
     image = entry.images[0]
     require_image(what, image.manifest, "a docker-archive holds container images only")
@@ -255,7 +255,7 @@ def _docker_image(entry: PlannedEntry) -> ArchiveImage:
             raise LayoutError(
                 f"{what} has a foreign layer {d.digest}, which clients fetch from its URLs "
                 "and a docker-archive cannot hold",
-                hint="write an OCI archive (--format oci-archive)",
+                remedy=Remedy("oci-archive"),
             )
     tags = tuple(dict.fromkeys(t for n in entry.names if (t := repo_tag(n)) is not None))
     return ArchiveImage(image.manifest, image.config, None, None, tags)

@@ -211,6 +211,9 @@ class PlannedEntry:
     #: Where the entry's manifests and blobs are read from (a plan may join several
     #: sources); a sink may look at it, e.g. a registry mounts from a repository of its own.
     source: ImageSource | None = field(default=None, compare=False, repr=False)
+    #: What the entry's name resolved to in its source: ``top`` itself, or the index a
+    #: selection took part of (a sink may refuse to put that part over the whole).
+    origin: Descriptor | None = None
 
 
 @dataclass(frozen=True)
@@ -276,6 +279,20 @@ class ImageSink(Protocol):
 
     def abort(self) -> None:
         """Drop what was written (keeping what a later run can resume from)."""
+        ...
+
+
+#: Something an aborted sink left for a later run: how it is called, and how many files.
+Kept = tuple[str, int]
+
+
+@runtime_checkable
+class KeepsPartials(Protocol):
+    """A sink that may leave files behind when it is aborted, for a later run to resume
+    from (an archive's partial file and its state)."""
+
+    def kept(self) -> list[Kept]:
+        """What the last :meth:`ImageSink.abort` left behind (nothing: empty)."""
         ...
 
 

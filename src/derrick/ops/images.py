@@ -36,7 +36,7 @@ from derrick.manifest import (
 )
 
 if TYPE_CHECKING:
-    from derrick.ops.pull import PullProgress
+    from derrick.images.model import Progress
     from derrick.reference import Reference
     from derrick.registry import RegistryClient
 
@@ -177,7 +177,7 @@ def open_image(
     platform: Platform | None = None,
     cache: BlobCache | None = None,
     jobs: int = 4,
-    progress: PullProgress | None = None,
+    progress: Progress | None = None,
 ) -> ImageLayers:
     """Open a registry reference or a local image source for reading its layers.
 
@@ -210,7 +210,7 @@ def _open_remote(
     platform: Platform | None,
     cache: BlobCache,
     jobs: int,
-    progress: PullProgress | None,
+    progress: Progress | None,
 ) -> ImageLayers:
     from derrick.ops.resolve import resolve_image, resolved_config
     from derrick.platform import require_image
@@ -235,7 +235,7 @@ def _open_remote(
 
         path = cache.fetch(client, ref, desc, progress=advance, cancelled=cancelled)
         if progress is not None:
-            progress.blob_finished(desc)
+            progress.blob_finished(desc, "copied")
         return path
 
     for desc in img.manifest.layers:

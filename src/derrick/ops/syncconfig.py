@@ -3,7 +3,7 @@
 A configuration is YAML (every key below is optional unless it says otherwise)::
 
     defaults:                          # applies to every source that does not say otherwise
-      platforms: [linux/amd64, linux/arm64]   # or "all"; default: this machine's platform
+      platforms: [linux/amd64, linux/arm64]   # or "all" (the default: indexes whole)
       digest-tags: false               # also copy sha256-<hex>.sig/.att/.sbom tags
       tags: {exclude: ['.*-rc.*']}     # tag selection (below), key by key
       destination:
@@ -136,7 +136,7 @@ class SourceSpec:
     namespace: str | None
     destination: Destination
     tags: TagSelection = field(default_factory=TagSelection)
-    selection: Selection = field(default_factory=Selection)
+    selection: Selection = field(default_factory=lambda: Selection(all=True))
     digest_tags: bool = False
     where: str = ""  # FILE:LINE of the entry, for messages
 
@@ -180,7 +180,14 @@ def one_off(
         dreg, drepo = parse_repository(destination.removeprefix("docker://"))
         dest = Destination(registry=dreg, repository=drepo)
     spec = SourceSpec(
-        registry, repository, None, dest, tags, selection or Selection(), digest_tags, "argument"
+        registry,
+        repository,
+        None,
+        dest,
+        tags,
+        selection or Selection(all=True),
+        digest_tags,
+        "argument",
     )
     return SyncConfig((spec,))
 

@@ -145,7 +145,7 @@ class _Reader:
         value = self.string(vnode, vkey)
         registry, path = self.checked(vnode, vkey, lambda: parse_repository(value))
         merged = {**defaults, **got}
-        selection = Selection()
+        selection = Selection(all=True)  # a mirror keeps every platform unless told
         if "platforms" in merged:
             selection = self.platforms(*merged["platforms"])
         digest_tags = False
