@@ -11,12 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from derrick.auth.credentials import Credential, CredentialStore
 from derrick.digest import Digest
-from derrick.ops.push import push
 from derrick.reference import Reference
 from derrick.registry import RegistryClient, push_scope
 from derrick.transport import Transport
 from support.seed import SeededRegistries
 from support.tokenserver import TokenServer
+from support.transfers import push
 
 THREADS = 8
 

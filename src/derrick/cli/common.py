@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -84,6 +85,24 @@ def certs_dir() -> Path:
     return Path(os.environ.get("DERRICK_CERTS_DIR") or "/etc/docker/certs.d")
 
 
+#: The longest ``--timeout`` taken: an hour per request.
+MAX_TIMEOUT = 3600.0
+
+
+def _timeout(ctx: click.Context, param: click.Parameter, value: str | float) -> float:
+    """``--timeout``: seconds, more than 0 and at most :data:`MAX_TIMEOUT`."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_TIMEOUT:  # also refuses nan
+        raise UsageError(
+            f"--timeout {value} is not a number of seconds more than 0 and at most {MAX_TIMEOUT:g}",
+            hint="e.g. --timeout 30",
+        )
+    return seconds
+
+
 def connection_options(f: F) -> F:
     """Options for reaching and authenticating to a registry, shared by every command."""
 
@@ -104,10 +123,11 @@ def connection_options(f: F) -> F:
     )
     @click.option(
         "--timeout",
-        type=float,
-        default=30.0,
+        default="30",
+        callback=_timeout,
+        metavar="SECONDS",
         show_default=True,
-        help="Seconds to wait for the registry on each request.",
+        help=f"Seconds to wait for the registry on each request (at most {MAX_TIMEOUT:g}).",
     )
     @click.option(
         "--retries",
@@ -154,10 +174,13 @@ def format_option(*choices: str) -> Callable[[F], F]:
 
 
 def platform_option(f: F) -> F:
+    from derrick.manifest import Platform
+
     return click.option(
         "--platform",
-        help="Platform to pick from a multi-platform image, as os/arch[/variant] "
-        "(default: this machine's, linux); a single-platform image must be of it.",
+        help="Platform to pick from a multi-platform image, as os/arch[/variant] (default: "
+        f"this machine's, {Platform.host()}); an image that is not in an index must be of "
+        "the platform given.",
     )(f)
 
 

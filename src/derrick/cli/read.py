@@ -78,7 +78,11 @@ def repo_ls(registry: str, limit: int | None, fmt: str, opts: Options) -> None:
 
 @manifest_group.command("get")
 @click.argument("reference")
-@platform_option
+@click.option(
+    "--platform",
+    help="Show that platform's manifest of a multi-platform index, as os/arch[/variant] "
+    "(default: the index itself).",
+)
 @format_option("text", "json", "raw")
 @connection_options
 def manifest_get(reference: str, platform: str | None, fmt: str, opts: Options) -> None:

@@ -226,15 +226,21 @@ def open_archive(path: str | Path, *, jobs: int = DEFAULT_JOBS) -> TarSource:
 # -- the sink ----------------------------------------------------------------------------------
 
 
-def repo_tag(name: ImageName) -> str | None:
-    """The ``RepoTags`` entry of a name (``app:v1``, as Docker shows it), None without a tag."""
-    if not name.repository or not name.tag:
+def repo_tag(name: ImageName, digest: Digest | None = None) -> str | None:
+    """The ``RepoTags`` entry of a name (``app:v1``, as Docker shows it); an image named by
+    ``digest`` alone gets the tag ``sha256-<12 hex digits>`` (a RepoTag has no digest)."""
+    if not name.repository:
         return None
+    tag = name.tag
+    if tag is None:
+        if digest is None:
+            return None
+        tag = f"{digest.algorithm}-{digest.hex[:12]}"
     try:
         familiar = Reference.parse(name.repository, default_tag=None).familiar_name
     except DerrickError:
         familiar = name.repository
-    return f"{familiar}:{name.tag}"
+    return f"{familiar}:{tag}"
 
 
 def _docker_image(entry: PlannedEntry) -> ArchiveImage:
@@ -257,7 +263,8 @@ def _docker_image(entry: PlannedEntry) -> ArchiveImage:
                 "and a docker-archive cannot hold",
                 remedy=Remedy("oci-archive"),
             )
-    tags = tuple(dict.fromkeys(t for n in entry.names if (t := repo_tag(n)) is not None))
+    named = (entry.origin or entry.top).digest
+    tags = tuple(dict.fromkeys(t for n in entry.names if (t := repo_tag(n, named)) is not None))
     return ArchiveImage(image.manifest, image.config, None, None, tags)
 
 

@@ -74,16 +74,19 @@ def get_blob(
     :class:`DigestMismatchError` (nothing kept), or a :class:`DiskError` naming ``dest``;
     the hint says what is kept.
     """
-    desc = Descriptor(_BLOB, digest, _size(client, ref, digest))
     part = dest.parent / f".{dest.name}.derrick-partial"
-    try:
+    try:  # the destination first: nothing is asked of the registry for a path that fails
         fd, _ = lock_partial(part)
     except OSError as e:
         raise _disk_error(e, dest, None) from None
     try:
-        feed = Feed(
-            RegistryRepository(client, ref), desc, retry=client.transport.retry, cancel=cancel
-        )
+        try:
+            desc = Descriptor(_BLOB, digest, _size(client, ref, digest))
+        except DerrickError as e:
+            _say_kept(e, part)
+            raise
+        retry = client.transport.retry
+        feed = Feed(RegistryRepository(client, ref), desc, retry=retry, cancel=cancel)
         _fill(feed, fd, part, dest, resume)
         return GotBlob(desc, feed.received)
     finally:
