@@ -143,13 +143,22 @@ def _on_terminal(*argv: Any) -> tuple[int, str]:
     return code, screen.decode(errors="replace")
 
 
-@pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive"])
-def test_pull_refuses_to_write_an_archive_to_a_terminal(
-    seeded: SeededRegistries, env: Isolation, fmt: str
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["image", "pull", "{ref}", "-o", "-", "--format", "docker-archive"],
+        ["image", "pull", "{ref}", "-o", "oci-archive:-"],
+        ["image", "copy", "{ref}", "docker-archive:-"],
+        ["image", "save", "{ref}", "{ref}", "-o", "-"],
+    ],
+    ids=lambda a: " ".join(x for x in a if x != "{ref}"),
+)
+def test_archives_are_not_written_to_a_terminal(
+    seeded: SeededRegistries, env: Isolation, argv: list[str]
 ) -> None:
     img = seeded.open["test/eight"]
     log = img.registry.log_size()
-    code, screen = _on_terminal("image", "pull", img.reference, "-o", "-", "--format", fmt)
+    code, screen = _on_terminal(*(a.format(ref=img.reference) for a in argv))
     lines = [line for line in screen.splitlines() if line.strip()]
     assert code == 2
     assert len(lines) == 1, screen  # no progress display, no tar

@@ -292,7 +292,7 @@ def stats_text(stats: TransferStats, *, upload: bool) -> str:
     if stats.mounted:
         parts.append(f"{stats.mounted} mounted")
     if stats.linked:
-        parts.append(f"{stats.linked} from the cache")
+        parts.append(f"{stats.linked} from local files")
     parts.append(f"{stats.skipped} already there")
     return ", ".join(parts)
 

@@ -16,6 +16,7 @@ import click
 from derrick.cli.common import Options, connection_options, emit_json, human_size
 from derrick.cli.copying import (
     KINDS,
+    Copied,
     Request,
     all_platforms_option,
     cache_dir_option,
@@ -35,7 +36,8 @@ from derrick.cli.copying import (
 from derrick.cli.groups import image_group
 from derrick.cli.options import chunk_size_option, jobs_option, quiet_option
 from derrick.errors import UsageError
-from derrick.images.locations import parse_location
+from derrick.images.locations import Location, parse_location
+from derrick.images.model import CopyResult
 
 
 def _output(fmt: str, as_json: bool = False) -> tuple[str, str | None]:
@@ -119,14 +121,19 @@ def image_copy(
         label=str(dest.reference.familiar()) if dest.reference else dest.text,
     )
     copied = run_copy(req, opts)
-    result = copied.result
     shown_src = str(source.reference) if source.reference else src
+    _copy_summary(shown_src, dest, copied, output, quiet)
+    warn_same_tag(copied, dest.path or dst)
+
+
+def _copy_summary(source: str, dest: Location, copied: Copied, output: str, quiet: bool) -> None:
+    result = copied.result
     named = named_at(dest, copied)
     upload = dest.is_registry
     if output == "json":
         emit_json(
             {
-                "source": shown_src,
+                "source": source,
                 "destination": named,
                 "digest": str(result.digest),
                 "mediaType": result.media_type,
@@ -136,8 +143,7 @@ def image_copy(
         )
     elif not quiet and not dest.is_stream:
         summary = stats_text(result.stats, upload=upload)
-        click.echo(f"Copied {shown_src} to {named} ({result.digest}): {summary}", err=True)
-    warn_same_tag(copied, dest.path or dst)
+        click.echo(f"Copied {source} to {named} ({result.digest}): {summary}", err=True)
 
 
 def _copy_all_tags(
@@ -401,26 +407,24 @@ def image_save(
         names=[None] * len(sources),
     )
     result = run_copy(req, opts).result
-    entries = result.plan.entries
     if output == "json":
-        emit_json(
-            {
-                "destination": dest,
-                "format": kind_of(loc),
-                "images": [
-                    {
-                        "source": text,
-                        "digest": str(e.top.digest),
-                        "names": [str(n) for n in e.names],
-                    }
-                    for text, e in zip(images, entries, strict=True)
-                ],
-                "downloadedBytes": result.stats.copied_bytes,
-            }
-        )
+        emit_json(_save_json(dest, kind_of(loc), images, result))
     elif not loc.is_stream and not quiet:
+        n = len(result.plan.entries)
         click.echo(
-            f"Saved {len(entries)} image{'s' if len(entries) != 1 else ''} to {dest} as "
-            f"{kind_of(loc)}, {human_size(result.stats.copied_bytes)} downloaded",
+            f"Saved {n} image{'s' if n != 1 else ''} to {dest} as {kind_of(loc)}, "
+            f"{human_size(result.stats.copied_bytes)} downloaded",
             err=True,
         )
+
+
+def _save_json(dest: str, kind: str, images: tuple[str, ...], result: CopyResult) -> dict[str, Any]:
+    return {
+        "destination": dest,
+        "format": kind,
+        "images": [
+            {"source": text, "digest": str(e.top.digest), "names": [str(n) for n in e.names]}
+            for text, e in zip(images, result.plan.entries, strict=True)
+        ],
+        "downloadedBytes": result.stats.copied_bytes,
+    }

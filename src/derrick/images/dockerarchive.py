@@ -34,7 +34,7 @@ import json
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from derrick import mediatypes as mt
@@ -270,8 +270,16 @@ def _docker_image(entry: PlannedEntry) -> ArchiveImage:
 
 def docker_members(plan: Plan) -> list[Member]:
     """The members of the docker-archive of ``plan``, in order: those of its OCI archive,
-    then ``manifest.json`` and ``repositories``."""
-    images = [_docker_image(entry) for entry in plan.entries]
+    then ``manifest.json`` (one entry per image, with every name it was given) and
+    ``repositories``."""
+    by_top: dict[Digest, ArchiveImage] = {}
+    for entry in plan.entries:
+        image = _docker_image(entry)
+        have = by_top.get(entry.top.digest)
+        if have is not None:
+            image = replace(have, repo_tags=tuple(dict.fromkeys(have.repo_tags + image.repo_tags)))
+        by_top[entry.top.digest] = image
+    images = list(by_top.values())
     repositories = repositories_json(images)
     return [
         *oci_members(plan),

@@ -357,8 +357,7 @@ class LayoutDir:
             shutil.rmtree(work.root, ignore_errors=True)
 
     def kept(self) -> list[Kept]:
-        """After an abort: the blobs put into an existing layout (which a later run takes
-        as they are); a new layout's unfinished directory is gone."""
+        """After an abort: blobs put into an existing layout (a new one's directory is gone)."""
         if self._existing is None or not self._placed:
             return []
         return [(f"the {self._placed} blobs copied into {self.shown} (unnamed in its index)", 2)]
