@@ -224,12 +224,21 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"derrick: error: {error_text(e)}", err=True)
         return 1
     except OSError as e:
-        click.echo(
-            f"derrick: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
-            err=True,
-        )
+        click.echo(f"derrick: error: {_os_error_text(e)}", err=True)
         return 1
     return code if isinstance(code, int) else 0
+
+
+def _os_error_text(e: OSError) -> str:
+    """``reason: path``; or, when a file stands where a directory must be (the path may be a
+    temporary name the user never wrote), which file that is."""
+    from derrick.oserrors import blocking_file
+
+    if e.filename and e.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = blocking_file(os.fsdecode(e.filename))
+        if blocker is not None:
+            return f"cannot write in {blocker}: it is not a directory"
+    return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
 
 
 def _interrupted() -> int:
