@@ -24,6 +24,7 @@ from derrick.cli.common import (
     parse_ref,
     platform_option,
 )
+from derrick.cli.errors import same_tag_warning
 from derrick.cli.groups import image_group
 from derrick.cli.progress import BlobProgress, engine_bars, open_progress
 from derrick.digest import Digest
@@ -145,12 +146,10 @@ def image_pull(
             f"{human_size(pulled.downloaded)} downloaded",
             err=True,
         )
-    if pulled.same_tag:
+    if pulled.same_tag and ref.tag is not None:
+        full = f"{ref.name}:{ref.tag}"
         click.echo(
-            f"derrick: warning: {dest} now holds {len(pulled.same_tag)} images tagged "
-            f"{ref.tag!r}: {', '.join(pulled.same_tag)}; {ref.tag!r} alone picks none of them: "
-            f"use a full name (oci:{dest}:{ref}) or a digest",
-            err=True,
+            same_tag_warning(dest, full, ref.tag, str(pulled.digest), pulled.same_tag), err=True
         )
 
 

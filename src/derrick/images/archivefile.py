@@ -29,6 +29,7 @@ from derrick.digest import Digest
 from derrick.download import CHUNK, Region, copy_range
 from derrick.errors import DerrickError, DigestMismatchError, DiskError
 from derrick.images.model import BlobFeed
+from derrick.oserrors import writing_failed
 
 __all__ = ["ArchiveFile", "Holes", "ResumeState", "describe_os_error", "kept_hint", "lay_out"]
 
@@ -270,7 +271,7 @@ class ArchiveFile:
 
     def disk_error(self, e: OSError) -> DiskError:
         """The error to raise for ``e``: it names the destination and what is kept."""
-        reason, again = describe_os_error(e)
+        _, again = describe_os_error(e)
         kept = self._started or not self._created
         if kept and self.part.exists() and self.state.path.exists():
             hint = kept_hint([f"{self.part} (and its .json resume state)"], 2, again)
@@ -278,4 +279,4 @@ class ArchiveFile:
             hint = kept_hint([str(self.part)], 1, again)
         else:
             hint = f"nothing is left behind: {again}"
-        return DiskError(f"{reason} writing {self.shown}", errno=e.errno, hint=hint)
+        return DiskError(writing_failed(e, self.shown), errno=e.errno, hint=hint)

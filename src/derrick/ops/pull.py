@@ -67,6 +67,7 @@ from derrick.manifest import (
 )
 from derrick.ops import transfer
 from derrick.ops.resolve import fetch_child, fetch_config
+from derrick.oserrors import writing_failed
 from derrick.platform import check_platform, require_image
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
@@ -461,7 +462,7 @@ def _disk_error(
             errno=e.errno,
             hint=f"{hint}; --cache-dir or DERRICK_CACHE_DIR chooses another cache",
         )
-    return DiskError(f"{reason} writing {dest}", errno=e.errno, hint=hint)
+    return DiskError(writing_failed(e, dest), errno=e.errno, hint=hint)
 
 
 def _unique_layers(pulled: Sequence[PulledImage]) -> list[Descriptor]:
