@@ -1,22 +1,31 @@
-"""derrick against skopeo on this machine, in the same run.
+"""derrick against skopeo and against the machine's limit, on this machine, in one run.
 
-Starts a local registry, pushes a generated image of incompressible layers
-(default: 4 x 256 MiB = 1 GiB), then times, repeatedly and alternating:
+Starts a local registry, pushes a generated image of incompressible layers (default:
+4 x 256 MiB = 1 GiB), then times, repeatedly, each case's tools taking turns (the order
+alternates from run to run, and ``sync`` flushes dirty pages before every measurement):
 
 * pull to an OCI layout:    ``derrick image pull``  vs ``skopeo copy docker://… oci:…``
-* pull to a docker-archive: ``derrick image pull``  vs ``skopeo copy docker://… docker-archive:…``
+  vs the machine's limit: every blob fetched in parallel by ``curl`` into files, nothing
+  hashed or checked;
+* pull to a docker-archive: ``derrick image pull``  vs ``skopeo copy docker://… docker-archive:…``;
 * registry to registry:     ``derrick image copy``  vs ``skopeo copy docker://… docker://…``
+  vs the limit: per blob a ``curl GET | curl PUT`` pipeline, all blobs at once, then the
+  manifest ``PUT`` -- each copy into a fresh, empty registry.
 
-and prints the median wall time, throughput, the ratio derrick/skopeo and the
-peak RSS of each.  Every derrick run starts with an empty blob cache, so each
-pull really downloads every byte.
+It prints, per case and tool, the median and min-max wall time, the throughput, the ratio
+of derrick's median to skopeo's and to the limit's, and the peak RSS (measured with GNU
+time).  Every derrick run starts with an empty blob cache, so each pull really downloads
+every byte.  ``benchmarks/bench_startup.py`` measures start-up; ``--startup`` runs it at
+the end of this run too.
 
-Usage:  python benchmarks/bench.py [--runs 3] [--layers 4] [--layer-mib 256] [--only pull|copy]
+Usage:  python benchmarks/bench.py [--runs 5] [--layers 4] [--layer-mib 256]
+                                   [--only pull|copy] [--startup]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -31,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.images import make_big_image, push_with_skopeo  # noqa: E402
+from tests.support.images import LayoutImage, make_big_image, push_with_skopeo  # noqa: E402
 from tests.support.registry import RegistryProcess, start_registry  # noqa: E402
 
 MiB = 1024 * 1024
@@ -55,15 +64,20 @@ class Case:
         return statistics.median(s.seconds for s in self.samples)
 
     @property
+    def spread(self) -> str:
+        times = [s.seconds for s in self.samples]
+        return f"{min(times):.2f}-{max(times):.2f}"
+
+    @property
     def peak_rss_mib(self) -> float:
         return max(s.max_rss_kib for s in self.samples) / 1024
 
 
 def run_measured(cmd: list[str], env: dict[str, str]) -> Sample:
-    """Run ``cmd``; its wall time and its own peak RSS.
+    """Run ``cmd`` (a list, or ``["sh", "-c", script]``); its wall time and peak RSS.
 
-    The command runs under GNU time: a child forked straight from this (large)
-    Python process would inherit its resident size as a starting high-water mark.
+    The command runs under GNU time: a child forked straight from this (large) Python
+    process would inherit its resident size as a starting high-water mark.
     """
     rss_file = Path(tempfile.mkstemp(prefix="derrick-bench-rss-")[1])
     start = time.perf_counter()
@@ -88,21 +102,68 @@ def settle() -> None:
     subprocess.run(["sync"], check=False)
 
 
-def skopeo_base(home: Path) -> list[str]:
-    return ["skopeo", "--insecure-policy", "--tmpdir", str(home / "tmp")]
+def derrick_command() -> list[str]:
+    script = Path(sys.executable).parent / "derrick"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "derrick.cli.main"]
+
+
+def blob_digests(image: LayoutImage, tag: str) -> tuple[list[str], str, str]:
+    """The config and layer digests of the image, its manifest bytes' digest and media type."""
+    index = json.loads((image.path / "index.json").read_text())
+    desc = next(
+        d
+        for d in index["manifests"]
+        if d.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag
+    )
+    manifest = json.loads((image.path / "blobs" / "sha256" / desc["digest"][7:]).read_bytes())
+    blobs = [manifest["config"]["digest"], *(d["digest"] for d in manifest["layers"])]
+    return blobs, desc["digest"], desc["mediaType"]
+
+
+def curl_pull_script(base: str, repo: str, blobs: list[str], dest: Path) -> list[str]:
+    """Every blob fetched at once by its own curl into a file: what the network and the
+    disk allow, with no hashing and no checking."""
+    fetches = " ".join(f"curl -sf -o {dest}/{d[7:]} {base}/v2/{repo}/blobs/{d} &" for d in blobs)
+    return ["sh", "-c", f"mkdir -p {dest} && {fetches} wait"]
+
+
+def curl_copy_script(
+    src: str, src_repo: str, dst: str, dst_repo: str, blobs: list[str], manifest: Path, mt: str
+) -> list[str]:
+    """Per blob, ``curl GET | curl PUT`` into a new upload session, all blobs at once; then
+    the manifest.  What two registries allow when nothing is checked on the way."""
+    lines = [
+        "set -e",
+        "up() {",
+        f"  loc=$(curl -sf -X POST -D - -o /dev/null {dst}/v2/{dst_repo}/blobs/uploads/"
+        " | tr -d '\\r' | awk -F': ' 'tolower($1)==\"location\"{print $2}')",
+        f'  case "$loc" in http*) ;; *) loc="{dst}$loc";; esac',
+        f"  curl -sf {src}/v2/{src_repo}/blobs/$1 | curl -sf -o /dev/null -T - "
+        "-H 'Content-Type: application/octet-stream' \"$loc&digest=$1\"",
+        "}",
+    ]
+    lines += [f"up {d} &" for d in blobs]
+    lines += [
+        "wait",
+        f"curl -sf -o /dev/null -X PUT -H 'Content-Type: {mt}' --data-binary @{manifest} "
+        f"{dst}/v2/{dst_repo}/manifests/big",
+    ]
+    return ["sh", "-c", "\n".join(lines)]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--layer-mib", type=int, default=256)
     ap.add_argument("--jobs", type=int, default=None, help="derrick --jobs (default: its own)")
     ap.add_argument("--only", choices=["pull", "copy"], default=None)
+    ap.add_argument("--startup", action="store_true", help="also run bench_startup.py")
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temp dir under /var/tmp")
     args = ap.parse_args()
-    if not Path(GNU_TIME).exists():
-        raise SystemExit(f"{GNU_TIME} is needed to measure peak memory: apt-get install time")
+    for tool in (GNU_TIME, "skopeo", "curl"):
+        if shutil.which(tool) is None and not Path(tool).exists():
+            raise SystemExit(f"{tool} is needed (apt-get install time skopeo curl)")
 
     work = Path(tempfile.mkdtemp(prefix="derrick-bench-", dir=args.workdir or "/var/tmp"))
     regs: list[RegistryProcess] = []
@@ -116,13 +177,15 @@ def main() -> None:
         image = make_big_image(
             work / "src-layout", layers=args.layers, layer_size=args.layer_mib * MiB
         )
+        blobs, manifest_digest, manifest_type = blob_digests(image, "big")
+        manifest_file = image.path / "blobs" / "sha256" / manifest_digest[7:]
         src = start_registry(work / "reg-src", name="src")
         regs.append(src)
         push_with_skopeo(image, "big", src, "bench/big")
         src_ref = f"{src.host}/bench/big:big"
 
         jobs = ["--jobs", str(args.jobs)] if args.jobs else []
-        derrick = [sys.executable, "-m", "derrick.cli.main"]
+        derrick = derrick_command()
         cases: dict[str, dict[str, Case]] = {}
 
         def measure(name: str, tool: str, make_cmd: Callable[[Path], list[str]]) -> None:
@@ -135,70 +198,90 @@ def main() -> None:
             case.samples.append(run_measured(make_cmd(scratch), run_env))
             shutil.rmtree(scratch, ignore_errors=True)
 
-        def fresh_destination(n: int) -> RegistryProcess:
+        def fresh_destination(label: str) -> RegistryProcess:
             """An empty registry, so no run can mount or skip what an earlier one pushed."""
-            reg = start_registry(work / f"reg-dst-{n}", name=f"dst{n}")
+            reg = start_registry(work / f"reg-{label}", name=label)
             regs.append(reg)
             return reg
 
-        sk = skopeo_base(home)
+        sk = ["skopeo", "--insecure-policy", "--tmpdir", str(home / "tmp")]
         from_src = [*sk, "copy", "-q", "--src-tls-verify=false"]
-        # Pulls first, then copies: the copies leave gigabytes for the kernel to write
-        # back, which would slow whichever pull came next.
+        pulls: dict[str, dict[str, Callable[[Path], list[str]]]] = {
+            "pull to OCI layout": {
+                "derrick": lambda d: [
+                    *derrick,
+                    "image",
+                    "pull",
+                    "-q",
+                    *jobs,
+                    src_ref,
+                    "-o",
+                    f"{d}/oci",
+                ],
+                "skopeo": lambda d: [*from_src, f"docker://{src_ref}", f"oci:{d}/oci:big"],
+                "curl": lambda d: curl_pull_script(src.url, "bench/big", blobs, d / "files"),
+            },
+            "pull to docker-archive": {
+                "derrick": lambda d: [
+                    *derrick,
+                    "image",
+                    "pull",
+                    "-q",
+                    *jobs,
+                    src_ref,
+                    "-o",
+                    f"{d}/i.tar",
+                ],
+                "skopeo": lambda d: [
+                    *from_src,
+                    f"docker://{src_ref}",
+                    f"docker-archive:{d}/i.tar:bench/big:big",
+                ],
+            },
+        }
+
+        def copies(n: int) -> dict[str, Callable[[Path], list[str]]]:
+            def to(label: str) -> RegistryProcess:
+                return fresh_destination(f"{label}{n}")
+
+            return {
+                "derrick": lambda d: [
+                    *derrick,
+                    "image",
+                    "copy",
+                    "-q",
+                    *jobs,
+                    src_ref,
+                    f"{to('d').host}/bench/big:big",
+                ],
+                "skopeo": lambda d: [
+                    *from_src,
+                    "--dest-tls-verify=false",
+                    f"docker://{src_ref}",
+                    f"docker://{to('s').host}/bench/big:big",
+                ],
+                "curl": lambda d: curl_copy_script(
+                    src.url,
+                    "bench/big",
+                    to("c").url,
+                    "bench/big",
+                    blobs,
+                    manifest_file,
+                    manifest_type,
+                ),
+            }
+
+        # Pulls first, then copies: the copies leave gigabytes for the kernel to write back,
+        # which would slow whichever pull came next.
         phases = [p for p in ("pull", "copy") if args.only in (None, p)]
-        for phase, run in [(p, r) for p in phases for r in range(args.runs)]:
-            print(f"{phase} run {run + 1}/{args.runs} ...", file=sys.stderr)
-            if phase == "pull":
-                measure(
-                    "pull to OCI layout",
-                    "derrick",
-                    lambda d: [*derrick, "image", "pull", "-q", *jobs, src_ref, "-o", f"{d}/oci"],
-                )
-                measure(
-                    "pull to OCI layout",
-                    "skopeo",
-                    lambda d: [*from_src, f"docker://{src_ref}", f"oci:{d}/oci:big"],
-                )
-                measure(
-                    "pull to docker-archive",
-                    "derrick",
-                    lambda d: [*derrick, "image", "pull", "-q", *jobs, src_ref, "-o", f"{d}/i.tar"],
-                )
-                measure(
-                    "pull to docker-archive",
-                    "skopeo",
-                    lambda d: [
-                        *from_src,
-                        f"docker://{src_ref}",
-                        f"docker-archive:{d}/i.tar:bench/big:big",
-                    ],
-                )
-            if phase == "copy":
-                dst_d = fresh_destination(2 * run).host
-                measure(
-                    "copy registry to registry",
-                    "derrick",
-                    lambda d, h=dst_d: [
-                        *derrick,
-                        "image",
-                        "copy",
-                        "-q",
-                        *jobs,
-                        src_ref,
-                        f"{h}/bench/big:big",
-                    ],
-                )
-                dst_s = fresh_destination(2 * run + 1).host
-                measure(
-                    "copy registry to registry",
-                    "skopeo",
-                    lambda d, h=dst_s: [
-                        *from_src,
-                        "--dest-tls-verify=false",
-                        f"docker://{src_ref}",
-                        f"docker://{h}/bench/big:big",
-                    ],
-                )
+        for phase in phases:
+            for run in range(args.runs):
+                print(f"{phase} run {run + 1}/{args.runs} ...", file=sys.stderr)
+                groups = pulls if phase == "pull" else {"copy registry to registry": copies(run)}
+                for name, tools in groups.items():
+                    order = list(tools) if run % 2 == 0 else list(reversed(tools))
+                    for tool in order:
+                        measure(name, tool, tools[tool])
                 for reg in regs[1:]:
                     reg.stop()
                 del regs[1:]
@@ -209,22 +292,30 @@ def main() -> None:
             f"cores: {os.cpu_count()}"
         )
         header = (
-            f"{'case':28} {'tool':8} {'median s':>9} {'MB/s':>8} {'peak RSS MiB':>13} {'ratio':>7}"
+            f"{'case':26} {'tool':8} {'median s':>9} {'min-max s':>11} {'MB/s':>6} "
+            f"{'RSS MiB':>8} {'÷skopeo':>8} {'÷limit':>7}"
         )
         print(header)
         print("-" * len(header))
         for name, tools in cases.items():
-            base = tools.get("skopeo")
+            sko, lim = tools.get("skopeo"), tools.get("curl")
             for tool, case in tools.items():
-                ratio = f"{case.median / base.median:.2f}" if base and tool == "derrick" else ""
+                r_sk = f"{case.median / sko.median:.2f}" if sko and tool == "derrick" else ""
+                r_lim = f"{case.median / lim.median:.2f}" if lim and tool == "derrick" else ""
                 print(
-                    f"{name:28} {tool:8} {case.median:9.2f} {total / case.median / 1e6:8.0f} "
-                    f"{case.peak_rss_mib:13.1f} {ratio:>7}"
+                    f"{name:26} {tool:8} {case.median:9.2f} {case.spread:>11} "
+                    f"{total / case.median / 1e6:6.0f} {case.peak_rss_mib:8.1f} "
+                    f"{r_sk:>8} {r_lim:>7}"
                 )
     finally:
         for r in regs:
             r.stop()
         shutil.rmtree(work, ignore_errors=True)
+    if args.startup:
+        print()
+        subprocess.run(
+            [sys.executable, str(Path(__file__).parent / "bench_startup.py")], check=False
+        )
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ every other user of them in the process keeps their behaviour.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ssl
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 
+import h11
 import httpcore
 import httpx
 from httpx._utils import get_environment_proxies
@@ -46,6 +48,22 @@ class DerrickHTTP11Connection(httpcore.HTTP11Connection):
         with self._state_lock:
             return super().has_expired()
 
+    def _receive_event(self, timeout: float | None = None) -> h11.Event | type[h11.PAUSED]:
+        """httpcore's, except that a server that sent bytes which are not the head of an
+        HTTP answer and closed the connection is said to send something that is not HTTP
+        (httpcore calls it "disconnected without sending a response", as for a server
+        that closed an idle connection, which is worth another try; this is not)."""
+        try:
+            return super()._receive_event(timeout)
+        except httpcore.RemoteProtocolError as e:
+            received, _ = self._h11_state.trailing_data
+            if received and str(e).startswith("Server disconnected"):
+                raise httpcore.RemoteProtocolError(
+                    "malformed data: the server sent something that is not an HTTP answer "
+                    "and closed the connection"
+                ) from e
+            raise
+
 
 def _merge(
     defaults: Sequence[tuple[bytes, bytes]], overrides: Sequence[tuple[bytes, bytes]]
@@ -61,6 +79,8 @@ class _Proxy:
     def __init__(self, proxy: httpx.Proxy) -> None:
         url = proxy.url
         self.origin = httpcore.Origin(url.raw_scheme, url.raw_host, url.port or 80)
+        #: The proxy as messages name it: its scheme, host and port (no credentials).
+        self.shown = f"{url.scheme}://{url.netloc.decode('ascii').rpartition('@')[2]}"
         self.ssl_context = proxy.ssl_context
         headers: _Headers = list(proxy.headers.raw)
         if proxy.raw_auth is not None:
@@ -68,6 +88,16 @@ class _Proxy:
             token = base64.b64encode(user + b":" + password)
             headers.insert(0, (b"Proxy-Authorization", b"Basic " + token))
         self.headers = headers
+
+
+@contextlib.contextmanager
+def _reaching(proxy: _Proxy) -> Iterator[None]:
+    """Connecting to ``proxy``: failing to is the proxy's fault, not the host's (a
+    :class:`httpcore.ProxyError` that names it)."""
+    try:
+        yield
+    except (httpcore.ConnectError, httpcore.ConnectTimeout) as e:
+        raise httpcore.ProxyError(f"cannot connect to the proxy {proxy.shown}: {e}") from e
 
 
 class _Connection(httpcore.ConnectionInterface):
@@ -127,13 +157,16 @@ class _Connection(httpcore.ConnectionInterface):
             target=target,
         )
         headers = _merge([(b"Host", target), (b"Accept", b"*/*")], proxy.headers)
-        answer = leg.handle_request(
-            httpcore.Request(b"CONNECT", url, headers=headers, extensions=request.extensions)
-        )
+        with _reaching(proxy):
+            answer = leg.handle_request(
+                httpcore.Request(b"CONNECT", url, headers=headers, extensions=request.extensions)
+            )
         if not 200 <= answer.status < 300:
             reason = answer.extensions.get("reason_phrase", b"").decode("ascii", "replace")
             leg.close()
-            raise httpcore.ProxyError(f"{answer.status} {reason}")
+            raise httpcore.ProxyError(
+                f"the proxy {proxy.shown} refused the tunnel: HTTP {answer.status} {reason}"
+            )
         stream: httpcore.NetworkStream = answer.extensions["network_stream"]
         return stream
 
@@ -186,7 +219,8 @@ class _ForwardConnection(httpcore.ConnectionInterface):
             content=request.stream,
             extensions=request.extensions,
         )
-        return self._leg.handle_request(forwarded)
+        with _reaching(self._proxy):
+            return self._leg.handle_request(forwarded)
 
     def can_handle_request(self, origin: httpcore.Origin) -> bool:
         return origin == self._remote

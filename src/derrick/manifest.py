@@ -275,7 +275,11 @@ def _load_json(raw: bytes, what: str) -> Any:
 
 
 def parse_manifest(
-    raw: bytes, content_type: str | None = None, *, null_manifests: bool = False
+    raw: bytes,
+    content_type: str | None = None,
+    *,
+    null_manifests: bool = False,
+    what: str = "manifest",
 ) -> Manifest:
     """Parse manifest bytes into an :class:`ImageManifest` or :class:`Index`.
 
@@ -283,14 +287,15 @@ def parse_manifest(
     ``content_type`` (the HTTP Content-Type), else from its shape.  With
     ``null_manifests`` an index whose ``manifests`` is ``null`` (as some
     ``docker save`` versions write into ``index.json``) has no entries instead
-    of being refused.
+    of being refused.  ``what`` names the document in errors about its JSON
+    (``index.json``).
     """
-    obj = _load_json(raw, "manifest")
+    obj = _load_json(raw, what)
     if not isinstance(obj, dict):
-        raise ManifestError("manifest: the document must be a JSON object")
+        raise ManifestError(f"{what}: the document must be a JSON object")
     field_type = obj.get("mediaType")
     if field_type is not None and not isinstance(field_type, str):
-        raise ManifestError("manifest: field 'mediaType' has the wrong type")
+        raise ManifestError(f"{what}: field 'mediaType' has the wrong type")
     media_type: str = field_type or ""
     if not media_type and content_type:
         ct = content_type.split(";")[0].strip()

@@ -153,6 +153,10 @@ def _check_registry(registry: str) -> None:
         raise _Invalid(
             f"invalid port {_q(port)} in registry {_q(registry)}: not a number", REGISTRY_HINT
         )
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise _Invalid(
+            f"invalid port {port} in registry {_q(registry)}: a port is 1 to 65535", REGISTRY_HINT
+        )
 
 
 def _check_path(path: str) -> None:

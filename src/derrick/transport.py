@@ -34,6 +34,15 @@ import httpx
 
 from derrick.connections import http_client
 from derrick.errors import DerrickError, Remedy, TLSError, TransportError
+from derrick.neterrors import (
+    failed_url,
+    is_cert_problem,
+    is_client_cert_problem,
+    is_refused,
+    is_tls_problem,
+    retryable,
+    transport_error,
+)
 
 log = logging.getLogger("derrick.http")
 
@@ -59,8 +68,11 @@ def redact_url(url: str | httpx.URL) -> str:
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` (``name[:port]``) is this machine: localhost or a loopback IP."""
-    name = host
+    """Whether ``host`` (``name[:port]``) is this machine: localhost or a loopback IP.
+
+    Host names are case-insensitive: ``LOCALHOST:5000`` is this machine too.
+    """
+    name = host.lower()
     if name.startswith("["):
         name = name[1 : name.find("]")]
     elif name.count(":") == 1:
@@ -115,10 +127,25 @@ class TLSConfig:
     ca_cert: Path | None = None
     certs_dir: Path | None = field(default_factory=lambda: Path("/etc/docker/certs.d"))
 
+    def host_dir(self, host: str) -> Path | None:
+        """The certs.d directory of ``host`` (``certs_dir/HOST[:PORT]``), found whatever the
+        case of either name: host names are case-insensitive."""
+        if self.certs_dir is None:
+            return None
+        exact = self.certs_dir / host
+        if exact.is_dir() or not self.certs_dir.is_dir():
+            return exact
+        want = host.lower()
+        try:
+            found = [d for d in self.certs_dir.iterdir() if d.name.lower() == want and d.is_dir()]
+        except OSError:
+            return exact
+        return min(found) if found else exact
+
     def context_for(self, host: str, *, verify: bool) -> ssl.SSLContext:
         """The context for ``host``: its client certificate, and unless ``verify`` is
         false, the system's CAs (loading them costs ~20 ms), ``ca_cert`` and its own."""
-        hostdir = self.certs_dir / host if self.certs_dir is not None else None
+        hostdir = self.host_dir(host)
         if not verify:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname = False
@@ -171,7 +198,7 @@ class Transport:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.insecure_all = insecure
-        self.insecure_hosts = set(insecure_hosts)
+        self.insecure_hosts = {h.lower() for h in insecure_hosts}
         self.tls = tls or TLSConfig()
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
@@ -181,18 +208,20 @@ class Transport:
         self._sleep = sleep
         self._clients: dict[tuple[str, bool], httpx.Client] = {}
         self._lock = threading.Lock()
+        #: The origins that have answered a request (with any status) in this run.
+        self._answered: set[tuple[str, str, int | None]] = set()
 
     # -- configuration -----------------------------------------------------------------
 
     def is_insecure(self, host: str) -> bool:
-        return self.insecure_all or host in self.insecure_hosts
+        return self.insecure_all or host.lower() in self.insecure_hosts
 
     def allows_http(self, host: str) -> bool:
         return self.is_insecure(host) or is_loopback(host)
 
     def _client(self, host: str, scheme: str) -> httpx.Client:
         verify = not self.is_insecure(host)
-        key = (host if scheme == "https" else "", verify if scheme == "https" else True)
+        key = (host.lower() if scheme == "https" else "", verify if scheme == "https" else True)
         with self._lock:
             client = self._clients.get(key)
             if client is None:
@@ -242,9 +271,9 @@ class Transport:
             probe.request("GET", url)
             return "https"
         except httpx.ConnectError as e:
-            if _is_client_cert_problem(e) or _is_cert_problem(e):
+            if is_client_cert_problem(e) or is_cert_problem(e):
                 return "https"  # the real request reports the certificate problem
-            if _is_tls_problem(e):
+            if is_tls_problem(e):
                 return "http"
             raise self._transport_error(e, url) from None
         except httpx.HTTPError:
@@ -281,7 +310,7 @@ class Transport:
                     method, url, headers or {}, content, stream, auth_origin
                 )
             except (httpx.TransportError, httpx.StreamError) as e:
-                if retry and attempt < self.retry.retries and _retryable_exc(e):
+                if retry and attempt < self.retry.retries and self._retryable(e, url):
                     d = self.retry.delay(attempt)
                     log.debug("%s %s failed (%s); retrying in %.1fs", method, redact_url(url), e, d)
                     self._sleep(d)
@@ -333,6 +362,7 @@ class Transport:
             req = client.build_request(method, target, headers=hdrs, content=body)
             log.debug("> %s %s", method, redact_url(target))
             resp = client.send(req, stream=True)
+            self._answered.add(origin(target))
             log.debug("< %d %s", resp.status_code, redact_url(target))
             if resp.status_code in (301, 302, 303, 307, 308) and "location" in resp.headers:
                 loc = resp.headers["location"]
@@ -351,84 +381,22 @@ class Transport:
             return resp
         raise TransportError(f"too many redirects for {redact_url(url)}")
 
+    def _retryable(self, e: Exception, url: str) -> bool:
+        """Whether a request that failed with ``e`` is worth sending again.
+
+        A refused connection is not, as a wrong port will not mend, unless the host has
+        answered in this run: then it is restarting, and is given the retries.
+        """
+        if is_refused(e):
+            return origin(failed_url(e, url)) in self._answered
+        return retryable(e)
+
     def _transport_error(self, e: Exception, url: str | httpx.URL) -> DerrickError:
-        shown = redact_url(url)
-        host = httpx.URL(str(url)).netloc.decode("ascii")
-        certs = self.tls.certs_dir or Path("/etc/docker/certs.d")
-        if _is_client_cert_problem(e):
-            return TLSError(
-                f"{host} refused the TLS connection: it asks for a client certificate "
-                f"({_short(e)})",
-                hint=f"put the certificate and its key in {certs / host}/client.cert "
-                "and client.key",
-            )
-        if isinstance(e, httpx.ConnectError) and _is_cert_problem(e):
-            return TLSError(
-                f"TLS certificate of {host} could not be verified ({_short(e)})",
-                remedy=Remedy("ca-cert", host=host, path=str(certs / host / "ca.crt")),
-            )
-        if isinstance(e, httpx.ConnectError) and _is_tls_problem(e):
-            return TLSError(
-                f"TLS handshake with {host} failed ({_short(e)})",
-                hint="the registry may speak plain http",
-                remedy=Remedy("insecure", host=host),
-            )
-        if isinstance(e, httpx.TimeoutException):
-            return TransportError(
-                f"timed out talking to {host} ({shown})",
-                hint="check the registry is up",
-                remedy=Remedy("timeout"),
-            )
-        if isinstance(e, httpx.ConnectError):
-            return TransportError(
-                f"cannot connect to registry {host}: {_short(e)}",
-                hint="check the host name and port, and that the registry is running",
-            )
-        return TransportError(
-            f"connection to {host} failed: {_short(e)} ({shown})",
-            hint="the connection was dropped",
-            remedy=Remedy("retries"),
+        target = failed_url(e, url)
+        return transport_error(
+            e,
+            target,
+            shown=redact_url(target),
+            certs=self.tls.host_dir(target.netloc.decode("ascii")),
+            answered=origin(target) in self._answered,
         )
-
-
-def _short(e: Exception) -> str:
-    s = str(e) or type(e).__name__
-    return s.splitlines()[0][:200]
-
-
-def _is_cert_problem(e: Exception) -> bool:
-    s = str(e).lower()
-    return "certificate" in s and ("verify" in s or "self-signed" in s or "self signed" in s)
-
-
-def _is_tls_problem(e: Exception) -> bool:
-    s = str(e).lower()
-    return any(
-        k in s
-        for k in ("ssl", "tls", "wrong version number", "record layer", "handshake", "certificate")
-    )
-
-
-def _is_client_cert_problem(e: Exception) -> bool:
-    """The server's TLS alert for a client certificate it wanted and did not get (or refused)."""
-    s = str(e).lower()
-    return "alert bad certificate" in s or "alert certificate required" in s
-
-
-def _retryable_exc(e: Exception) -> bool:
-    if isinstance(e, httpx.ConnectError) and (_is_tls_problem(e) or _is_refused(e)):
-        return False  # a wrong port or a TLS mismatch will not mend itself
-    if _is_client_cert_problem(e):
-        return False
-    return isinstance(
-        e,
-        httpx.TimeoutException
-        | httpx.NetworkError
-        | httpx.RemoteProtocolError
-        | httpx.ConnectError,
-    )
-
-
-def _is_refused(e: Exception) -> bool:
-    s = str(e).lower()
-    return "refused" in s or "errno 111" in s

@@ -183,7 +183,7 @@ def test_same_tag_of_two_repositories_keeps_both_images(
         r = cli("image", "pull", b, "-o", layout).ok()
         assert names_in(layout) == [("v1", a, single.digest), ("v1", b, eight.digest)]
         (warning,) = [line for line in r.err_lines if line.startswith("derrick: warning:")]
-        assert f"2 images tagged 'v1': {a}, {b}" in warning
+        assert f"2 images tagged 'v1' ({a}, {b})" in warning
         assert "full name" in warning and "digest" in warning
 
         # The tag alone is ambiguous: refused, naming both images and how to pick one.

@@ -1,6 +1,7 @@
 """Loopback HTTP servers that put a real registry behind faults it cannot produce itself.
 
-:class:`FaultProxy` is a reverse proxy on ``127.0.0.1`` (or ``bind``) with a free port.  It
+:class:`FaultProxy` is a reverse proxy on ``127.0.0.1`` (or ``bind``) with a free port (or
+``port``: a proxy stopped and started again on the same port is a registry restarting).  It
 forwards each request to ``upstream`` (an ``http://`` or ``https://`` registry; without one,
 unanswered requests get 404) and streams the answer back chunk by chunk, so large blobs pass
 without being held in memory.  The ``Host`` header is passed through, so the registry builds
@@ -196,6 +197,7 @@ class FaultProxy:
         route: Route | None = None,
         extra_headers: Mapping[str, str] | None = None,
         bind: str = "127.0.0.1",
+        port: int = 0,
         verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.upstream = upstream.rstrip("/") if upstream else None
@@ -213,6 +215,7 @@ class FaultProxy:
         self.route = route
         self.extra_headers = dict(extra_headers or {})
         self.bind = bind
+        self._port = port
         self.faults: list[Fault] = list(faults or [])
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
@@ -234,15 +237,17 @@ class FaultProxy:
         class Handler(_Handler):
             owner = proxy
 
-        self._httpd = _QuietServer((self.bind, 0), Handler)
+        self._httpd = _QuietServer((self.bind, self._port), Handler)
         self._serving = ServerThread(self._httpd, "fault-proxy")
         return self
 
     def stop(self) -> None:
-        self._release.set()
+        """Stop taking connections, then let stalled answers go on (a stall that ends in
+        ``cut_after`` then breaks its connection off, as a registry going away does)."""
         if self._serving is not None:
             self._serving.stop()
             self._serving = None
+        self._release.set()
         self._httpd = None
 
     def __enter__(self) -> FaultProxy:

@@ -258,7 +258,8 @@ def test_a_failure_before_the_layout_leaves_nothing(tmp_path: Path) -> None:
     image(src, [b"layer"], tag="v1")
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
-    with pytest.raises(DerrickError, match=f"writing {blocked}/sub/app.tar") as e:
+    message = f"cannot write {blocked}/sub/app.tar: {blocked} is not a directory"
+    with pytest.raises(DerrickError, match=message) as e:
         copy(src, OCIArchiveSink(blocked / "sub" / "app.tar"), name="v1")
     assert "nothing is left behind" in str(e.value)
 

@@ -325,7 +325,7 @@ def test_open_errors(tmp_path: Path) -> None:
     with pytest.raises(LayoutError, match=r"index\.json is missing"):
         OCILayout.open(tmp_path)
     (tmp_path / "index.json").write_text("{not json")
-    with pytest.raises(LayoutError, match=r"index\.json is malformed"):
+    with pytest.raises(LayoutError, match=r"index\.json is not valid JSON"):
         OCILayout.open(tmp_path)
     (tmp_path / "index.json").write_text('{"schemaVersion": 2, "manifests": [{"size": 1}]}')
     with pytest.raises(LayoutError, match="malformed"):

@@ -256,6 +256,9 @@ INVALID = [
     ("https://github.com/docker/docker", "a reference has no scheme (https://)"),
     ("host:abc/foo", 'invalid port "abc"'),
     ("host:/foo", 'invalid port ""'),
+    ("localhost:99999/foo", 'invalid port 99999 in registry "localhost:99999": a port is 1 to'),
+    ("host:0/foo", "invalid port 0"),
+    ("[::1]:65536/foo", "invalid port 65536"),
     ("-docker.io/docker/docker", 'invalid registry host "-docker.io"'),
     # distribution would take this as a path with no domain; derrick needs a registry
     ("a-b__c.d/e", 'invalid registry host "a-b__c.d"'),
@@ -421,7 +424,7 @@ def path_components(draw: st.DrawFn) -> str:
 
 
 _DOMAIN_LABEL = st.from_regex(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,5}[a-zA-Z0-9])?", fullmatch=True)
-_PORT = st.integers(0, 65535).map(str)
+_PORT = st.integers(1, 65535).map(str)
 
 
 def _registry_like(r: str) -> bool:

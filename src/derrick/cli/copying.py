@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import click
 
 from derrick.cli.common import Options, human_size
+from derrick.cli.errors import same_tag_warning
 from derrick.cli.progress import open_progress
 from derrick.errors import Remedy, UsageError
 from derrick.images.archivefile import check_target
@@ -314,12 +315,10 @@ def warn_same_tag(copied: Copied, dest: str) -> None:
     """Warn when a layout now holds several images under a tag this copy used."""
     if not copied.same_tag:
         return
-    names = [n for e in copied.result.plan.entries for n in e.names if n.tag]
-    tag = names[0].tag if names else ""
-    example = next((str(n) for n in names if n.repository), copied.same_tag[0])
-    click.echo(
-        f"derrick: warning: {dest} now holds {len(copied.same_tag)} images tagged "
-        f"{tag!r}: {', '.join(copied.same_tag)}; {tag!r} alone picks none of them: "
-        f"use a full name (oci:{dest}:{example}) or a digest",
-        err=True,
-    )
+    entry = copied.result.plan.entries[0]
+    name = next((n for n in entry.names if n.tag), None)
+    if name is None or name.tag is None:
+        return
+    full = str(name) if name.repository else name.tag
+    warning = same_tag_warning(dest, full, name.tag, str(entry.top.digest), copied.same_tag)
+    click.echo(warning, err=True)

@@ -4,7 +4,7 @@ the CLI's own flags and commands (the one place they are).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from derrick.errors import DerrickError, Remedy, fill
 
@@ -36,3 +36,18 @@ def error_text(e: DerrickError) -> str:
     """``message; hint; remedy`` (what is there of them), for ``derrick: error: …``."""
     parts = [e.message, e.hint, remedy_text(e.remedy) if e.remedy else None]
     return "; ".join(p for p in parts if p)
+
+
+def same_tag_warning(layout: str, name: str, tag: str, digest: str, names: Sequence[str]) -> str:
+    """The warning after an image ``name`` (of ``digest``) was put into the OCI layout
+    ``layout`` under ``tag``, which ``names`` (every image so tagged there) now share.
+
+    Says how derrick names one of them (its full name, or its digest), and that skopeo
+    reads only the tag, with which it takes whichever entry comes first in index.json.
+    """
+    return (
+        f"derrick: warning: {layout} now holds {len(names)} images tagged {tag!r} "
+        f"({', '.join(names)}), so {tag!r} alone names none of them: name one by its full "
+        f"name or its digest, as in oci:{layout}:{name} or oci:{layout}:{digest}; skopeo "
+        f"reads only the tag (oci:{layout}:{tag}) and takes whichever comes first in index.json"
+    )

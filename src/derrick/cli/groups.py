@@ -62,6 +62,20 @@ class _TagGroup(LazyGroup):
                 return "add", add, args
         return super().resolve_command(ctx, args)
 
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except click.MissingParameter as e:
+            if e.param is None or e.param.name != "tags":
+                raise
+            from derrick.errors import UsageError
+
+            image = (e.ctx.params.get("reference") if e.ctx is not None else None) or "REFERENCE"
+            raise UsageError(
+                f"no new tag given for {image}",
+                hint=f"name the tags to add after the image: derrick tag {image} NEWTAG",
+            ) from None
+
 
 _READ, _WRITE, _MOVE, _FS = (f"derrick.cli.{m}" for m in ("read", "write", "transfer", "fs"))
 

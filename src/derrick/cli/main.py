@@ -22,6 +22,22 @@ from derrick.cli.groups import COMMANDS, GROUPS, LazyGroup
 from derrick.errors import DerrickError, UsageError
 
 
+class _Interrupted(Exception):
+    """The user interrupted the command (Ctrl-C).
+
+    Not a :class:`KeyboardInterrupt`, which click answers with a blank line of its own
+    before :func:`main` can say ``derrick: interrupted``.
+    """
+
+
+@contextlib.contextmanager
+def _interrupt_is_final() -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise _Interrupted() from None
+
+
 class _OutputClosed(Exception):
     """Standard output (or error) is a pipe whose reader has gone, as in ``derrick … | head``.
 
@@ -49,11 +65,11 @@ class _Cli(LazyGroup):
         parent: click.Context | None = None,
         **extra: Any,
     ) -> click.Context:
-        with _closed_output_is_final():  # --help, --version
+        with _closed_output_is_final(), _interrupt_is_final():  # --help, --version
             return super().make_context(info_name, args, parent, **extra)
 
     def invoke(self, ctx: click.Context) -> Any:
-        with _closed_output_is_final():
+        with _closed_output_is_final(), _interrupt_is_final():
             return super().invoke(ctx)
 
 
@@ -103,9 +119,9 @@ def login(registry: str, opts: Options) -> None:
 
     reg = parse_registry(registry)
     if opts.username is None:
-        opts.username = click.prompt("Username", err=True)
+        opts.username = _ask("Username", "a user name", secret=False)
     if not opts.password_stdin:
-        opts._password = click.prompt("Password", hide_input=True, err=True)
+        opts._password = _ask("Password", "a password", secret=True)
         opts.password_stdin = True
     with opts.client(reg) as client:
         client.check_login(reg)
@@ -113,6 +129,43 @@ def login(registry: str, opts: Options) -> None:
         reg, Credential(username=opts.username, password=opts.password())
     )
     click.echo(f"Login succeeded for {reg} (saved in {path})", err=True)
+
+
+def _ask(prompt: str, what: str, *, secret: bool) -> str:
+    """``what``, asked for on the terminal (without echo when ``secret``).
+
+    Without a terminal to ask on, or at the end of its input (Ctrl-D), or given nothing,
+    a :class:`UsageError` says which options give it instead.
+    """
+    flags = "--password-stdin" if secret else "--username and --password-stdin"
+    if not sys.stdin.isatty():
+        raise UsageError(
+            f"login needs {what}, and standard input is not a terminal to ask for it on",
+            hint=f"pass {flags} (the password goes on standard input)",
+        )
+    try:
+        if secret:
+            import getpass
+
+            value = getpass.getpass(f"{prompt}: ", stream=sys.stderr)
+        else:
+            click.echo(f"{prompt}: ", nl=False, err=True)
+            line = sys.stdin.readline()
+            if not line:
+                raise EOFError
+            value = line.rstrip("\r\n")
+    except EOFError:
+        click.echo(err=True)  # end the prompt's line
+        raise UsageError(
+            f"login needs {what}, and the input ended before one was given",
+            hint=f"type it, or pass {flags}",
+        ) from None
+    except KeyboardInterrupt:
+        click.echo(err=True)  # end the prompt's line
+        raise
+    if not value:
+        raise UsageError(f"login needs {what}, and none was given", hint=f"or pass {flags}")
+    return value
 
 
 @cli.command("logout")
@@ -157,17 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     except _OutputClosed:
         _silence_output()
         return 141
-    except click.exceptions.Abort:
-        click.echo("derrick: interrupted", err=True)
-        return 130
+    except (_Interrupted, KeyboardInterrupt, click.exceptions.Abort):
+        return _interrupted()
     except click.ClickException as e:
         e.show()
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code
-    except KeyboardInterrupt:
-        click.echo("derrick: interrupted", err=True)
-        return 130
     except UsageError as e:
         click.echo(f"derrick: error: {error_text(e)}", err=True)
         return 2
@@ -175,12 +224,40 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"derrick: error: {error_text(e)}", err=True)
         return 1
     except OSError as e:
-        click.echo(
-            f"derrick: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
-            err=True,
-        )
+        click.echo(f"derrick: error: {_os_error_text(e)}", err=True)
         return 1
     return code if isinstance(code, int) else 0
+
+
+def _os_error_text(e: OSError) -> str:
+    """``reason: path``; or, when a file stands where a directory must be (the path may be a
+    temporary name the user never wrote), which file that is."""
+    from derrick.oserrors import blocking_file
+
+    if e.filename and e.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = blocking_file(os.fsdecode(e.filename))
+        if blocker is not None:
+            return f"cannot write in {blocker}: it is not a directory"
+    return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+
+
+def _interrupted() -> int:
+    """Say the command was interrupted, on a line of its own, and give its exit status.
+
+    On a terminal the line starts with a carriage return, over the ``^C`` the terminal
+    echoed (the progress display has ended its own line by then); elsewhere it is just
+    the line, with no blank line before it.
+    """
+    lead = "\r" if _is_terminal(sys.stderr) else ""
+    click.echo(f"{lead}derrick: interrupted", err=True)
+    return 130
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ def tag_ls(repository: str, limit: int | None, fmt: str, opts: Options) -> None:
     else:
         for t in tags:
             click.echo(t)
+        if not tags:
+            click.echo(f"{ref.name} has no tags", err=True)
 
 
 @repo_group.command("ls")

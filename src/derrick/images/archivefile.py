@@ -28,6 +28,7 @@ from typing import BinaryIO
 from derrick.digest import Digest
 from derrick.errors import DerrickError, DigestMismatchError, DiskError, UsageError
 from derrick.images.model import BlobFeed, Kept
+from derrick.oserrors import writing_failed
 from derrick.store.files import CHUNK, Region, copy_range, lock_partial
 
 __all__ = [
@@ -293,7 +294,7 @@ class ArchiveFile:
 
     def disk_error(self, e: OSError) -> DiskError:
         """The error to raise for ``e``: it names the destination and what is kept."""
-        reason, again = describe_os_error(e)
+        _, again = describe_os_error(e)
         kept = self._started or not self._created
         if kept and self.part.exists() and self.state.path.exists():
             hint = kept_hint([f"{self.part} (and its .json resume state)"], 2, again)
@@ -301,7 +302,7 @@ class ArchiveFile:
             hint = kept_hint([str(self.part)], 1, again)
         else:
             hint = f"nothing is left behind: {again}"
-        return DiskError(f"{reason} writing {self.shown}", errno=e.errno, hint=hint)
+        return DiskError(writing_failed(e, self.shown), errno=e.errno, hint=hint)
 
 
 def check_target(target: Path, shown: str) -> None:

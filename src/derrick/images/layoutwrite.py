@@ -16,6 +16,7 @@ from derrick.errors import DiskError
 from derrick.images.model import BlobFeed, ImageName
 from derrick.layout.oci import OCILayout, full_name
 from derrick.manifest import Descriptor
+from derrick.oserrors import writing_failed
 from derrick.store.records import hashes_to
 
 __all__ = ["add_entries", "disk_error", "file_holds", "temp_dir", "write_stream"]
@@ -104,11 +105,9 @@ def add_entries(
 
 def disk_error(e: OSError, shown: str, kept: str) -> DiskError:
     """``<reason> writing <shown>; <kept>: <what to do>``."""
-    reason = e.strerror or str(e) or type(e).__name__
-    reason = reason[:1].lower() + reason[1:]
     again = (
         "make room and run the same command again"
         if e.errno in (errno.ENOSPC, errno.EDQUOT)
         else "fix that and run the same command again"
     )
-    return DiskError(f"{reason} writing {shown}", errno=e.errno, hint=f"{kept}: {again}")
+    return DiskError(writing_failed(e, shown), errno=e.errno, hint=f"{kept}: {again}")

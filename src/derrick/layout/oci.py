@@ -147,9 +147,12 @@ def parse_index_json(data: bytes, where: str) -> Index:
     if len(data) > MAX_INDEX_SIZE:
         raise LayoutError(f"{where}: index.json is larger than {MAX_INDEX_SIZE} bytes")
     try:
-        parsed = parse_manifest(data, null_manifests=True)
+        parsed = parse_manifest(data, null_manifests=True, what=INDEX_FILE)
     except DerrickError as e:
-        raise LayoutError(f"{where}: index.json is malformed: {e.message}") from None
+        problem = e.message  # "index.json is not valid JSON: ..." as it is
+        if not problem.startswith(f"{INDEX_FILE} is "):
+            problem = f"{INDEX_FILE} is malformed: {problem.removeprefix(INDEX_FILE + ': ')}"
+        raise LayoutError(f"{where}: {problem}") from None
     if not isinstance(parsed, Index):
         raise LayoutError(f"{where}: index.json is not an image index")
     return parsed

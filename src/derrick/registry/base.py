@@ -33,7 +33,7 @@ def ping(session: Session, registry: str) -> PingResult:
         chs = parse_challenges(resp.headers.get_list("www-authenticate"))
         scheme = chs[0].scheme if chs else None
     elif resp.status_code != 200:
-        raise session.error(resp, registry, call.what)
+        raise session.root_error(resp, registry, call.what)
     return PingResult(
         registry=registry,
         url=redact_url(call.url),
@@ -66,7 +66,7 @@ def check_login(session: Session, registry: str) -> None:
             url=redact_url(call.url),
         )
     if resp.status_code != 401:
-        raise session.error(resp, registry, what)
+        raise session.root_error(resp, registry, what)
     header = session.auth.login(registry, resp)
     if header is None:
         if registry in session.auth.withheld:

@@ -239,6 +239,31 @@ def _values(
     }
 
 
+#: The statuses with which a web server that is not a registry answers the API's paths
+#: (nothing there, or a method it does not know).
+NOT_API_STATUSES = frozenset({404, 405, 501})
+#: What a registry answers ``GET /v2/`` with (the distribution spec's API version check).
+API_ROOT_STATUSES = frozenset({200, 401})
+
+
+def speaks_api(resp: httpx.Response) -> bool:
+    """Whether an answer comes from the registry API: it has the API version header, or
+    a registry error body (``{"errors": [...]}``)."""
+    return "docker-distribution-api-version" in resp.headers or bool(error_details(resp))
+
+
+def not_a_registry(registry: str, what: str, root: httpx.Response) -> ProtocolError:
+    """The error for a call ``what`` to ``registry``, whose answer to ``GET /v2/`` was
+    ``root``: neither of the statuses a registry answers there, nor from the API."""
+    return ProtocolError(
+        f"{what}: {registry} does not speak the registry API (GET {redact_url(root.request.url)} "
+        f"answered HTTP {root.status_code}, where a registry answers 200 or 401)",
+        status=root.status_code,
+        url=redact_url(root.request.url),
+        hint="check the host name and port",
+    )
+
+
 def insufficient_scope(resp: httpx.Response) -> str | None:
     """The scope a Bearer challenge says the token lacked (``error="insufficient_scope"``)."""
     for ch in parse_challenges(resp.headers.get_list("www-authenticate")):

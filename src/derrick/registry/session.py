@@ -17,7 +17,15 @@ import httpx
 
 from derrick.auth.token import Authenticator
 from derrick.errors import DerrickError, ManifestError, ProtocolError, Remedy, TransportError
-from derrick.registry.errors import MAX_JSON_SIZE, Subject, map_error
+from derrick.registry.errors import (
+    API_ROOT_STATUSES,
+    MAX_JSON_SIZE,
+    NOT_API_STATUSES,
+    Subject,
+    map_error,
+    not_a_registry,
+    speaks_api,
+)
 from derrick.registry.urls import Endpoint, api_host
 from derrick.singleflight import SingleFlight
 from derrick.transport import Transport, redact_url
@@ -60,6 +68,8 @@ class Session:
         self._endpoints: dict[str, Endpoint] = {}
         self._probes: SingleFlight[str, Endpoint] = SingleFlight()
         self._lock = threading.Lock()
+        #: registry -> its answer to ``GET /v2/``, when it was not a registry's
+        self._roots: dict[str, httpx.Response | None] = {}
 
     def endpoint(self, registry: str) -> Endpoint:
         """Where ``registry``'s API is, with the scheme it speaks.
@@ -98,7 +108,41 @@ class Session:
                 resp = self.send(call, headers)
         if resp.status_code not in call.ok:
             _discard(resp, call.stream)
-            raise self.error(resp, registry, call.what, call.subject)
+            raise self._not_a_registry(call.endpoint, call.what, resp) or self.error(
+                resp, registry, call.what, call.subject
+            )
+        return resp
+
+    def root_error(self, resp: httpx.Response, registry: str, what: str) -> DerrickError:
+        """The error for ``resp``, an answer to ``GET /v2/`` other than the one expected."""
+        if resp.status_code not in API_ROOT_STATUSES and not speaks_api(resp):
+            return not_a_registry(registry, what, resp)
+        return self.error(resp, registry, what)
+
+    def _not_a_registry(
+        self, endpoint: Endpoint, what: str, resp: httpx.Response
+    ) -> DerrickError | None:
+        """The error saying ``endpoint`` is not a registry, when ``resp`` (an error answer)
+        is not from the API and ``GET /v2/`` does not answer as a registry's does."""
+        if resp.status_code not in NOT_API_STATUSES or speaks_api(resp):
+            return None
+        with self._lock:
+            known = endpoint.registry in self._roots
+            root = self._roots.get(endpoint.registry)
+        if not known:
+            root = self._root_answer(endpoint)
+            with self._lock:
+                self._roots[endpoint.registry] = root
+        return None if root is None else not_a_registry(endpoint.registry, what, root)
+
+    def _root_answer(self, endpoint: Endpoint) -> httpx.Response | None:
+        """``GET /v2/`` of ``endpoint`` when it is not answered as a registry answers it."""
+        try:
+            resp = self.transport.send("GET", endpoint.url("/v2/"), auth_origin=endpoint.origin)
+        except DerrickError:
+            return None  # unknown: the call's own error is reported
+        if resp.status_code in API_ROOT_STATUSES or speaks_api(resp):
+            return None
         return resp
 
     def send(self, call: Call, headers: Mapping[str, str]) -> httpx.Response:
