@@ -27,6 +27,7 @@ from derrick.images.feed import Feed, FileOpener
 from derrick.images.model import Plan
 from derrick.images.remote import DEFAULT_CHUNK_SIZE, RegistryRepository
 from derrick.manifest import Descriptor
+from derrick.oserrors import writing_failed
 from derrick.reference import Reference
 from derrick.registry import RegistryClient, push_scope
 from derrick.store.files import Region, lock_partial, read_range
@@ -144,7 +145,7 @@ def _say_kept(e: DerrickError, part: Path) -> None:
 
 
 def _disk_error(e: OSError, dest: Path, part: Path | None) -> DiskError:
-    reason, again = describe_os_error(e)
+    _, again = describe_os_error(e)
     hint = f"nothing is left behind: {again}"
     if part is not None:
         try:
@@ -154,7 +155,7 @@ def _disk_error(e: OSError, dest: Path, part: Path | None) -> DiskError:
                 _drop(part)
         except OSError:
             pass
-    return DiskError(f"{reason} writing {dest}", errno=e.errno, hint=hint)
+    return DiskError(writing_failed(e, str(dest)), errno=e.errno, hint=hint)
 
 
 def put_blob(
