@@ -10,7 +10,12 @@ from derrick.cli.errors import REMEDIES, error_text, remedy_text
 from derrick.errors import REMEDY_KINDS, DerrickError, Remedy, TransportError
 from derrick.registry.errors import RULES, map_error
 
-PARAMS = {"host": "reg.test:5000", "registry": "reg.test:5000", "path": "/certs/reg.test/ca.crt"}
+PARAMS = {
+    "host": "reg.test:5000",
+    "registry": "reg.test:5000",
+    "path": "/certs/reg.test/ca.crt",
+    "platform": "linux/amd64",
+}
 
 
 @pytest.mark.parametrize("kind", REMEDY_KINDS)

@@ -66,7 +66,6 @@ from derrick.manifest import (
     Platform,
 )
 from derrick.ops import transfer
-from derrick.ops.resolve import fetch_child, fetch_config
 from derrick.platform import check_platform, require_image
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
@@ -289,16 +288,16 @@ def _select_images(
     if isinstance(m, ImageManifest):
         if platform is not None and not all_platforms:  # the platform is in the config
             check_platform(
-                str(ref), m, fetch_config(client, ref, m) if m.is_image else None, platform
+                str(ref), m, _fetch_config(client, ref, m) if m.is_image else None, platform
             )
         return None, top.descriptor, [(m, top.descriptor)]
     if all_platforms:
         images = []
         for d in m.manifests:
-            images.append((fetch_child(client, ref, d), d))
+            images.append((_fetch_child(client, ref, d), d))
         return m, top.descriptor, images
     d = m.select(platform or Platform.host())
-    child = fetch_child(client, ref, d)
+    child = _fetch_child(client, ref, d)
     return None, Descriptor(child.media_type, d.digest, d.size), [(child, d)]
 
 
@@ -620,3 +619,25 @@ def _write_archive_file(
                 with contextlib.suppress(OSError):
                     part.unlink()
         os.close(fd)
+
+
+def _fetch_config(client: RegistryClient, ref: Reference, manifest: ImageManifest) -> ImageConfig:
+    """The image config of ``manifest``, read whole and verified."""
+    raw = client.get_blob_bytes(ref, manifest.config)
+    try:
+        return ImageConfig.parse(raw)
+    except ManifestError as e:
+        raise ManifestError(f"config {manifest.config.digest} of {ref}: {e.message}") from None
+
+
+def _fetch_child(client: RegistryClient, ref: Reference, desc: Descriptor) -> ImageManifest:
+    """An index entry's image manifest, verified against the entry's digest and size."""
+    got = client.get_manifest(ref.with_digest(desc.digest))
+    if len(got.raw) != desc.size:
+        raise ManifestError(
+            f"manifest {desc.digest} of {ref.name} is {len(got.raw)} bytes "
+            f"but the index says {desc.size}"
+        )
+    if not isinstance(got.manifest, ImageManifest):
+        raise ManifestError(f"index entry {desc.digest} of {ref} is not an image manifest")
+    return got.manifest
