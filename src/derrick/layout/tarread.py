@@ -273,16 +273,34 @@ class TarReader:
             got += take
         return b"".join(parts)
 
-    def _skip(self, n: int) -> None:
+    def _skip(self, n: int) -> bool:
+        """Skip ``n`` bytes; False when the stream ended first."""
         while n:
             avail = len(self._buf) - self._pos
             if avail <= 0:
                 if not self._more():
-                    raise LayoutError(f"{self.what}: the tar stream is truncated")
+                    return False
                 continue
             take = min(n, avail)
             self._pos += take
             n -= take
+        return True
+
+    def _next_block(self) -> bytes:
+        """The next header block, after what is left of the current entry: its data (a
+        stream that ends inside it is truncated) and its padding to a whole block.  A
+        stream that ends in or right after the padding ends the archive there, as if the
+        end-of-archive blocks followed (some writers leave them out, and the padding of
+        the last entry with them): b"" then."""
+        if self._left and not self._skip(self._left):
+            raise LayoutError(f"{self.what}: the tar stream is truncated")
+        pad, self._left, self._pad = self._pad, 0, 0
+        if pad and not self._skip(pad):
+            return b""
+        block = self._read(BLOCK)
+        if 0 < len(block) < BLOCK:
+            raise LayoutError(f"{self.what}: the tar stream is truncated")
+        return block
 
     def drain(self) -> None:
         """Read (and discard) everything left in the stream."""
@@ -319,14 +337,9 @@ class TarReader:
         long_name: str | None = None
         long_link: str | None = None
         while True:
-            if self._left or self._pad:
-                self._skip(self._left + self._pad)
-                self._left = self._pad = 0
-            block = self._read(BLOCK)
+            block = self._next_block()
             if not block:
                 return  # the stream ended at an entry boundary without the end marker
-            if len(block) < BLOCK:
-                raise LayoutError(f"{what}: the tar stream is truncated")
             if block == _ZERO_BLOCK:
                 self.drain()
                 return
