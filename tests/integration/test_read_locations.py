@@ -8,6 +8,7 @@ shown for an image of an index is its entry's.
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
@@ -16,8 +17,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import click
 import pytest
 
+from derrick.cli.groups import COMMANDS
 from support.cli import Cli
 from support.dockersave import saved_image, write_docker_save
 from support.images import (
@@ -166,3 +169,59 @@ def test_inspect_shows_the_platform_of_the_index_entry(
         )
         assert (doc["manifestDigest"], doc["platform"]) == (arm, "linux/arm64/v8")
         assert doc["config"]["variant"] is None  # the config says none
+
+
+# -- --format text|json -------------------------------------------------------------------------
+
+READ_MODULES = ("derrick.cli.read", "derrick.cli.fs")
+
+
+def _read_commands() -> list[tuple[str, click.Command]]:
+    out = []
+    for group, commands in COMMANDS.items():
+        for name, (module, function, _) in commands.items():
+            if module in READ_MODULES:
+                command = getattr(importlib.import_module(module), function)
+                out.append((f"{group} {name}".strip(), command))
+    return out
+
+
+def test_every_command_that_reads_takes_format_text_and_json() -> None:
+    commands = _read_commands()
+    assert len(commands) >= 12
+    for name, command in commands:
+        (fmt,) = [p for p in command.params if isinstance(p, click.Option) and "--format" in p.opts]
+        assert isinstance(fmt.type, click.Choice), name
+        assert {"text", "json"} <= set(fmt.type.choices), name
+
+
+def test_json_and_text_of_the_commands_with_data_output(
+    cli: Cli, here: Path, seeded: SeededRegistries, test_images: dict[str, LayoutImage]
+) -> None:
+    single = test_images["single"]
+    r = cli("image", "config", "./good-oci", "--format", "text").ok()
+    assert field(r.out, "Platform") == "linux/amd64"
+    assert field(r.out, "Cmd") == '["/bin/hello"]'
+    assert field(r.out, "Config").startswith(single.image.config.digest)
+
+    doc = json.loads(cli("image", "unpack", "./good-oci", "rootfs", "--format", "json").ok().out)
+    assert (doc["digest"], doc["layers"], doc["diffIds"]) == (
+        single.digest,
+        1,
+        single.image.diff_ids,
+    )
+    r = cli("image", "export", "./good-oci", "-o", "flat.tar", "--format", "json").ok()
+    doc = json.loads(r.out)
+    with tarfile.open("flat.tar") as tar:
+        assert doc["entries"] == len(tar.getmembers())
+    assert doc["bytes"] == Path("flat.tar").stat().st_size
+    line = cli("image", "export", "./good-oci", "-o", "-", "--format", "json").failed()
+    assert "-o -" in line and "-o FILE" in line
+
+    img = seeded.open["test/single"]
+    repo = f"{img.registry.host}/test/single"
+    layer = single.image.layers[0]
+    r = cli("blob", "get", repo, layer.digest, "-o", "layer.bin", "--format", "json").ok()
+    assert json.loads(r.out) == {"digest": layer.digest, "size": layer.size, "file": "layer.bin"}
+    line = cli("blob", "get", repo, layer.digest, "--format", "json").failed()
+    assert "-o FILE" in line
