@@ -159,7 +159,7 @@ def test_unpack_eight_from_registry_matches_umoci_and_expected(
 ) -> None:
     image = seeded_registries.open["test/eight"]
     dest = tmp_path / "rootfs"
-    r = derrick("image", "unpack", image.reference, str(dest), "--json")
+    r = derrick("image", "unpack", image.reference, str(dest), "--format", "json")
     assert r.code == 0, r.err
     summary = r.json()
     assert summary["layers"] == 8
@@ -276,7 +276,7 @@ def test_zstd_image_pulled_through_the_registry_and_unpacked(
     assert types[:2] == ["application/vnd.oci.image.layer.v1.tar+zstd"] * 2
     ref = push(registry_open, layout, "unpack/zstd")
     dest = tmp_path / "rootfs"
-    r = derrick("image", "unpack", ref, str(dest), "--json")
+    r = derrick("image", "unpack", ref, str(dest), "--format", "json")
     assert r.code == 0, r.err
     assert r.json()["diffIds"] == layout.image.diff_ids
     assert snapshot(dest) == expected_snapshot(layout.image.expected_rootfs or {})
