@@ -4,6 +4,7 @@ image can be, copy as the one verb, every error a DerrickError)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import derrick
+from derrick.ops.export import export_image
 from derrick.registry import RegistryClient
 from support.images import LayoutImage, make_multi
 from support.rawclient import RawClient
@@ -157,3 +159,17 @@ def test_every_error_is_a_derrick_error(
     assert set(derrick.__all__) >= {"Client", "Repository", "Image", "open", "copy", "unpack"}
     errors = [getattr(derrick, n) for n in derrick.__all__ if n.endswith("Error")]
     assert all(issubclass(e, derrick.DerrickError) for e in errors)
+
+
+def test_the_library_writes_only_where_it_is_told(
+    test_images: dict[str, LayoutImage], tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """A tar to ``-`` goes to the stream the caller gives, never to ``sys.stdout`` unasked."""
+    with derrick.open(f"oci:{test_images['single'].path}") as image:
+        with pytest.raises(derrick.UsageError, match="names no file"):
+            export_image(image, "-")
+        assert capsysbinary.readouterr().out == b""
+        buf = io.BytesIO()
+        result = export_image(image, buf)
+    assert result.entries > 0 and len(buf.getvalue()) == result.bytes_written
+    assert not Path("-").exists() and capsysbinary.readouterr().out == b""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from derrick.errors import UsageError
 from derrick.images.flat import FileInfo, Slot, flatten
 from derrick.images.layers import Layer
 from derrick.images.model import Progress
@@ -166,6 +167,11 @@ def export_image(
     """Write the flattened filesystem of ``image`` as one tar to ``dest``: a file (written
     under a temporary name and renamed when complete), or a binary stream the caller
     opened (flushed, not closed)."""
+    if isinstance(dest, str) and dest == "-":
+        raise UsageError(
+            "'-' names no file: the tar goes to a stream only when the stream is given",
+            hint="pass the binary stream to write to (e.g. sys.stdout.buffer)",
+        )
     image.filesystem_layers()  # an artifact or another platform: refused before a byte
     if isinstance(dest, str | Path):
         with _atomic_file(Path(dest)) as f:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -348,6 +347,8 @@ def pull(
     """
     dest_s = str(dest)
     fmt = output_format(dest_s, format, all_platforms=all_platforms)
+    if dest_s == "-" and stdout is None:
+        raise UsageError("a pull to - writes to a stream, and none was given (stdout=)")
     cache = cache or BlobCache()
     if fmt == "oci":
         return _pull_layout(client, ref, dest_s, platform, all_platforms, jobs, cache, progress)
@@ -369,7 +370,8 @@ def pull(
             fetcher.plan(layers)
             for layer in layers:
                 fetcher.submit(layer)
-            out = stdout or sys.stdout.buffer
+            assert stdout is not None
+            out = stdout
             writer(out, images_, fetcher.wait)
             out.flush()
         else:
