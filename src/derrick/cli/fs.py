@@ -240,11 +240,16 @@ def image_diff(
       derrick image diff ./old-layout:v1 ./new-layout:v1 --format json
     """
     first, second = image_location(image1), image_location(image2)  # both before a read
-    with (
-        _opened(first, opts, platform, cache_dir, quiet) as (a, progress),
-        _opened(second, opts, platform, cache_dir, quiet) as (b, _),
-    ):
-        data = diff_images(a, b, progress=progress)
+    with contextlib.ExitStack() as stack:
+        a = stack.enter_context(
+            opened_image(first, opts, platform=platform, cache_dir=cache_dir, cache=True)
+        )
+        b = stack.enter_context(
+            opened_image(second, opts, platform=platform, cache_dir=cache_dir, cache=True)
+        )
+        remote = a.is_remote or b.is_remote
+        bar = open_progress(stack, quiet=quiet or not remote, label="download")
+        data = diff_images(a, b, progress=engine_bars(bar))
     if fmt == "json":
         emit_json(data)
         return

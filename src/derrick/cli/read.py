@@ -174,7 +174,7 @@ def blob_get(repository: str, digest: str, output: Path | None, fmt: str, opts: 
     on stdout, and so needs -o FILE.
 
     \b
-    Example:
+    Examples:
       derrick blob get localhost:5000/app sha256:4f1c… > layer.tar.gz
       derrick blob get localhost:5000/app sha256:4f1c… -o layer.tar.gz --format json
     """
@@ -260,7 +260,7 @@ class _Formats(_Choice):
     type=_Formats(["json", "text"], ["raw"]),
     default="json",
     show_default=True,
-    help="Output format: the config as JSON, or a summary to read (text|json).",
+    help="json: the config document; text: a summary to read.",
 )
 @click.option("--raw", is_flag=True, help="Print the config's exact bytes, as stored.")
 @connection_options
@@ -273,7 +273,7 @@ def image_config(reference: str, platform: str | None, fmt: str, raw: bool, opts
     disk (oci:DIR[:TAG], ./DIR, FILE.tar...).
 
     \b
-    Example:
+    Examples:
       derrick image config localhost:5000/app:1.0 --platform linux/arm64
       derrick image config ./app.tar --raw | sha256sum
     """
@@ -344,7 +344,7 @@ def image_inspect(reference: str, platform: str | None, fmt: str, opts: Options)
     Layers are numbered from 1, base layer first.
 
     \b
-    Example:
+    Examples:
       derrick image inspect localhost:5000/app:1.0
       derrick image inspect ./app-oci:1.0 --platform linux/arm64
     """

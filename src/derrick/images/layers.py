@@ -129,6 +129,10 @@ class LayerReader:
         self.progress = progress if remote else None
         self._owns_cancel = cancel is None
         self.cancel = cancel if cancel is not None else threading.Event()
+        #: stops the read-ahead: its first failure sets it, and so does leaving the reader
+        #: (the layers already fetched are still read; the failure is raised when the
+        #: reader comes to the layer that failed)
+        self._ahead_cancel = threading.Event()
         self._store = store if remote else None
         self._jobs = jobs
         self._files: dict[Digest, Path] = {}
@@ -143,7 +147,11 @@ class LayerReader:
             self.progress.planned(sum(d.size for d in unique))
         if self._store is not None and unique:
             self._ahead = ReadAhead(
-                unique, self._fetch, jobs=self._jobs, window=2 * self._jobs, cancel=self.cancel
+                unique,
+                self._fetch,
+                jobs=self._jobs,
+                window=2 * self._jobs,
+                cancel=self._ahead_cancel,
             ).__enter__()
         return self
 
@@ -154,7 +162,8 @@ class LayerReader:
         tb: TracebackType | None,
     ) -> None:
         if self._owns_cancel:
-            self.cancel.set()  # stops the workers of the read-ahead and any feed still open
+            self.cancel.set()  # stops any feed still open
+        self._ahead_cancel.set()
         if self._ahead is not None:
             self._ahead.__exit__(exc_type, exc, tb)
             self._ahead = None
@@ -177,7 +186,7 @@ class LayerReader:
             self.source,
             desc,
             retry=self.retry,
-            cancel=self.cancel,
+            cancel=self._ahead_cancel,
             progress=self._advance(desc),
         )
         self._finished(desc, advance=not filled.stored)
