@@ -173,3 +173,23 @@ def test_the_library_writes_only_where_it_is_told(
         result = export_image(image, buf)
     assert result.entries > 0 and len(buf.getvalue()) == result.bytes_written
     assert not Path("-").exists() and capsysbinary.readouterr().out == b""
+
+
+def test_a_repository_reads_and_deletes_manifests(
+    registry_open: RegistryProcess,
+    test_images: dict[str, LayoutImage],
+    unique_repo: Callable[..., str],
+) -> None:
+    repo_name = unique_repo("api")
+    single = test_images["single"]
+    with RawClient(registry_open) as raw:
+        raw.push_layout(single, repo_name, "v1")
+        raw.put_manifest(repo_name, "v2", single.top_bytes, single.media_type)
+    with derrick.Client() as client:
+        repo = client.repository(f"{registry_open.host}/{repo_name}")
+        assert sorted(repo.tags()) == ["v1", "v2"]
+        assert repo.manifest("v1").raw == single.top_bytes
+        assert repo.manifest(single.digest).raw == single.top_bytes
+        assert str(repo.delete("v2")) == single.digest  # the manifest, with every tag on it
+        with pytest.raises(derrick.ManifestUnknownError):
+            repo.manifest("v1")
