@@ -215,7 +215,7 @@ class LayerReader:
                     raise DerrickError(f"{layer.label} is not one of the layers being read")
                 self._files[self._unique[self._taken].digest] = self._ahead.take()
                 self._taken += 1
-            opener: BlobOpener = FileOpener(self._files[desc.digest], self.source.description)
+            opener: BlobOpener = FileOpener(self._files[desc.digest])  # named by its path
             return Feed(opener, desc, retry=self.retry, cancel=self.cancel).chunks()
         return self._streamed(desc)
 
