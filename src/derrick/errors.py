@@ -21,7 +21,10 @@ from typing import Literal, get_args
 #: the per-registry file ``path``); ``ca-file``: give a readable PEM file of CAs;
 #: ``timeout``: allow longer waits, or try again; ``retries``: try again, or allow more
 #: retries; ``retry``: try again; ``tags``: look at the tags the repository has;
-#: ``inline-credentials``: give credentials for ``registry`` with each use, not saved.
+#: ``inline-credentials``: give credentials for ``registry`` with each use, not saved;
+#: ``platform``: ask for the image's own ``platform``, or for none; ``no-platform``: ask for
+#: no platform; ``platforms``: ask for one of the platforms an index has; ``not-an-image``:
+#: an artifact goes where any image may (an OCI layout, an OCI archive, a registry).
 RemedyKind = Literal[
     "insecure",
     "login",
@@ -33,6 +36,10 @@ RemedyKind = Literal[
     "retries",
     "retry",
     "tags",
+    "platform",
+    "no-platform",
+    "platforms",
+    "not-an-image",
 ]
 REMEDY_KINDS: tuple[RemedyKind, ...] = get_args(RemedyKind)
 
@@ -48,6 +55,10 @@ _REMEDY_WORDS: Mapping[str, str] = {
     "retries": "try again, or allow more retries",
     "retry": "try again",
     "tags": "list the repository's tags to see which exist",
+    "platform": "ask for platform {platform}, or for none",
+    "no-platform": "ask for no platform",
+    "platforms": "ask for one of the platforms it has",
+    "not-an-image": "copy it to an OCI layout, an OCI archive or a registry, which hold any image",
 }
 
 

@@ -7,7 +7,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
@@ -18,17 +18,16 @@ from derrick.cli.common import (
     emit_table,
     format_option,
     human_size,
-    parse_platform,
     parse_ref,
     platform_option,
 )
 from derrick.cli.groups import blob_group, image_group, manifest_group, repo_group, tag_group
+from derrick.cli.images import image_location, opened_image
 from derrick.digest import Digest, Verifier
 from derrick.download import Region, download
 from derrick.errors import TransportError, UsageError
-from derrick.manifest import Descriptor, ImageManifest, Index
-from derrick.ops.inspect import inspect_image
-from derrick.ops.resolve import resolve_image, resolved_config
+from derrick.manifest import Descriptor, ImageConfig, ImageManifest, Index
+from derrick.platform import config_platform
 from derrick.reference import Reference, parse_registry
 from derrick.registry import RegistryClient
 
@@ -89,22 +88,21 @@ def manifest_get(reference: str, platform: str | None, fmt: str, opts: Options) 
     """Show the manifest (or index) REFERENCE names.
 
     With --platform, an index is resolved to that platform's manifest.
-    --format raw prints the exact bytes the registry served.
+    --format raw prints the exact bytes the registry (or file) served.
+    REFERENCE may also be an image on disk (oci:DIR[:TAG], ./DIR, FILE.tar...).
 
     \b
     Example:
       derrick manifest get localhost:5000/app:1.0 --format raw | sha256sum
     """
-    ref = parse_ref(reference)
-    plat = parse_platform(platform)
+    loc = image_location(reference)
     manifest: ImageManifest | Index
-    with opts.client(ref.registry) as client:
-        if plat is None:
-            got = client.get_manifest(ref)
-            manifest, digest = got.manifest, got.digest
+    with opened_image(loc, opts, platform=platform) as image:
+        if platform is None:
+            desc, manifest = image.named()
+            digest = desc.digest
         else:
-            img = resolve_image(client, ref, plat)
-            manifest, digest = img.manifest, img.digest
+            manifest, digest = image.manifest, image.digest
     if fmt == "raw":
         sys.stdout.buffer.write(manifest.raw)
         sys.stdout.buffer.flush()
@@ -112,7 +110,7 @@ def manifest_get(reference: str, platform: str | None, fmt: str, opts: Options) 
     if fmt == "json":
         emit_json(json.loads(manifest.raw))
         return
-    click.echo(f"Name:       {ref}")
+    click.echo(f"Name:       {image.shown}")
     click.echo(f"MediaType:  {manifest.media_type}")
     click.echo(f"Digest:     {digest}")
     if isinstance(manifest, Index):
@@ -125,14 +123,16 @@ def manifest_get(reference: str, platform: str | None, fmt: str, opts: Options) 
             ],
         )
     else:
-        assert isinstance(manifest, ImageManifest)
         if not manifest.is_image:
             click.echo(f"Artifact:   {manifest.kind} (not a container image)")
         click.echo(f"Config:     {manifest.config.digest}")
         click.echo("")
         emit_table(
-            ["LAYER", "SIZE", "MEDIA TYPE"],
-            [[str(d.digest), human_size(d.size), d.media_type] for d in manifest.layers],
+            ["#", "LAYER", "SIZE", "MEDIA TYPE"],
+            [
+                [i, str(d.digest), human_size(d.size), d.media_type]
+                for i, d in enumerate(manifest.layers, 1)
+            ],
         )
 
 
@@ -166,18 +166,27 @@ def manifest_head(reference: str, fmt: str, opts: Options) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write to FILE (written under a temporary name, renamed when verified).",
 )
+@format_option()
 @connection_options
-def blob_get(repository: str, digest: str, output: Path | None, opts: Options) -> None:
+def blob_get(repository: str, digest: str, output: Path | None, fmt: str, opts: Options) -> None:
     """Download blob DIGEST of REPOSITORY, verified, to stdout or -o FILE.
 
     Nothing is written to stdout or FILE until the whole blob has matched its digest.
+    The blob is the data: --format json prints what was written (digest, size, file)
+    on stdout, and so needs -o FILE.
 
     \b
-    Example:
+    Examples:
       derrick blob get localhost:5000/app sha256:4f1c… > layer.tar.gz
+      derrick blob get localhost:5000/app sha256:4f1c… -o layer.tar.gz --format json
     """
     ref = parse_ref(repository)
     dg = Digest.parse(digest)
+    if output is None and fmt == "json":
+        raise UsageError(
+            "--format json prints on standard output, which takes the blob without -o",
+            hint="write the blob to a file with -o FILE",
+        )
     if output is None and sys.stdout.isatty():
         raise UsageError(
             "refusing to write a blob to a terminal",
@@ -191,6 +200,8 @@ def blob_get(repository: str, digest: str, output: Path | None, opts: Options) -
             _download_blob(client, ref, dg, f)
         if output is not None:
             os.replace(tmp, output)
+            if fmt == "json":
+                emit_json({"digest": str(dg), "size": output.stat().st_size, "file": str(output)})
             return
         with tmp.open("rb") as src:
             out = sys.stdout.buffer
@@ -225,37 +236,102 @@ def _download_blob(client: RegistryClient, ref: Reference, digest: Digest, f: Bi
     v.verify()
 
 
+if TYPE_CHECKING:
+    _Choice = click.Choice[str]
+else:
+    _Choice = click.Choice  # generic only from click 8.2 on
+
+
+class _Formats(_Choice):
+    """Choices of which the first few are shown (the others are old spellings)."""
+
+    def __init__(self, shown: list[str], hidden: list[str]) -> None:
+        super().__init__([*shown, *hidden])
+        self.shown = shown
+
+    def get_metavar(self, *args: Any, **kwargs: Any) -> str:
+        return "[" + "|".join(self.shown) + "]"
+
+
 @image_group.command("config")
 @click.argument("reference")
 @platform_option
-@format_option("json", "raw")
+@click.option(
+    "--format",
+    "fmt",
+    type=_Formats(["json", "text"], ["raw"]),
+    default="json",
+    show_default=True,
+    help="json: the config document; text: a summary to read.",
+)
+@click.option("--raw", is_flag=True, help="Print the config's exact bytes, as stored.")
 @connection_options
-def image_config(reference: str, platform: str | None, fmt: str, opts: Options) -> None:
+def image_config(reference: str, platform: str | None, fmt: str, raw: bool, opts: Options) -> None:
     """Print the image configuration of REFERENCE.
 
+    The config is a JSON document: --format json (the default) prints it,
+    --format text a summary of it, --raw its exact bytes (an artifact's
+    config, whatever it holds, too).  REFERENCE may also be an image on
+    disk (oci:DIR[:TAG], ./DIR, FILE.tar...).
+
     \b
-    Example:
+    Examples:
       derrick image config localhost:5000/app:1.0 --platform linux/arm64
+      derrick image config ./app.tar --raw | sha256sum
     """
-    ref = parse_ref(reference)
-    with opts.client(ref.registry) as client:
-        img = resolve_image(client, ref, parse_platform(platform))
-        if img.manifest.is_image:
-            raw = resolved_config(client, img).raw
-        else:  # an artifact's config, whatever it holds
-            raw = client.get_blob_bytes(ref, img.manifest.config)
-    if fmt == "raw":
-        sys.stdout.buffer.write(raw)
+    loc = image_location(reference)
+    with opened_image(loc, opts, platform=platform) as image:
+        data = image.config_bytes
+    if raw or fmt == "raw":
+        sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
+    if fmt == "text":
+        _print_config(image.shown, image.manifest, image.config if image.is_image else None)
+        return
     try:
-        data = json.loads(raw)
+        doc = json.loads(data)
     except ValueError:
         raise UsageError(
-            f"the config of {ref} ({img.manifest.config.media_type}) is not JSON",
-            hint="print it with --format raw",
+            f"the config of {image.shown} ({image.manifest.config.media_type}) is not JSON",
+            hint="print its bytes with --raw",
         ) from None
-    emit_json(data)
+    emit_json(doc)
+
+
+def _print_config(shown: str, manifest: ImageManifest, config: ImageConfig | None) -> None:
+    from derrick.ops.inspect import config_summary
+
+    click.echo(f"Image:      {shown}")
+    click.echo(f"Config:     {manifest.config.digest} ({human_size(manifest.config.size)})")
+    if config is None:
+        click.echo(f"Artifact:   {manifest.kind} (not a container image)")
+        click.echo(f"MediaType:  {manifest.config.media_type}")
+        return
+    summary = config_summary(config)
+    click.echo(f"Platform:   {config_platform(config) or '-'}")
+    click.echo(f"Created:    {summary['created'] or '-'}")
+    _print_run_settings(summary)
+    for i, h in enumerate((h for h in config.history if not h.empty_layer), 1):
+        click.echo(f"Layer {i}:{' ' * max(1, 5 - len(str(i)))}{h.created_by or '-'}")
+
+
+def _print_run_settings(cfg: dict[str, Any]) -> None:
+    """What a container of the image runs, as a config summary says (see config_summary)."""
+    if cfg["entrypoint"]:
+        click.echo(f"Entrypoint: {json.dumps(cfg['entrypoint'])}")
+    if cfg["cmd"]:
+        click.echo(f"Cmd:        {json.dumps(cfg['cmd'])}")
+    if cfg["workingDir"]:
+        click.echo(f"WorkingDir: {cfg['workingDir']}")
+    if cfg["user"]:
+        click.echo(f"User:       {cfg['user']}")
+    for port in cfg["exposedPorts"]:
+        click.echo(f"Port:       {port}")
+    for e in cfg["env"]:
+        click.echo(f"Env:        {e}")
+    for k, v in cfg["labels"].items():
+        click.echo(f"Label:      {k}={v}")
 
 
 @image_group.command("inspect")
@@ -266,13 +342,19 @@ def image_config(reference: str, platform: str | None, fmt: str, opts: Options) 
 def image_inspect(reference: str, platform: str | None, fmt: str, opts: Options) -> None:
     """Show platforms, layers and configuration of REFERENCE.
 
+    REFERENCE may also be an image on disk (oci:DIR[:TAG], ./DIR, FILE.tar...).
+    Layers are numbered from 1, base layer first.
+
     \b
-    Example:
+    Examples:
       derrick image inspect localhost:5000/app:1.0
+      derrick image inspect ./app-oci:1.0 --platform linux/arm64
     """
-    ref = parse_ref(reference)
-    with opts.client(ref.registry) as client:
-        info = inspect_image(client, ref, parse_platform(platform))
+    from derrick.ops.inspect import inspect_image
+
+    loc = image_location(reference)
+    with opened_image(loc, opts, platform=platform) as image:
+        info = inspect_image(image)
     if fmt == "json":
         emit_json(info)
         return
@@ -298,25 +380,14 @@ def _print_inspect(info: dict[str, Any]) -> None:
     else:
         click.echo(f"Created:    {cfg['created'] or '-'}")
         click.echo(f"Config:     {cfg['digest']}")
-        if cfg["entrypoint"]:
-            click.echo(f"Entrypoint: {json.dumps(cfg['entrypoint'])}")
-        if cfg["cmd"]:
-            click.echo(f"Cmd:        {json.dumps(cfg['cmd'])}")
-        if cfg["workingDir"]:
-            click.echo(f"WorkingDir: {cfg['workingDir']}")
-        if cfg["user"]:
-            click.echo(f"User:       {cfg['user']}")
-        for e in cfg["env"]:
-            click.echo(f"Env:        {e}")
-        for k, v in cfg["labels"].items():
-            click.echo(f"Label:      {k}={v}")
+        _print_run_settings(cfg)
     click.echo(f"Size:       {human_size(info['totalSize'])} compressed")
     click.echo("")
     emit_table(
         ["#", "LAYER", "SIZE", "MEDIA TYPE"],
         [
             [i, layer["digest"], human_size(layer["size"]), layer["mediaType"]]
-            for i, layer in enumerate(info["layers"])
+            for i, layer in enumerate(info["layers"], 1)
         ],
     )
 

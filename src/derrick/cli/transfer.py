@@ -122,6 +122,7 @@ def image_pull(
                 jobs=jobs,
                 cache=cache,
                 progress=bar,
+                stdout=sys.stdout.buffer,
             )
             pulled = _Pulled(
                 result.digest,

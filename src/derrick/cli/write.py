@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,6 @@ from derrick.images.model import ImageName, Selection
 from derrick.images.remote import RegistryRepository
 from derrick.ops import transfer
 from derrick.ops.copy import tag_image
-from derrick.ops.images import is_local, split_path_name
 from derrick.ops.push import (
     DEFAULT_JOBS,
     PushResult,
@@ -46,6 +46,30 @@ from derrick.reference import Reference
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _TRANSPORTS = ("oci:", "oci-archive:", "docker-archive:")
+
+
+def split_path_name(text: str) -> tuple[str, str] | None:
+    """``(path, name)`` for ``PATH:NAME`` where ``PATH`` exists, else None (split at the
+    last ``:`` that leaves an existing path before it)."""
+    pos = len(text)
+    while (pos := text.rfind(":", 0, pos)) > 0:
+        if os.path.exists(text[:pos]):
+            return text[:pos], text[pos + 1 :]
+    return None
+
+
+def is_local(target: str) -> bool:
+    """Whether ``target`` names an image on disk: a path that exists, or ``PATH:NAME``
+    where PATH does (``host:5000/app`` beside a directory ``host`` stays a reference
+    unless that is an OCI layout or a file)."""
+    if os.path.exists(target):
+        return True
+    found = split_path_name(target)
+    if found is None:
+        return False
+    path, name = found
+    is_source = os.path.isfile(path) or os.path.exists(os.path.join(path, "oci-layout"))
+    return "/" not in name or is_source
 
 
 def parse_size(value: str) -> int:

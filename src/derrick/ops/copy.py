@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from derrick import mediatypes as mt
 from derrick.digest import Digest, Verifier
 from derrick.errors import ManifestError
-from derrick.manifest import Descriptor, ImageManifest, Index, Platform
+from derrick.manifest import Descriptor, ImageConfig, ImageManifest, Index, Platform
 from derrick.ops.push import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_JOBS,
@@ -29,7 +29,6 @@ from derrick.ops.push import (
     put_manifests,
     transfer_blobs,
 )
-from derrick.ops.resolve import fetch_config
 from derrick.platform import check_platform
 from derrick.reference import Reference
 from derrick.registry import FetchedManifest, RegistryClient, pull_scope, push_scope
@@ -159,7 +158,7 @@ def copy_image(
         if isinstance(m, ImageManifest) and platform is not None and not all_platforms:
             # not in an index: the platform is the one its config names
             check_platform(
-                str(src), m, fetch_config(client, src, m) if m.is_image else None, platform
+                str(src), m, _fetch_config(client, src, m) if m.is_image else None, platform
             )
         _collect(client, src, top, manifests, images)
     if dst.tag is None and dst.digest is None:
@@ -203,3 +202,12 @@ def tag_image(client: RegistryClient, ref: Reference, tags: Sequence[str]) -> Fe
     for tag in tags:
         client.put_manifest(ref.with_tag(tag), got.raw, got.media_type)
     return got
+
+
+def _fetch_config(client: RegistryClient, ref: Reference, manifest: ImageManifest) -> ImageConfig:
+    """The image config of ``manifest``, read whole and verified."""
+    raw = client.get_blob_bytes(ref, manifest.config)
+    try:
+        return ImageConfig.parse(raw)
+    except ManifestError as e:
+        raise ManifestError(f"config {manifest.config.digest} of {ref}: {e.message}") from None

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -66,7 +65,6 @@ from derrick.manifest import (
     Platform,
 )
 from derrick.ops import transfer
-from derrick.ops.resolve import fetch_child, fetch_config
 from derrick.oserrors import writing_failed
 from derrick.platform import check_platform, require_image
 from derrick.reference import Reference
@@ -290,16 +288,16 @@ def _select_images(
     if isinstance(m, ImageManifest):
         if platform is not None and not all_platforms:  # the platform is in the config
             check_platform(
-                str(ref), m, fetch_config(client, ref, m) if m.is_image else None, platform
+                str(ref), m, _fetch_config(client, ref, m) if m.is_image else None, platform
             )
         return None, top.descriptor, [(m, top.descriptor)]
     if all_platforms:
         images = []
         for d in m.manifests:
-            images.append((fetch_child(client, ref, d), d))
+            images.append((_fetch_child(client, ref, d), d))
         return m, top.descriptor, images
     d = m.select(platform or Platform.host())
-    child = fetch_child(client, ref, d)
+    child = _fetch_child(client, ref, d)
     return None, Descriptor(child.media_type, d.digest, d.size), [(child, d)]
 
 
@@ -350,6 +348,8 @@ def pull(
     """
     dest_s = str(dest)
     fmt = output_format(dest_s, format, all_platforms=all_platforms)
+    if dest_s == "-" and stdout is None:
+        raise UsageError("a pull to - writes to a stream, and none was given (stdout=)")
     cache = cache or BlobCache()
     if fmt == "oci":
         return _pull_layout(client, ref, dest_s, platform, all_platforms, jobs, cache, progress)
@@ -371,7 +371,8 @@ def pull(
             fetcher.plan(layers)
             for layer in layers:
                 fetcher.submit(layer)
-            out = stdout or sys.stdout.buffer
+            assert stdout is not None
+            out = stdout
             writer(out, images_, fetcher.wait)
             out.flush()
         else:
@@ -621,3 +622,25 @@ def _write_archive_file(
                 with contextlib.suppress(OSError):
                     part.unlink()
         os.close(fd)
+
+
+def _fetch_config(client: RegistryClient, ref: Reference, manifest: ImageManifest) -> ImageConfig:
+    """The image config of ``manifest``, read whole and verified."""
+    raw = client.get_blob_bytes(ref, manifest.config)
+    try:
+        return ImageConfig.parse(raw)
+    except ManifestError as e:
+        raise ManifestError(f"config {manifest.config.digest} of {ref}: {e.message}") from None
+
+
+def _fetch_child(client: RegistryClient, ref: Reference, desc: Descriptor) -> ImageManifest:
+    """An index entry's image manifest, verified against the entry's digest and size."""
+    got = client.get_manifest(ref.with_digest(desc.digest))
+    if len(got.raw) != desc.size:
+        raise ManifestError(
+            f"manifest {desc.digest} of {ref.name} is {len(got.raw)} bytes "
+            f"but the index says {desc.size}"
+        )
+    if not isinstance(got.manifest, ImageManifest):
+        raise ManifestError(f"index entry {desc.digest} of {ref} is not an image manifest")
+    return got.manifest
