@@ -22,6 +22,9 @@ from typing import Literal, get_args
 #: ``timeout``: allow longer waits, or try again; ``retries``: try again, or allow more
 #: retries; ``retry``: try again; ``tags``: look at the tags the repository has;
 #: ``inline-credentials``: give credentials for ``registry`` with each use, not saved;
+#: ``platform``: ask for the image's own ``platform``, or for none; ``no-platform``: ask for
+#: no platform; ``platforms``: ask for one of the platforms an index has; ``not-an-image``:
+#: an artifact goes where any image may (an OCI layout, an OCI archive, a registry);
 #: ``all-platforms``: copy the image with every platform of its index; ``oci-archive``:
 #: write an OCI archive, which holds what a docker-archive cannot; ``cache-dir``: use
 #: another blob cache.
@@ -36,6 +39,10 @@ RemedyKind = Literal[
     "retries",
     "retry",
     "tags",
+    "platform",
+    "no-platform",
+    "platforms",
+    "not-an-image",
     "all-platforms",
     "oci-archive",
     "cache-dir",
@@ -54,6 +61,10 @@ _REMEDY_WORDS: Mapping[str, str] = {
     "retries": "try again, or allow more retries",
     "retry": "try again",
     "tags": "list the repository's tags to see which exist",
+    "platform": "ask for platform {platform}, or for none",
+    "no-platform": "ask for no platform",
+    "platforms": "ask for one of the platforms it has",
+    "not-an-image": "copy it to an OCI layout, an OCI archive or a registry, which hold any image",
     "all-platforms": "copy the image with every platform of its index",
     "oci-archive": "write an OCI archive instead",
     "cache-dir": "choose another blob cache",

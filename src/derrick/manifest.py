@@ -16,7 +16,7 @@ from typing import Any
 
 from derrick import mediatypes as mt
 from derrick.digest import Digest
-from derrick.errors import InvalidDigestError, ManifestError, PlatformNotFoundError
+from derrick.errors import InvalidDigestError, ManifestError
 
 #: Largest manifest, index or config derrick will read (bytes).
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
@@ -245,19 +245,11 @@ class Index:
         return [d.platform for d in self.manifests if d.platform is not None]
 
     def select(self, want: Platform) -> Descriptor:
-        """The manifest descriptor for ``want``; raise :class:`PlatformNotFoundError`."""
-        for d in self.manifests:
-            if (
-                d.platform is not None
-                and d.platform.matches(want)
-                and mt.is_image_manifest(d.media_type)
-            ):
-                return d
-        have = ", ".join(str(p) for p in self.platforms) or "none"
-        raise PlatformNotFoundError(
-            f"no image for platform {want} in the index (it has: {have})",
-            hint="choose one of those with --platform",
-        )
+        """The manifest descriptor for ``want``; raise :class:`PlatformNotFoundError`
+        (see :func:`derrick.platform.choose_in_index`, the one matcher)."""
+        from derrick.platform import choose_in_index
+
+        return self.manifests[choose_in_index(self, [want], "the index")[0]]
 
 
 Manifest = ImageManifest | Index

@@ -1,8 +1,9 @@
 """Which platform an image is for, and refusing one that is not what was asked for.
 
 The one place platform requests are checked: an index entry is chosen by its
-descriptor's platform (:meth:`derrick.manifest.Index.select`); an image that is not
-in an index has its platform in its config, and is checked here.  An OCI artifact
+descriptor's platform (:func:`choose_in_index`, which the index walk of
+:mod:`derrick.images.plan` uses); an image that is not in an index has its platform in its
+config, and is checked here (:func:`check_platform`).  An OCI artifact
 (a Helm chart, a signature, an SBOM…) has none.
 """
 
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from derrick.errors import NotAnImageError, PlatformNotFoundError
-from derrick.manifest import ImageConfig, ImageManifest, Platform
+from derrick import mediatypes as mt
+from derrick.errors import NotAnImageError, PlatformNotFoundError, Remedy
+from derrick.manifest import ImageConfig, ImageManifest, Index, Platform
 
 Wanted = Platform | Sequence[Platform] | None
 
@@ -22,6 +24,36 @@ def _wanted(want: Wanted) -> tuple[Platform, ...]:
     if isinstance(want, Platform):
         return (want,)
     return tuple(want)
+
+
+def choose_in_index(index: Index, wanted: Sequence[Platform], what: str) -> list[int]:
+    """Positions in ``index.manifests`` of the image for each wanted platform.
+
+    For each platform the first image manifest entry whose platform matches it
+    (:meth:`Platform.matches`: a request without a variant takes any variant) is taken;
+    the positions come back each once, in the index's order.  Raises
+    :class:`PlatformNotFoundError` naming the platforms there are.
+    """
+    chosen: set[int] = set()
+    for want in wanted:
+        pos = next(
+            (
+                i
+                for i, d in enumerate(index.manifests)
+                if d.platform is not None
+                and mt.is_image_manifest(d.media_type)
+                and d.platform.matches(want)
+            ),
+            None,
+        )
+        if pos is None:
+            have = ", ".join(str(p) for p in index.platforms) or "none"
+            raise PlatformNotFoundError(
+                f"no image for platform {want} in {what} (it has: {have})",
+                remedy=Remedy("platforms"),
+            )
+        chosen.add(pos)
+    return sorted(chosen)
 
 
 def config_platform(config: ImageConfig) -> Platform | None:
@@ -44,7 +76,7 @@ def check_platform(
         raise PlatformNotFoundError(
             f"no image for platform {_shown(wanted)}: {what} is not a container image but "
             f"an artifact of type {manifest.kind}, which has no platform",
-            hint="leave out --platform",
+            remedy=Remedy("no-platform"),
         )
     check_config_platform(what, config, wanted)
 
@@ -59,12 +91,12 @@ def check_config_platform(what: str, config: ImageConfig, want: Wanted) -> None:
         raise PlatformNotFoundError(
             f"no image for platform {_shown(wanted)}: {what} is a single-platform image "
             "whose config names no platform",
-            hint="leave out --platform",
+            remedy=Remedy("no-platform"),
         )
     if not any(have.matches(w) for w in wanted):
         raise PlatformNotFoundError(
             f"no image for platform {_shown(wanted)}: {what} is a single-platform image for {have}",
-            hint=f"use --platform {have}, or leave --platform out",
+            remedy=Remedy("platform", platform=str(have)),
         )
 
 
@@ -74,8 +106,7 @@ def require_image(what: str, manifest: ImageManifest, why: str) -> None:
         return
     raise NotAnImageError(
         f"{what} is not a container image but an artifact of type {manifest.kind}: {why}",
-        hint="pull it to an OCI layout (-o DIR) or an OCI archive (--format oci-archive), "
-        "or copy it to a registry with derrick image copy",
+        remedy=Remedy("not-an-image"),
     )
 
 

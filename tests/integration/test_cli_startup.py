@@ -21,7 +21,7 @@ NOT_FOR_READS = (
     "derrick.images",
     "derrick.ops.unpack",
     "derrick.layout",
-    "derrick.cache",
+    "derrick.store",
     "derrick.compression",
     "derrick.cli.progress",
 )

@@ -28,7 +28,7 @@ import pytest
 
 from derrick.cli.progress import BlobProgress
 from derrick.digest import Digest
-from derrick.errors import PlatformNotFoundError
+from derrick.errors import PlatformNotFoundError, UsageError
 from derrick.manifest import Descriptor, Platform
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
@@ -381,6 +381,9 @@ def test_library_pull(seeded: SeededRegistry, env: Isolation, tmp_path: Path) ->
         result = pull(client, ref, buf, format="docker-archive", cache=cache)
         assert result.stats.copied_bytes == 0  # all in the cache already
         check_docker_archive(Store.from_tar(buf.getvalue()), layout, str(ref))
+        # the library writes only where it is told to: no stream given, none written to
+        with pytest.raises(UsageError, match="none was given"):
+            pull(client, ref, "-", format="docker-archive", cache=cache)
 
         with pytest.raises(PlatformNotFoundError, match="s390x"):
             pull(client, ref, tmp_path / "none", platform=Platform.parse("linux/s390x"))

@@ -6,6 +6,7 @@ the same layout and with the hand-written ``expected_rootfs``.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -21,6 +22,8 @@ from typing import Any
 import pytest
 
 from derrick.cli.main import main
+from derrick.errors import LayoutError
+from derrick.layout.tarread import TarReader
 from support.images import (
     AMD64,
     FIXED_MTIME,
@@ -156,7 +159,7 @@ def test_unpack_eight_from_registry_matches_umoci_and_expected(
 ) -> None:
     image = seeded_registries.open["test/eight"]
     dest = tmp_path / "rootfs"
-    r = derrick("image", "unpack", image.reference, str(dest), "--json")
+    r = derrick("image", "unpack", image.reference, str(dest), "--format", "json")
     assert r.code == 0, r.err
     summary = r.json()
     assert summary["layers"] == 8
@@ -191,7 +194,7 @@ def test_unpack_downloads_a_damaged_cache_blob_again(
     assert derrick("image", "unpack", image.reference, str(tmp_path / "a")).code == 0
     victim = image.layout.image.layers[3]
     cached = tmp_path / "cache" / "blobs" / "sha256" / victim.descriptor.hex
-    time.sleep(0.02)  # past the timestamp tick of its verification (see derrick.cache)
+    time.sleep(0.02)  # past the timestamp tick of its verification (see derrick.store.records)
     before = cached.stat()
     data = bytearray(cached.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -273,7 +276,7 @@ def test_zstd_image_pulled_through_the_registry_and_unpacked(
     assert types[:2] == ["application/vnd.oci.image.layer.v1.tar+zstd"] * 2
     ref = push(registry_open, layout, "unpack/zstd")
     dest = tmp_path / "rootfs"
-    r = derrick("image", "unpack", ref, str(dest), "--json")
+    r = derrick("image", "unpack", ref, str(dest), "--format", "json")
     assert r.code == 0, r.err
     assert r.json()["diffIds"] == layout.image.diff_ids
     assert snapshot(dest) == expected_snapshot(layout.image.expected_rootfs or {})
@@ -507,3 +510,65 @@ def test_layers_of_eight(derrick: Callable[..., Ran], seeded_registries: SeededR
     r = derrick("image", "layers", image.reference)
     assert r.code == 0
     assert "RUN rm -rf /opq" in r.out and "/bin/tool" in r.out
+
+
+# -- layers other tools write ----------------------------------------------------------------
+
+
+def test_layers_without_end_of_archive_blocks_as_umoci_insert_writes_them(
+    derrick: Callable[..., Ran], tmp_path: Path
+) -> None:
+    """umoci 0.4.7 ``insert`` ends its layer tar after the last member's data: no padding
+    to a whole block, no end-of-archive blocks.  umoci and ``docker load`` read it; so
+    does derrick (a stream that ends inside a member is still refused)."""
+    umoci = require("umoci")
+    src = tmp_path / "src"
+    (src / "dir").mkdir(parents=True)
+    (src / "dir" / "a.txt").write_text("hello")
+    (src / "b").write_text("abc")
+    layout = tmp_path / "lay"
+    for argv in (
+        ["init", "--layout", str(layout)],
+        ["new", "--image", f"{layout}:v1"],
+        ["insert", "--rootless", "--image", f"{layout}:v1", str(src), "/x"],
+    ):
+        subprocess.run([umoci, *argv], check=True, capture_output=True)
+    index = json.loads((layout / "index.json").read_text())
+    blobs = layout / "blobs" / "sha256"
+    manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    (layer,) = manifest["layers"]
+    tar = gzip.decompress((blobs / layer["digest"].split(":")[1]).read_bytes())
+    assert len(tar) % 512 != 0 and not tar.endswith(bytes(1024))  # what makes it special
+
+    r = derrick("image", "unpack", f"{layout}:v1", str(tmp_path / "rootfs"))
+    assert r.code == 0, r.err
+    bundle = tmp_path / "bundle"
+    subprocess.run(
+        [umoci, "unpack", "--rootless", "--image", f"{layout}:v1", str(bundle)],
+        check=True,
+        capture_output=True,
+    )
+    assert snapshot(tmp_path / "rootfs") == snapshot(bundle / "rootfs")
+    assert (tmp_path / "rootfs/x/dir/a.txt").read_text() == "hello"
+
+    r = derrick("image", "export", f"{layout}:v1", "-o", str(tmp_path / "flat.tar"))
+    assert r.code == 0, r.err
+    with tarfile.open(tmp_path / "flat.tar") as tf:
+        assert {m.name for m in tf.getmembers()} >= {"x/b", "x/dir/a.txt"}
+    r = derrick("image", "layers", f"{layout}:v1", "--format", "json")
+    assert r.code == 0, r.err
+    assert r.json()["layers"][0]["files"] == 2
+
+    cut = tar[: tar.index(b"hello") + 2]  # a stream that ends inside a member's data
+    assert "truncated" in _read_tar_error(cut)
+
+
+def _read_tar_error(data: bytes) -> str:
+    reader = TarReader([data])
+    try:
+        for _ in reader:
+            for _ in reader.data():
+                pass
+    except LayoutError as e:
+        return str(e)
+    return ""

@@ -17,7 +17,7 @@ from derrick.errors import (
     TransportError,
 )
 from derrick.images.feed import Feed, read_small
-from derrick.images.pool import BlobPool
+from derrick.images.pool import BlobPool, ReadAhead
 from derrick.manifest import Descriptor
 from derrick.transport import RetryPolicy
 from support.memory import MemoryBody, MemorySource
@@ -293,3 +293,23 @@ def test_pool_cancelled_from_outside_raises_cancelled() -> None:
 
     with pytest.raises(Cancelled):
         pool.run(range(100), task)
+
+
+def test_read_ahead_raises_the_failure_not_the_cancellation_it_caused() -> None:
+    """A fetch fails while an earlier one is still running: the reader waiting for the
+    earlier one gets that failure once the workers stopped, not a bare ``Cancelled``."""
+    release = threading.Event()
+
+    def fetch(item: int) -> int:
+        if item == 1:
+            raise ValueError("item 1 is broken")
+        release.wait(5)  # item 0 ends a moment after item 1 failed
+        return item
+
+    threading.Timer(0.3, release.set).start()
+    with (
+        ReadAhead([0, 1], fetch, jobs=2, window=2, cancel=threading.Event()) as ahead,
+        pytest.raises(ValueError, match="item 1 is broken"),
+    ):
+        ahead.take()
+        ahead.take()

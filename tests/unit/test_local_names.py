@@ -1,5 +1,5 @@
-"""How ``DIR:NAME`` and ``oci:DIR:NAME`` split: a name may be a tag, a full image name or a
-digest, all of which hold colons but ``DIR`` must exist."""
+"""How ``DIR:NAME`` and ``oci:DIR:NAME`` split when an image is read: a name may be a tag, a
+full image name or a digest, all of which hold colons, but ``DIR`` must exist."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from derrick.errors import LayoutError
+from derrick.errors import LayoutError, UsageError
+from derrick.images.locations import parse_location
+from derrick.images.view import open_image
 from derrick.layout.oci import OCILayout
-from derrick.ops.images import is_local, open_image, split_path_name
 
 FULL = "127.0.0.1:5000/team/app:v1"
 DIGEST = "sha256:" + "ab" * 32
@@ -25,18 +26,26 @@ def layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.mark.parametrize("name", ["v1", FULL, DIGEST])
 def test_names_with_colons_split_after_the_existing_path(layout: Path, name: str) -> None:
-    assert split_path_name(f"{layout}:{name}") == (str(layout), name)
-    assert split_path_name(f"lay:{name}") == ("lay", name)
-    assert is_local(f"lay:{name}") and is_local(f"oci:lay:{name}")
+    for text in (f"{layout}:{name}", f"oci:lay:{name}", f"./lay:{name}"):
+        loc = parse_location(text)
+        assert (loc.kind, loc.name) == ("oci", name)
+        assert loc.path is not None and Path(loc.path).resolve() == layout
+
+
+def test_a_plain_word_that_is_a_path_and_a_reference_is_refused(layout: Path) -> None:
+    with pytest.raises(UsageError, match="both a path here and an image reference"):
+        parse_location("lay:v1")
 
 
 def test_registry_references_stay_remote(layout: Path) -> None:
-    # ./plain is a directory but not a layout: plain:5000/app is a registry reference
-    assert not is_local("plain:5000/app")
-    assert not is_local("nowhere:5000/app:v1")
-    assert split_path_name("nowhere:v1") is None
+    # ./plain is a directory, but plain:5000/app names a registry's repository
+    assert parse_location("nowhere:5000/app:v1").is_registry
+    assert parse_location("docker://lay:v1").is_registry
 
 
 def test_a_full_name_picks_from_a_layout(layout: Path) -> None:
-    with pytest.raises(LayoutError, match=f"no image named '{FULL}' in"):
-        open_image(f"lay:{FULL}")
+    with (
+        pytest.raises(LayoutError, match=f"no image named '{FULL}' in"),
+        open_image(f"oci:lay:{FULL}") as image,
+    ):
+        image.digest  # noqa: B018  # read when asked for

@@ -6,11 +6,26 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from derrick import mediatypes as mt
 from derrick.cli.errors import REMEDIES, error_text, remedy_text
-from derrick.errors import REMEDY_KINDS, DerrickError, Remedy, TransportError
+from derrick.errors import (
+    REMEDY_KINDS,
+    DerrickError,
+    NotAnImageError,
+    PlatformNotFoundError,
+    Remedy,
+    TransportError,
+)
+from derrick.manifest import Descriptor, ImageConfig, ImageManifest, Index, Platform
+from derrick.platform import check_platform, choose_in_index, require_image
 from derrick.registry.errors import RULES, map_error
 
-PARAMS = {"host": "reg.test:5000", "registry": "reg.test:5000", "path": "/certs/reg.test/ca.crt"}
+PARAMS = {
+    "host": "reg.test:5000",
+    "registry": "reg.test:5000",
+    "path": "/certs/reg.test/ca.crt",
+    "platform": "linux/amd64",
+}
 
 
 @pytest.mark.parametrize("kind", REMEDY_KINDS)
@@ -90,3 +105,47 @@ def test_the_table_ends_with_a_rule_for_everything() -> None:
     assert not last.codes and not last.statuses and last.when is None
     e = map_error(_answer(418), registry="reg.test", what="manifest x")
     assert type(e).__name__ == "ProtocolError" and "unexpected HTTP 418" in e.message
+
+
+def test_platform_and_artifact_errors_speak_library_and_the_cli_names_its_flags() -> None:
+    digest = "sha256:" + "a" * 64
+    config = ImageConfig.parse(b'{"os": "linux", "architecture": "amd64"}')
+    image = ImageManifest(
+        b"{}",
+        mt.OCI_MANIFEST,
+        Descriptor.from_json({"mediaType": mt.OCI_CONFIG, "digest": digest, "size": 2}),
+        (),
+    )
+    chart = ImageManifest(
+        b"{}",
+        mt.OCI_MANIFEST,
+        Descriptor.from_json({"mediaType": "application/x.chart", "digest": digest, "size": 2}),
+        (),
+    )
+    arm = Platform.parse("linux/arm64")
+    entry = Descriptor.from_json(
+        {
+            "mediaType": mt.OCI_MANIFEST,
+            "digest": digest,
+            "size": 2,
+            "platform": {"os": "linux", "architecture": "amd64"},
+        }
+    )
+    index = Index(b"{}", mt.OCI_INDEX, (entry,))
+    raised: list[DerrickError] = []
+    for call in (
+        lambda: check_platform("app:1", image, config, arm),
+        lambda: check_platform("chart:1", chart, None, arm),
+        lambda: choose_in_index(index, [arm], "app:1"),
+        lambda: index.select(arm),
+        lambda: require_image("chart:1", chart, "it has no filesystem"),
+    ):
+        with pytest.raises((PlatformNotFoundError, NotAnImageError)) as info:
+            call()
+        raised.append(info.value)
+    kinds = [e.remedy.kind if e.remedy else None for e in raised]
+    assert kinds == ["platform", "no-platform", "platforms", "platforms", "not-an-image"]
+    for e in raised:
+        assert "--" not in str(e) and "derrick " not in str(e), str(e)
+    assert "use --platform linux/amd64, or leave --platform out" in error_text(raised[0])
+    assert "derrick image copy" in error_text(raised[4])

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from derrick.errors import LayoutError
+from derrick.images.view import open_image
 from derrick.layout.tarread import TarReader, clean_path
-from derrick.ops.images import open_image
 from derrick.ops.unpack import unpack_image
 from support.images import AMD64, OCI_LAYER_GZIP, Layer, LayoutWriter, gzip_bytes, sha256_digest
 

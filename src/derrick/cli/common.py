@@ -161,6 +161,24 @@ def connection_options(f: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+if TYPE_CHECKING:
+    _Choice = click.Choice[str]
+else:
+    _Choice = click.Choice  # generic only from click 8.2 on
+
+
+class Formats(_Choice):
+    """Choices of which the first few are shown (the others are old spellings, or the
+    destination kinds ``--format`` of the copying commands still takes)."""
+
+    def __init__(self, shown: Sequence[str], hidden: Sequence[str]) -> None:
+        super().__init__([*shown, *hidden])
+        self.shown = list(shown)
+
+    def get_metavar(self, *args: Any, **kwargs: Any) -> str:
+        return "[" + "|".join(self.shown) + "]"
+
+
 def format_option(*choices: str) -> Callable[[F], F]:
     allowed = choices or FORMATS
     return click.option(

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import click
 
-from derrick.cli.common import Options, human_size
+from derrick.cli.common import Formats, Options, human_size
 from derrick.cli.errors import same_tag_warning
 from derrick.cli.progress import open_progress
 from derrick.errors import Remedy, UsageError
@@ -51,21 +51,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 KINDS = ("oci", "oci-archive", "docker-archive")
 
 
-class _FormatChoice(click.Choice):  # type: ignore[type-arg]
-    """``text|json``, and the hidden destination kinds."""
-
-    def __init__(self, hidden: Sequence[str]) -> None:
-        super().__init__(["text", "json", *hidden])
-
-    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
-        return "[text|json]"
-
-
 def format_and_kind_option(*hidden: str) -> Callable[[F], F]:
     return click.option(
         "--format",
         "fmt",
-        type=_FormatChoice(hidden),
+        type=Formats(["text", "json"], hidden),
         default="text",
         show_default=True,
         help="Output format.",

@@ -6,11 +6,10 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from derrick.cache import BlobCache
 from derrick.cli.common import (
     Options,
     connection_options,
@@ -18,22 +17,20 @@ from derrick.cli.common import (
     emit_table,
     format_option,
     human_size,
-    parse_platform,
     platform_option,
 )
 from derrick.cli.groups import image_group
+from derrick.cli.images import image_location, opened_image
 from derrick.cli.progress import open_progress
 from derrick.errors import UsageError
-from derrick.ops.analyze import diff_images, export_image, layer_report
-from derrick.ops.images import ImageLayers, is_local, open_image
+from derrick.ops.analyze import diff_images, layer_report
+from derrick.ops.export import export_image
 from derrick.ops.unpack import check_destination, unpack_image
-from derrick.reference import Reference
 
-_IMAGE_HELP = (
-    "IMAGE is a registry reference, or a local OCI layout directory (DIR or DIR:TAG), "
-    "OCI archive or docker-archive (prefix with oci:, oci-archive: or docker-archive: "
-    "to be explicit, or docker:// to force a registry)."
-)
+if TYPE_CHECKING:
+    from derrick.images.locations import Location
+    from derrick.images.model import Progress
+    from derrick.images.view import Image
 
 
 def _cache_option(f: Any) -> Any:
@@ -41,8 +38,13 @@ def _cache_option(f: Any) -> Any:
         "--cache-dir",
         type=click.Path(file_okay=False, path_type=Path),
         envvar="DERRICK_CACHE_DIR",
-        help="Blob cache shared by pulls (registry images only).",
+        help="Blob cache that layers of registry images go through (default: derrick's).",
     )(f)
+
+
+def _json_alias(f: Any) -> Any:
+    """``--json``, the old spelling of ``--format json`` (hidden)."""
+    return click.option("--json", "as_json", is_flag=True, hidden=True)(f)
 
 
 def _warn(message: str) -> None:
@@ -51,28 +53,20 @@ def _warn(message: str) -> None:
 
 @contextlib.contextmanager
 def _opened(
-    target: str,
+    loc: Location,
     opts: Options,
     platform: str | None,
     cache_dir: Path | None,
     quiet: bool,
-) -> Iterator[ImageLayers]:
-    """Open IMAGE, with a download progress display for registry images on a terminal."""
+) -> Iterator[tuple[Image, Progress | None]]:
+    """The image at ``loc``, layers of a registry image through the blob cache, and a
+    download progress display for it on a terminal."""
     with contextlib.ExitStack() as stack:
-        bar = open_progress(stack, quiet=quiet or is_local(target), label="download")
-
-        def client(ref: Reference) -> Any:
-            return opts.client(ref.registry)
-
-        image = open_image(
-            target,
-            client_factory=client,
-            platform=parse_platform(platform),
-            cache=BlobCache(cache_dir),
-            progress=bar,
+        image = stack.enter_context(
+            opened_image(loc, opts, platform=platform, cache_dir=cache_dir, cache=True)
         )
-        with image:
-            yield image
+        bar = open_progress(stack, quiet=quiet or not image.is_remote, label="download")
+        yield image, bar
 
 
 @image_group.command("unpack")
@@ -86,7 +80,8 @@ def _opened(
 )
 @_cache_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@format_option()
+@_json_alias
 @connection_options
 def image_unpack(
     image: str,
@@ -95,6 +90,7 @@ def image_unpack(
     no_same_owner: bool,
     cache_dir: Path | None,
     quiet: bool,
+    fmt: str,
     as_json: bool,
     opts: Options,
 ) -> None:
@@ -102,27 +98,34 @@ def image_unpack(
 
     Layers are applied in order with their whiteouts, verified against the
     config's diff_ids, and never write outside DIRECTORY.  The tree is built
-    beside DIRECTORY and renamed into place when complete.
+    beside DIRECTORY and renamed into place when complete.  --format json
+    prints a summary on stdout.
 
     \b
-    IMAGE is a registry reference, or a local OCI layout (DIR or DIR:TAG),
-    OCI archive or docker-archive.
+    IMAGE is a registry reference (docker://REF to insist) or an image on
+    disk: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG],
+    or a plain path where that is unambiguous (./DIR[:TAG], /DIR, FILE.tar).
 
     \b
     Examples:
       derrick image unpack localhost:5000/app:1.0 ./rootfs
       derrick image unpack ./app-layout:v1 ./rootfs --platform linux/arm64
     """
+    loc = image_location(image)
     check_destination(directory)  # before any download
-    with _opened(image, opts, platform, cache_dir, quiet) as img:
+    with _opened(loc, opts, platform, cache_dir, quiet) as (img, progress):
         result = unpack_image(
-            img, directory, same_owner=False if no_same_owner else None, warn=_warn
+            img,
+            directory,
+            same_owner=False if no_same_owner else None,
+            warn=_warn,
+            progress=progress,
         )
-        name = img.name
-    if as_json:
+    if fmt == "json" or as_json:
         emit_json(
             {
-                "image": name,
+                "image": img.shown,
+                "digest": str(img.digest),
                 "destination": str(result.destination),
                 "layers": result.layers,
                 "files": result.files,
@@ -133,7 +136,7 @@ def image_unpack(
         )
     elif not quiet:
         click.echo(
-            f"Unpacked {name} ({result.layers} layers, {result.files} files, "
+            f"Unpacked {img.shown} ({result.layers} layers, {result.files} files, "
             f"{human_size(result.uncompressed_bytes)}) to {result.destination}",
             err=True,
         )
@@ -150,6 +153,7 @@ def image_unpack(
 @platform_option
 @_cache_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@format_option()
 @connection_options
 def image_export(
     image: str,
@@ -157,29 +161,50 @@ def image_export(
     platform: str | None,
     cache_dir: Path | None,
     quiet: bool,
+    fmt: str,
     opts: Options,
 ) -> None:
     """Write IMAGE's flattened filesystem as one tar file.
 
     The layers are streamed (twice) and never unpacked to disk; whiteouts
-    are applied and do not appear in the output.
+    are applied and do not appear in the output.  --format json prints a
+    summary on stdout (not with -o -, where stdout is the tar).
+
+    \b
+    IMAGE is a registry reference or an image on disk, as for image unpack.
 
     \b
     Examples:
       derrick image export localhost:5000/app:1.0 -o rootfs.tar
       derrick image export ./app-layout:v1 -o - | tar -t
     """
+    if output == "-" and fmt == "json":
+        raise UsageError(
+            "--format json prints on standard output, which -o - takes for the tar",
+            hint="write the tar to a file with -o FILE",
+        )
     if output == "-" and sys.stdout.isatty():
         raise UsageError(
             "refusing to write a tar to a terminal",
             hint="redirect standard output, or pass -o FILE",
         )
-    with _opened(image, opts, platform, cache_dir, quiet or output == "-") as img:
-        result = export_image(img, output)
-        name = img.name
-    if output != "-" and not quiet:
+    loc = image_location(image)
+    with _opened(loc, opts, platform, cache_dir, quiet or output == "-") as (img, progress):
+        dest = sys.stdout.buffer if output == "-" else output
+        result = export_image(img, dest, progress=progress)
+    if fmt == "json":
+        emit_json(
+            {
+                "image": img.shown,
+                "digest": str(img.digest),
+                "destination": output,
+                "entries": result.entries,
+                "bytes": result.bytes_written,
+            }
+        )
+    elif output != "-" and not quiet:
         click.echo(
-            f"Exported {name} to {output} ({result.entries} entries, "
+            f"Exported {img.shown} to {output} ({result.entries} entries, "
             f"{human_size(result.bytes_written)})",
             err=True,
         )
@@ -206,18 +231,25 @@ def image_diff(
 
     Files are compared by type, size, mode, owner, content (sha256) and
     symlink target; modification times are ignored.  Layers are streamed,
-    never unpacked to disk.
+    never unpacked to disk.  Each image is a registry reference or an
+    image on disk, as for image unpack.
 
     \b
     Examples:
       derrick image diff localhost:5000/app:1.0 localhost:5000/app:1.1
       derrick image diff ./old-layout:v1 ./new-layout:v1 --format json
     """
-    with (
-        _opened(image1, opts, platform, cache_dir, quiet) as a,
-        _opened(image2, opts, platform, cache_dir, quiet) as b,
-    ):
-        data = diff_images(a, b)
+    first, second = image_location(image1), image_location(image2)  # both before a read
+    with contextlib.ExitStack() as stack:
+        a = stack.enter_context(
+            opened_image(first, opts, platform=platform, cache_dir=cache_dir, cache=True)
+        )
+        b = stack.enter_context(
+            opened_image(second, opts, platform=platform, cache_dir=cache_dir, cache=True)
+        )
+        remote = a.is_remote or b.is_remote
+        bar = open_progress(stack, quiet=quiet or not remote, label="download")
+        data = diff_images(a, b, progress=bar)
     if fmt == "json":
         emit_json(data)
         return
@@ -280,24 +312,29 @@ def image_layers(
 
     The command comes from the config history (entries that made no layer
     are skipped); the uncompressed size and files are read from the layer.
+    Layers are numbered from 1, base layer first, as image inspect numbers
+    them.  IMAGE is a registry reference or an image on disk, as for image
+    unpack.
 
     \b
     Examples:
       derrick image layers localhost:5000/app:1.0
       derrick image layers ./app-layout:v1 --top 10 --format json
     """
-    with _opened(image, opts, platform, cache_dir, quiet) as img:
-        report = layer_report(img, top=top)
-        name = img.name
+    loc = image_location(image)
+    with _opened(loc, opts, platform, cache_dir, quiet) as (img, progress):
+        report = layer_report(img, top=top, progress=progress)
     if fmt == "json":
-        emit_json({"image": name, "layers": [x.to_json() for x in report]})
+        emit_json(
+            {"image": img.shown, "digest": str(img.digest), "layers": [x.to_json() for x in report]}
+        )
         return
     rows: list[list[Any]] = []
     for x in report:
         rows.append(
             [
-                x.index + 1,
-                x.digest.split(":", 1)[1][:12] if x.digest else "-",
+                x.number,
+                x.digest.split(":", 1)[1][:12],
                 human_size(x.size),
                 human_size(x.uncompressed_size),
                 x.files,

@@ -12,22 +12,22 @@ from typing import Any
 import click
 
 from derrick.cli.common import (
+    Formats,
     Options,
     connection_options,
     emit_json,
     emit_table,
     format_option,
     human_size,
-    parse_platform,
     parse_ref,
     platform_option,
 )
 from derrick.cli.groups import blob_group, image_group, manifest_group, repo_group, tag_group
+from derrick.cli.images import image_location, opened_image
 from derrick.digest import Digest
 from derrick.errors import UsageError
-from derrick.manifest import ImageManifest, Index
-from derrick.ops.inspect import inspect_image
-from derrick.ops.resolve import resolve_image, resolved_config
+from derrick.manifest import ImageConfig, ImageManifest, Index
+from derrick.platform import config_platform
 from derrick.reference import parse_registry
 
 
@@ -91,22 +91,21 @@ def manifest_get(reference: str, platform: str | None, fmt: str, opts: Options) 
     """Show the manifest (or index) REFERENCE names.
 
     With --platform, an index is resolved to that platform's manifest.
-    --format raw prints the exact bytes the registry served.
+    --format raw prints the exact bytes the registry (or file) served.
+    REFERENCE may also be an image on disk (oci:DIR[:TAG], ./DIR, FILE.tar...).
 
     \b
     Example:
       derrick manifest get localhost:5000/app:1.0 --format raw | sha256sum
     """
-    ref = parse_ref(reference)
-    plat = parse_platform(platform)
+    loc = image_location(reference)
     manifest: ImageManifest | Index
-    with opts.client(ref.registry) as client:
-        if plat is None:
-            got = client.get_manifest(ref)
-            manifest, digest = got.manifest, got.digest
+    with opened_image(loc, opts, platform=platform) as image:
+        if platform is None:
+            desc, manifest = image.named()
+            digest = desc.digest
         else:
-            img = resolve_image(client, ref, plat)
-            manifest, digest = img.manifest, img.digest
+            manifest, digest = image.manifest, image.digest
     if fmt == "raw":
         sys.stdout.buffer.write(manifest.raw)
         sys.stdout.buffer.flush()
@@ -114,7 +113,7 @@ def manifest_get(reference: str, platform: str | None, fmt: str, opts: Options) 
     if fmt == "json":
         emit_json(json.loads(manifest.raw))
         return
-    click.echo(f"Name:       {ref}")
+    click.echo(f"Name:       {image.shown}")
     click.echo(f"MediaType:  {manifest.media_type}")
     click.echo(f"Digest:     {digest}")
     if isinstance(manifest, Index):
@@ -127,14 +126,16 @@ def manifest_get(reference: str, platform: str | None, fmt: str, opts: Options) 
             ],
         )
     else:
-        assert isinstance(manifest, ImageManifest)
         if not manifest.is_image:
             click.echo(f"Artifact:   {manifest.kind} (not a container image)")
         click.echo(f"Config:     {manifest.config.digest}")
         click.echo("")
         emit_table(
-            ["LAYER", "SIZE", "MEDIA TYPE"],
-            [[str(d.digest), human_size(d.size), d.media_type] for d in manifest.layers],
+            ["#", "LAYER", "SIZE", "MEDIA TYPE"],
+            [
+                [i, str(d.digest), human_size(d.size), d.media_type]
+                for i, d in enumerate(manifest.layers, 1)
+            ],
         )
 
 
@@ -169,21 +170,30 @@ def manifest_head(reference: str, fmt: str, opts: Options) -> None:
     help="Write to FILE (as a hidden partial file beside it, renamed when verified; an "
     "interrupted download resumes from it).",
 )
+@format_option()
 @connection_options
-def blob_get(repository: str, digest: str, output: Path | None, opts: Options) -> None:
+def blob_get(repository: str, digest: str, output: Path | None, fmt: str, opts: Options) -> None:
     """Download blob DIGEST of REPOSITORY, verified, to stdout or -o FILE.
 
     Nothing is written to stdout or FILE until the whole blob has matched its digest.
-    A body that breaks off is asked for again from where it stopped.
+    A body that breaks off is asked for again from where it stopped.  The blob is the
+    data: --format json prints what was written (digest, size, file) on stdout, and so
+    needs -o FILE.
 
     \b
-    Example:
+    Examples:
       derrick blob get localhost:5000/app sha256:4f1c… > layer.tar.gz
+      derrick blob get localhost:5000/app sha256:4f1c… -o layer.tar.gz --format json
     """
     from derrick.ops.blobs import get_blob
 
     ref = parse_ref(repository)
     dg = Digest.parse(digest)
+    if output is None and fmt == "json":
+        raise UsageError(
+            "--format json prints on standard output, which takes the blob without -o",
+            hint="write the blob to a file with -o FILE",
+        )
     if output is None and sys.stdout.isatty():
         raise UsageError(
             "refusing to write a blob to a terminal",
@@ -191,7 +201,9 @@ def blob_get(repository: str, digest: str, output: Path | None, opts: Options) -
         )
     if output is not None:
         with opts.client(ref.registry) as client:
-            get_blob(client, ref, dg, output)
+            got = get_blob(client, ref, dg, output)
+        if fmt == "json":
+            emit_json({"digest": str(dg), "size": got.descriptor.size, "file": str(output)})
         return
     # standard output: the blob is verified in a file of its own first, then copied out
     spool = Path(tempfile.mkdtemp(prefix="derrick-blob-"))
@@ -210,34 +222,82 @@ def blob_get(repository: str, digest: str, output: Path | None, opts: Options) -
 @image_group.command("config")
 @click.argument("reference")
 @platform_option
-@format_option("json", "raw")
+@click.option(
+    "--format",
+    "fmt",
+    type=Formats(["json", "text"], ["raw"]),
+    default="json",
+    show_default=True,
+    help="json: the config document; text: a summary to read.",
+)
+@click.option("--raw", is_flag=True, help="Print the config's exact bytes, as stored.")
 @connection_options
-def image_config(reference: str, platform: str | None, fmt: str, opts: Options) -> None:
+def image_config(reference: str, platform: str | None, fmt: str, raw: bool, opts: Options) -> None:
     """Print the image configuration of REFERENCE.
 
+    The config is a JSON document: --format json (the default) prints it,
+    --format text a summary of it, --raw its exact bytes (an artifact's
+    config, whatever it holds, too).  REFERENCE may also be an image on
+    disk (oci:DIR[:TAG], ./DIR, FILE.tar...).
+
     \b
-    Example:
+    Examples:
       derrick image config localhost:5000/app:1.0 --platform linux/arm64
+      derrick image config ./app.tar --raw | sha256sum
     """
-    ref = parse_ref(reference)
-    with opts.client(ref.registry) as client:
-        img = resolve_image(client, ref, parse_platform(platform))
-        if img.manifest.is_image:
-            raw = resolved_config(client, img).raw
-        else:  # an artifact's config, whatever it holds
-            raw = client.get_blob_bytes(ref, img.manifest.config)
-    if fmt == "raw":
-        sys.stdout.buffer.write(raw)
+    loc = image_location(reference)
+    with opened_image(loc, opts, platform=platform) as image:
+        data = image.config_bytes
+    if raw or fmt == "raw":
+        sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
+    if fmt == "text":
+        _print_config(image.shown, image.manifest, image.config if image.is_image else None)
+        return
     try:
-        data = json.loads(raw)
+        doc = json.loads(data)
     except ValueError:
         raise UsageError(
-            f"the config of {ref} ({img.manifest.config.media_type}) is not JSON",
-            hint="print it with --format raw",
+            f"the config of {image.shown} ({image.manifest.config.media_type}) is not JSON",
+            hint="print its bytes with --raw",
         ) from None
-    emit_json(data)
+    emit_json(doc)
+
+
+def _print_config(shown: str, manifest: ImageManifest, config: ImageConfig | None) -> None:
+    from derrick.ops.inspect import config_summary
+
+    click.echo(f"Image:      {shown}")
+    click.echo(f"Config:     {manifest.config.digest} ({human_size(manifest.config.size)})")
+    if config is None:
+        click.echo(f"Artifact:   {manifest.kind} (not a container image)")
+        click.echo(f"MediaType:  {manifest.config.media_type}")
+        return
+    summary = config_summary(config)
+    click.echo(f"Platform:   {config_platform(config) or '-'}")
+    click.echo(f"Created:    {summary['created'] or '-'}")
+    _print_run_settings(summary)
+    for i, h in enumerate((h for h in config.history if not h.empty_layer), 1):
+        click.echo(f"Layer {i}:{' ' * max(1, 5 - len(str(i)))}{h.created_by or '-'}")
+
+
+def _print_run_settings(cfg: dict[str, Any]) -> None:
+    """What a container of the image runs, as a config summary says (see config_summary)."""
+    if cfg["entrypoint"]:
+        click.echo(f"Entrypoint: {json.dumps(cfg['entrypoint'])}")
+    if cfg["cmd"]:
+        click.echo(f"Cmd:        {json.dumps(cfg['cmd'])}")
+    if cfg["workingDir"]:
+        click.echo(f"WorkingDir: {cfg['workingDir']}")
+    if cfg["user"]:
+        click.echo(f"User:       {cfg['user']}")
+    for port in cfg["exposedPorts"]:
+        click.echo(f"Port:       {port}")
+    for e in cfg["env"]:
+        click.echo(f"Env:        {e}")
+    for k, v in cfg["labels"].items():
+        click.echo(f"Label:      {k}={v}")
 
 
 @image_group.command("inspect")
@@ -248,13 +308,19 @@ def image_config(reference: str, platform: str | None, fmt: str, opts: Options) 
 def image_inspect(reference: str, platform: str | None, fmt: str, opts: Options) -> None:
     """Show platforms, layers and configuration of REFERENCE.
 
+    REFERENCE may also be an image on disk (oci:DIR[:TAG], ./DIR, FILE.tar...).
+    Layers are numbered from 1, base layer first.
+
     \b
-    Example:
+    Examples:
       derrick image inspect localhost:5000/app:1.0
+      derrick image inspect ./app-oci:1.0 --platform linux/arm64
     """
-    ref = parse_ref(reference)
-    with opts.client(ref.registry) as client:
-        info = inspect_image(client, ref, parse_platform(platform))
+    from derrick.ops.inspect import inspect_image
+
+    loc = image_location(reference)
+    with opened_image(loc, opts, platform=platform) as image:
+        info = inspect_image(image)
     if fmt == "json":
         emit_json(info)
         return
@@ -280,25 +346,14 @@ def _print_inspect(info: dict[str, Any]) -> None:
     else:
         click.echo(f"Created:    {cfg['created'] or '-'}")
         click.echo(f"Config:     {cfg['digest']}")
-        if cfg["entrypoint"]:
-            click.echo(f"Entrypoint: {json.dumps(cfg['entrypoint'])}")
-        if cfg["cmd"]:
-            click.echo(f"Cmd:        {json.dumps(cfg['cmd'])}")
-        if cfg["workingDir"]:
-            click.echo(f"WorkingDir: {cfg['workingDir']}")
-        if cfg["user"]:
-            click.echo(f"User:       {cfg['user']}")
-        for e in cfg["env"]:
-            click.echo(f"Env:        {e}")
-        for k, v in cfg["labels"].items():
-            click.echo(f"Label:      {k}={v}")
+        _print_run_settings(cfg)
     click.echo(f"Size:       {human_size(info['totalSize'])} compressed")
     click.echo("")
     emit_table(
         ["#", "LAYER", "SIZE", "MEDIA TYPE"],
         [
             [i, layer["digest"], human_size(layer["size"]), layer["mediaType"]]
-            for i, layer in enumerate(info["layers"])
+            for i, layer in enumerate(info["layers"], 1)
         ],
     )
 

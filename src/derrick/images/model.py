@@ -211,6 +211,9 @@ class PlannedEntry:
     #: Where the entry's manifests and blobs are read from (a plan may join several
     #: sources); a sink may look at it, e.g. a registry mounts from a repository of its own.
     source: ImageSource | None = field(default=None, compare=False, repr=False)
+    #: The index the image was chosen from, when one platform of an index was taken (the
+    #: entry's top is then that image): its descriptor and the index parsed.
+    parent: tuple[Descriptor, Index] | None = field(default=None, compare=False, repr=False)
     #: What the entry's name resolved to in its source: ``top`` itself, or the index a
     #: selection took part of (a sink may refuse to put that part over the whole).
     origin: Descriptor | None = None

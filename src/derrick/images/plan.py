@@ -2,7 +2,7 @@
 
 :func:`plan` resolves each item's name in its source, walks the index it names (nested
 indexes at most :data:`MAX_INDEX_DEPTH` deep), chooses platforms with the one matcher
-(:func:`choose`, on :meth:`Platform.matches`), fetches every image manifest it keeps and
+(:func:`~derrick.platform.choose_in_index`), fetches every image manifest it keeps and
 each image's config (small, verified through a :class:`~derrick.images.feed.Feed`), and
 collects the blobs, each once across all items.
 
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from derrick import mediatypes as mt
 from derrick.digest import Digest, Verifier
-from derrick.errors import DerrickError, ManifestError, PlatformNotFoundError
+from derrick.errors import DerrickError, ManifestError
 from derrick.images.feed import FileOpener, read_small
 from derrick.images.model import (
     ImageName,
@@ -54,6 +54,7 @@ from derrick.manifest import (
     parse_manifest,
 )
 from derrick.platform import check_platform
+from derrick.platform import choose_in_index as choose
 from derrick.transport import RetryPolicy
 
 __all__ = [
@@ -83,13 +84,16 @@ class PlanItem:
     """One thing to copy: the image ``name`` of ``source`` (None: the source's default).
 
     ``names`` is what it is called in the sink; None keeps the source's name (its tag),
-    ``()`` gives it none (a registry then stores it by digest only).
+    ``()`` gives it none (a registry then stores it by digest only).  ``shown`` is how
+    the user named the image (``registry.example/app:1.0``, ``./app-oci:v1``), for
+    messages about it; None names it by digest and source.
     """
 
     source: ImageSource
     name: str | None = None
     selection: Selection = field(default_factory=Selection)
     names: tuple[ImageName, ...] | None = None
+    shown: str | None = None
 
 
 #: Where a verified local copy of a blob may be: a file known intact, or None.
@@ -112,35 +116,6 @@ def plan(
     for item in items:
         planner.add(item)
     return planner.result()
-
-
-def choose(index: Index, wanted: Sequence[Platform], what: str) -> list[int]:
-    """Positions in ``index.manifests`` of the image for each wanted platform.
-
-    For each platform the first image manifest entry whose platform matches it is taken;
-    the positions come back each once, in the index's order.  Raises
-    :class:`PlatformNotFoundError` naming the platforms there are.
-    """
-    chosen: set[int] = set()
-    for want in wanted:
-        pos = next(
-            (
-                i
-                for i, d in enumerate(index.manifests)
-                if d.platform is not None
-                and mt.is_image_manifest(d.media_type)
-                and d.platform.matches(want)
-            ),
-            None,
-        )
-        if pos is None:
-            have = ", ".join(str(p) for p in index.platforms) or "none"
-            raise PlatformNotFoundError(
-                f"no image for platform {want} in {what} (it has: {have})",
-                hint="choose one of those platforms",
-            )
-        chosen.add(pos)
-    return sorted(chosen)
 
 
 def subset_index(raw: bytes, positions: Sequence[int]) -> bytes:
@@ -186,19 +161,25 @@ class _Planner:
         if isinstance(m, ImageManifest):
             image = self._image(source, top, raw, m)
             if selection.explicit:
-                _check_platform(source, image, selection.platforms)
-            self.entries.append(PlannedEntry(top, names, (image,), None, source, origin))
+                _check_platform(
+                    item.shown or f"image {image.digest} of {source.description}",
+                    image,
+                    selection.platforms,
+                )
+            self.entries.append(PlannedEntry(top, names, (image,), None, source, origin=origin))
             return
         what = f"index {top.digest} of {source.description}"
         if selection.all:
             images = self._walk(source, top, raw, m, 0)
-            self.entries.append(PlannedEntry(top, names, tuple(images), m, source, origin))
+            self.entries.append(PlannedEntry(top, names, tuple(images), m, source, origin=origin))
             return
         positions = choose(m, selection.platforms or (Platform.host(),), what)
         if len(selection.platforms) < 2:
             child = m.manifests[positions[0]].with_annotations(None)
             image = self._image(source, child)
-            entry = PlannedEntry(image.descriptor, names, (image,), None, source, origin)
+            entry = PlannedEntry(
+                image.descriptor, names, (image,), None, source, (top, m), origin=origin
+            )
             self.entries.append(entry)
             return
         images = [self._image(source, m.manifests[i]) for i in positions]
@@ -207,7 +188,8 @@ class _Planner:
             m = _parse(raw, top.media_type, f"the new index of {what}")
             top = Descriptor(m.media_type, Digest.of(raw), len(raw))
         self.manifests.setdefault(top.digest, (top, raw))
-        self.entries.append(PlannedEntry(top, names, tuple(images), _as_index(m), source, origin))
+        entry = PlannedEntry(top, names, tuple(images), _as_index(m), source, origin=origin)
+        self.entries.append(entry)
 
     def _fetch(self, source: ImageSource, desc: Descriptor) -> tuple[bytes, Manifest]:
         got = self._fetched.get(desc.digest)
@@ -305,9 +287,8 @@ def _as_index(m: Manifest) -> Index:
     return m
 
 
-def _check_platform(source: ImageSource, image: PlannedImage, wanted: Sequence[Platform]) -> None:
-    """Refuse a single image that is not for one of the ``wanted`` platforms."""
-    what = f"image {image.digest} of {source.description}"
+def _check_platform(what: str, image: PlannedImage, wanted: Sequence[Platform]) -> None:
+    """Refuse a single image (``what``) that is not for one of the ``wanted`` platforms."""
     config: ImageConfig | None = None
     if image.manifest.is_image:
         try:

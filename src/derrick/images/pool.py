@@ -162,7 +162,9 @@ class ReadAhead(Generic[T, R]):
             while pos not in self._done:
                 if self._error is not None:
                     raise self._error
-                if self._finished or self.cancel.is_set():
+                # Once cancelled, the workers stop at once: wait for them, so that the error
+                # raised is the one that cancelled them, not the cancellation.
+                if self._finished:
                     raise Cancelled(f"cancelled after {pos} of {len(self.items)} blobs")
                 self._cond.wait(0.1)
             got = self._done.pop(pos)

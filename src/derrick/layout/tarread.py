@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from derrick.errors import LayoutError
+from derrick.layout.tarheader import Fields, Header, apply_records, parse_pax, read_header
 
 Kind = Literal["file", "dir", "symlink", "hardlink", "char", "block", "fifo"]
 
@@ -46,7 +47,6 @@ _META_TYPES = frozenset(
 )
 #: Largest PAX header or GNU long name read.
 MAX_META_SIZE = 8 << 20
-_XATTR_PREFIX = "SCHILY.xattr."
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 
@@ -111,120 +111,6 @@ class TarEntry:
     xattrs: dict[str, bytes] | None = None
 
 
-def _parse_pax(data: bytes, what: str) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    pos = 0
-    n = len(data)
-    while pos < n:
-        if data[pos] == 0:
-            break
-        sp = data.find(b" ", pos, pos + 24)
-        try:
-            length = int(data[pos:sp]) if sp > pos else 0
-        except ValueError:
-            length = 0
-        end = pos + length
-        if length <= 0 or end > n or data[end - 1 : end] != b"\n":
-            raise LayoutError(f"{what}: malformed PAX extended header")
-        key, eq, value = data[sp + 1 : end - 1].partition(b"=")
-        if not eq:
-            raise LayoutError(f"{what}: malformed PAX record {key[:60]!r}")
-        out[key.decode("utf-8", "surrogateescape")] = value
-        pos = end
-    return out
-
-
-def _pax_number(value: bytes, key: str, what: str, *, real: bool = False) -> float:
-    try:
-        return float(value) if real else int(value)
-    except ValueError:
-        raise LayoutError(
-            f"{what}: PAX header {key} has the invalid value {value[:40]!r}"
-        ) from None
-
-
-class _Header:
-    __slots__ = (
-        "devmajor",
-        "devminor",
-        "gid",
-        "gname",
-        "linkname",
-        "mode",
-        "mtime",
-        "name",
-        "size",
-        "type",
-        "uid",
-        "uname",
-    )
-
-    name: str
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    mtime: int
-    type: bytes
-    linkname: str
-    uname: str
-    gname: str
-    devmajor: int
-    devminor: int
-
-
-_USTAR_MAGIC = b"ustar\x00"
-
-
-def _text(field: bytes) -> str:
-    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-
-
-def _octal(field: bytes) -> int:
-    digits = field.split(b"\0", 1)[0].strip(b" ")
-    return int(digits, 8) if digits else 0
-
-
-def _parse_header(block: bytes) -> _Header | None:
-    """A ustar/GNU header block parsed the quick way; None leaves it to :mod:`tarfile`.
-
-    The quick way covers octal numbers only; base-256 numbers, bad checksums
-    and anything odd fall back to ``tarfile.TarInfo.frombuf``, which also
-    produces the error message.
-    """
-    if any(block[i] & 0x80 for i in (100, 108, 116, 124, 136, 329, 337)):
-        return None  # base-256 numbers
-    try:
-        chksum = _octal(block[148:156])
-        if chksum != sum(block) - sum(block[148:156]) + 256:
-            return None
-        h = _Header()
-        h.mode = _octal(block[100:108])
-        h.uid = _octal(block[108:116])
-        h.gid = _octal(block[116:124])
-        h.size = _octal(block[124:136])
-        h.mtime = _octal(block[136:148])
-        h.devmajor = _octal(block[329:337])
-        h.devminor = _octal(block[337:345])
-    except ValueError:
-        return None
-    h.type = block[156:157]
-    name = _text(block[0:100])
-    if block[257:263] == _USTAR_MAGIC:
-        prefix = _text(block[345:500])
-        if prefix:
-            name = f"{prefix}/{name}"
-    if h.type == tarfile.AREGTYPE and name.endswith("/"):
-        h.type = tarfile.DIRTYPE
-    if h.type == tarfile.DIRTYPE:
-        name = name.rstrip("/")
-    h.name = name
-    h.linkname = _text(block[157:257])
-    h.uname = _text(block[265:297])
-    h.gname = _text(block[297:329])
-    return h
-
-
 class TarReader:
     """Reads a tar stream given as chunks of bytes, entry by entry.
 
@@ -273,16 +159,34 @@ class TarReader:
             got += take
         return b"".join(parts)
 
-    def _skip(self, n: int) -> None:
+    def _skip(self, n: int) -> bool:
+        """Skip ``n`` bytes; False when the stream ended first."""
         while n:
             avail = len(self._buf) - self._pos
             if avail <= 0:
                 if not self._more():
-                    raise LayoutError(f"{self.what}: the tar stream is truncated")
+                    return False
                 continue
             take = min(n, avail)
             self._pos += take
             n -= take
+        return True
+
+    def _next_block(self) -> bytes:
+        """The next header block, after what is left of the current entry: its data (a
+        stream that ends inside it is truncated) and its padding to a whole block.  A
+        stream that ends in or right after the padding ends the archive there, as if the
+        end-of-archive blocks followed (some writers leave them out, and the padding of
+        the last entry with them): b"" then."""
+        if self._left and not self._skip(self._left):
+            raise LayoutError(f"{self.what}: the tar stream is truncated")
+        pad, self._left, self._pad = self._pad, 0, 0
+        if pad and not self._skip(pad):
+            return b""
+        block = self._read(BLOCK)
+        if 0 < len(block) < BLOCK:
+            raise LayoutError(f"{self.what}: the tar stream is truncated")
+        return block
 
     def drain(self) -> None:
         """Read (and discard) everything left in the stream."""
@@ -319,40 +223,23 @@ class TarReader:
         long_name: str | None = None
         long_link: str | None = None
         while True:
-            if self._left or self._pad:
-                self._skip(self._left + self._pad)
-                self._left = self._pad = 0
-            block = self._read(BLOCK)
+            block = self._next_block()
             if not block:
                 return  # the stream ended at an entry boundary without the end marker
-            if len(block) < BLOCK:
-                raise LayoutError(f"{what}: the tar stream is truncated")
             if block == _ZERO_BLOCK:
                 self.drain()
                 return
-            quick = _parse_header(block)
-            info: _Header | tarfile.TarInfo
-            if quick is not None:
-                info = quick
-            else:
-                try:
-                    info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-                except tarfile.HeaderError as e:
-                    raise LayoutError(
-                        f"{what}: invalid tar header after {self.entries} entries ({e})",
-                        hint="the layer is not a tar archive or is corrupt",
-                    ) from None
-            typ = info.type
-            size = info.size
-            if size < 0:
+            info = read_header(block, what, self.entries)
+            if info.size < 0:
                 raise LayoutError(f"{what}: tar header with a negative size")
-            self._left, self._pad = size, -size % BLOCK
+            self._left, self._pad = info.size, -info.size % BLOCK
+            typ = info.type
             if typ in _META_TYPES:
                 data = self.read_data()
                 if typ in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
-                    pax.update(_parse_pax(data, what))
+                    pax.update(parse_pax(data, what))
                 elif typ == tarfile.XGLTYPE:
-                    global_pax.update(_parse_pax(data, what))
+                    global_pax.update(parse_pax(data, what))
                 else:
                     text = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
                     if typ == tarfile.GNUTYPE_LONGNAME:
@@ -360,72 +247,52 @@ class TarReader:
                     else:
                         long_link = text
                 continue
-            name = long_name if long_name is not None else info.name
-            link = long_link if long_link is not None else info.linkname
-            uid, gid, mtime = info.uid, info.gid, float(info.mtime)
-            uname, gname = info.uname, info.gname
-            xattrs: dict[str, bytes] | None = None
             records = {**global_pax, **pax} if global_pax else pax
-            for key, value in records.items():
-                if not value:
-                    continue
-                if key == "path":
-                    name = value.decode("utf-8", "surrogateescape")
-                elif key == "linkpath":
-                    link = value.decode("utf-8", "surrogateescape")
-                elif key == "size":
-                    size = int(_pax_number(value, key, what))
-                    self._left, self._pad = size, -size % BLOCK
-                elif key == "uid":
-                    uid = int(_pax_number(value, key, what))
-                elif key == "gid":
-                    gid = int(_pax_number(value, key, what))
-                elif key == "mtime":
-                    mtime = _pax_number(value, key, what, real=True)
-                elif key == "uname":
-                    uname = value.decode("utf-8", "replace")
-                elif key == "gname":
-                    gname = value.decode("utf-8", "replace")
-                elif key.startswith(_XATTR_PREFIX):
-                    if xattrs is None:
-                        xattrs = {}
-                    xattrs[key[len(_XATTR_PREFIX) :]] = value
-                elif key.startswith("GNU.sparse."):
-                    typ = tarfile.GNUTYPE_SPARSE
+            fields = apply_records(info, records, long_name, long_link, what)
             pax = {}
             long_name = long_link = None
-            if typ == tarfile.GNUTYPE_SPARSE:
-                raise LayoutError(
-                    f"{what}: entry {name!r} is a sparse file, which derrick does not unpack"
-                )
-            kind = _KINDS.get(typ)
-            if kind is None:
-                self.skipped.append(name)
-                log.debug("%s: skipping tar entry %r of unknown type %r", what, name, typ)
-                continue
-            if kind == "file" and typ == tarfile.AREGTYPE and name.endswith("/"):
-                kind = "dir"
-            if kind != "file":
-                self._left = self._pad = 0  # header-only types carry no data
-                size = 0
-            path = clean_path(name, what)
-            if kind == "hardlink":
-                link = clean_path(link, what)
-                if not link:
-                    raise LayoutError(f"{what}: hard link {name!r} points to the root directory")
-            self.entries += 1
-            yield TarEntry(
-                path,
-                kind,
-                info.mode & 0o7777,
-                uid,
-                gid,
-                mtime,
-                size,
-                link,
-                uname,
-                gname,
-                info.devmajor,
-                info.devminor,
-                xattrs,
+            entry = self._entry(fields, info)
+            if entry is not None:
+                self.entries += 1
+                yield entry
+
+    def _entry(self, f: Fields, info: Header | tarfile.TarInfo) -> TarEntry | None:
+        """The entry a member makes (None for a type skipped); what is left to read of it
+        is set from its size."""
+        what = self.what
+        self._left, self._pad = f.size, -f.size % BLOCK
+        if f.type == tarfile.GNUTYPE_SPARSE:
+            raise LayoutError(
+                f"{what}: entry {f.name!r} is a sparse file, which derrick does not unpack"
             )
+        kind = _KINDS.get(f.type)
+        if kind is None:
+            self.skipped.append(f.name)
+            log.debug("%s: skipping tar entry %r of unknown type %r", what, f.name, f.type)
+            return None
+        if kind == "file" and f.type == tarfile.AREGTYPE and f.name.endswith("/"):
+            kind = "dir"
+        size = f.size
+        if kind != "file":
+            self._left = self._pad = 0  # header-only types carry no data
+            size = 0
+        link = f.link
+        if kind == "hardlink":
+            link = clean_path(link, what)
+            if not link:
+                raise LayoutError(f"{what}: hard link {f.name!r} points to the root directory")
+        return TarEntry(
+            clean_path(f.name, what),
+            kind,
+            info.mode & 0o7777,
+            f.uid,
+            f.gid,
+            f.mtime,
+            size,
+            link,
+            f.uname,
+            f.gname,
+            info.devmajor,
+            info.devminor,
+            f.xattrs,
+        )

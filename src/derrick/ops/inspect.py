@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from derrick.manifest import ImageConfig, Index, Platform
-from derrick.ops.resolve import resolve_image, resolved_config
-from derrick.platform import config_platform
-from derrick.reference import Reference
-from derrick.registry import RegistryClient
+from derrick.images.view import Image
+from derrick.manifest import ImageConfig
 
-
-@dataclass(frozen=True)
-class ImageReport:
-    ref: Reference
-    data: dict[str, Any]
+__all__ = ["config_summary", "inspect_image"]
 
 
 def config_summary(cfg: ImageConfig) -> dict[str, Any]:
@@ -37,52 +29,46 @@ def config_summary(cfg: ImageConfig) -> dict[str, Any]:
     }
 
 
-def inspect_image(
-    client: RegistryClient, ref: Reference, platform: Platform | None = None
-) -> dict[str, Any]:
+def inspect_image(image: Image) -> dict[str, Any]:
     """What ``derrick image inspect`` shows, as JSON-ready data.
 
-    An OCI artifact (``artifactType`` set to its type, ``platform`` None) has
-    only its config's digest, size and media type under ``config``: its config
-    is not an image config.
+    ``platform`` is the image's: its index entry's when it was chosen from an index
+    (``linux/arm64/v8`` when ``linux/arm64`` was asked for), else its config's.  An OCI
+    artifact (``artifactType`` set to its type, ``platform`` None) has only its config's
+    digest, size and media type under ``config``: its config is not an image config.
     """
-    img = resolve_image(client, ref, platform)
-    m = img.manifest
-    top = img.top
-    platforms = []
-    if isinstance(top.manifest, Index):
-        for d in top.manifest.manifests:
-            platforms.append(
-                {
-                    "platform": str(d.platform) if d.platform else None,
-                    "digest": str(d.digest),
-                    "mediaType": d.media_type,
-                    "size": d.size,
-                }
-            )
+    m = image.manifest
+    top = image.top
+    index = image.index
+    platforms = [
+        {
+            "platform": str(d.platform) if d.platform else None,
+            "digest": str(d.digest),
+            "mediaType": d.media_type,
+            "size": d.size,
+        }
+        for d in (index.manifests if index is not None else ())
+    ]
     config: dict[str, Any] = {
         "digest": str(m.config.digest),
         "size": m.config.size,
         "mediaType": m.config.media_type,
     }
-    plat: Platform | None = None
     if m.is_image:
-        cfg = resolved_config(client, img)
-        plat = config_platform(cfg)
-        config.update(config_summary(cfg))
-    layers = [
-        {"digest": str(d.digest), "mediaType": d.media_type, "size": d.size} for d in m.layers
-    ]
+        config.update(config_summary(image.config))
+    platform = image.platform
     return {
-        "reference": str(ref),
+        "reference": image.shown,
         "digest": str(top.digest),
         "mediaType": top.media_type,
-        "manifestDigest": str(img.digest),
+        "manifestDigest": str(image.digest),
         "manifestMediaType": m.media_type,
         "artifactType": None if m.is_image else m.kind,
-        "platform": str(plat) if plat else None,
+        "platform": str(platform) if platform else None,
         "platforms": platforms,
         "config": config,
-        "layers": layers,
-        "totalSize": sum(d.size for d in m.layers) + m.config.size,
+        "layers": [
+            {"digest": str(d.digest), "mediaType": d.media_type, "size": d.size} for d in m.layers
+        ],
+        "totalSize": image.size,
     }

@@ -24,14 +24,25 @@ from derrick.registry.session import Session
 from derrick.transport import RetryPolicy, TLSConfig, Transport
 
 
+def _ref(ref: Reference | str) -> Reference:
+    """A reference, parsed when given as a string (``InvalidReferenceError`` if it is none)."""
+    return Reference.parse(ref) if isinstance(ref, str) else ref
+
+
+def _digest(digest: Digest | str) -> Digest:
+    """A digest, parsed when given as a string (``InvalidDigestError`` if it is none)."""
+    return Digest.parse(digest) if isinstance(digest, str) else digest
+
+
 class RegistryClient:
     """A client for one or more registries, reused across calls.
 
     It keeps connection pools, the scheme each registry speaks, and tokens per
     (registry, scopes).  Public methods take and return derrick's own types, never
-    HTTP responses.  Every manifest and blob it hands out has been checked against
-    its digest (streams are checked by the reader with :class:`~derrick.digest.Verifier`,
-    see :meth:`open_blob`).  Use as a context manager, or call :meth:`close`.
+    HTTP responses (references and digests may be given as strings).  Every manifest and
+    blob it hands out has been checked against its digest (streams are checked by the
+    reader with :class:`~derrick.digest.Verifier`, see :meth:`open_blob`).  Use as a
+    context manager, or call :meth:`close`.
     """
 
     def __init__(
@@ -87,10 +98,10 @@ class RegistryClient:
     # -- listings -----------------------------------------------------------------------
 
     def list_tags(
-        self, ref: Reference, *, page_size: int | None = None, last: str | None = None
+        self, ref: Reference | str, *, page_size: int | None = None, last: str | None = None
     ) -> list[str]:
         """All tags of the repository, following ``Link`` pagination."""
-        return tags.list_tags(self.session, ref, page_size=page_size, last=last)
+        return tags.list_tags(self.session, _ref(ref), page_size=page_size, last=last)
 
     def catalog(
         self, registry: str, *, page_size: int | None = None, last: str | None = None
@@ -100,65 +111,83 @@ class RegistryClient:
 
     # -- manifests ----------------------------------------------------------------------
 
-    def get_manifest(self, ref: Reference, *, accept: str = mt.MANIFEST_ACCEPT) -> FetchedManifest:
+    def get_manifest(
+        self, ref: Reference | str, *, accept: str = mt.MANIFEST_ACCEPT
+    ) -> FetchedManifest:
         """Fetch and parse a manifest or index; its digest is checked when ``ref`` has one."""
-        return manifests.get_manifest(self.session, ref, accept)
+        return manifests.get_manifest(self.session, _ref(ref), accept)
 
-    def head_manifest(self, ref: Reference, *, accept: str = mt.MANIFEST_ACCEPT) -> ManifestHead:
+    def head_manifest(
+        self, ref: Reference | str, *, accept: str = mt.MANIFEST_ACCEPT
+    ) -> ManifestHead:
         """Digest, size and media type of a manifest without fetching it."""
-        return manifests.head_manifest(self.session, ref, accept)
+        return manifests.head_manifest(self.session, _ref(ref), accept)
 
     def put_manifest(
-        self, ref: Reference, raw: bytes, media_type: str, *, scopes: Sequence[str] | None = None
+        self,
+        ref: Reference | str,
+        raw: bytes,
+        media_type: str,
+        *,
+        scopes: Sequence[str] | None = None,
     ) -> Digest:
         """Store manifest bytes under the tag or digest of ``ref``; return its digest.
 
         ``scopes`` replaces the default push scope (to share one token with other calls).
         """
-        return manifests.put_manifest(self.session, ref, raw, media_type, tuple(scopes or ()))
+        return manifests.put_manifest(self.session, _ref(ref), raw, media_type, tuple(scopes or ()))
 
-    def delete_manifest(self, ref: Reference) -> None:
+    def delete_manifest(self, ref: Reference | str) -> None:
         """Delete a manifest (by digest; a tag is resolved to its digest first)."""
-        manifests.delete_manifest(self.session, ref)
+        manifests.delete_manifest(self.session, _ref(ref))
 
     # -- blobs --------------------------------------------------------------------------
 
     def head_blob(
-        self, ref: Reference, digest: Digest, *, scopes: Sequence[str] | None = None
+        self, ref: Reference | str, digest: Digest | str, *, scopes: Sequence[str] | None = None
     ) -> int | None:
         """The blob's size if the repository has it, else None.
 
         ``scopes`` replaces the default pull scope (a push asks with its push token).
         """
-        return blobs.head_blob(self.session, ref, digest, tuple(scopes or ()))
+        return blobs.head_blob(self.session, _ref(ref), _digest(digest), tuple(scopes or ()))
 
     def open_blob(
-        self, ref: Reference, digest: Digest, *, offset: int = 0
+        self, ref: Reference | str, digest: Digest | str, *, offset: int = 0
     ) -> AbstractContextManager[BlobStream]:
         """Stream a blob, from ``offset`` with a ``Range`` request when it is not 0.
 
         The registry may ignore the range; then the stream starts at 0 and
         ``stream.offset`` says so.  The caller verifies the digest.
         """
-        return blobs.open_blob(self.session, ref, digest, offset)
+        return blobs.open_blob(self.session, _ref(ref), _digest(digest), offset)
 
     def get_blob_bytes(
-        self, ref: Reference, desc: Descriptor | Digest, *, max_size: int = MAX_MANIFEST_SIZE
+        self,
+        ref: Reference | str,
+        desc: Descriptor | Digest | str,
+        *,
+        max_size: int = MAX_MANIFEST_SIZE,
     ) -> bytes:
         """A small blob (a config) read whole and verified."""
-        return blobs.get_blob_bytes(self.session, ref, desc, max_size)
+        return blobs.get_blob_bytes(
+            self.session,
+            _ref(ref),
+            desc if isinstance(desc, Descriptor) else _digest(desc),
+            max_size,
+        )
 
-    def delete_blob(self, ref: Reference, digest: Digest) -> None:
-        blobs.delete_blob(self.session, ref, digest)
+    def delete_blob(self, ref: Reference | str, digest: Digest | str) -> None:
+        blobs.delete_blob(self.session, _ref(ref), _digest(digest))
 
-    def mount_blob(self, ref: Reference, digest: Digest, from_repository: str) -> bool:
+    def mount_blob(self, ref: Reference | str, digest: Digest | str, from_repository: str) -> bool:
         """Ask the registry to link a blob from another repository; True if it did."""
-        return uploads.mount_blob(self.session, ref, digest, from_repository)
+        return uploads.mount_blob(self.session, _ref(ref), _digest(digest), from_repository)
 
     def upload_blob(
         self,
-        ref: Reference,
-        digest: Digest,
+        ref: Reference | str,
+        digest: Digest | str,
         size: int,
         open_at: Callable[[int], Iterable[bytes | memoryview]],
         *,
@@ -183,8 +212,8 @@ class RegistryClient:
         """
         uploads.upload_blob(
             self.session,
-            ref,
-            digest,
+            _ref(ref),
+            _digest(digest),
             size,
             open_at,
             chunk_size=chunk_size,

@@ -1,0 +1,349 @@
+"""The Python API: :class:`Client`, :class:`Repository`, and :func:`open`, :func:`copy` and
+:func:`unpack`, which take strings wherever a reference or a location goes.
+
+A location is what the command line takes (see :mod:`derrick.images.locations`): a
+registry reference (``registry.example/team/app:1.0``, ``docker://…``), ``oci:DIR[:TAG]``,
+``oci-archive:FILE[:TAG]``, ``docker-archive:FILE[:NAME:TAG]``, or a plain path where that
+is unambiguous.  An image is read through the lazy :class:`~derrick.images.view.Image`
+view; :func:`copy` is the one engine (:func:`derrick.ops.transfer.copy`), which pulls,
+pushes and copies.  The library writes only where it is told to, and keeps blobs in a
+cache only when given one (``cache=``).  Every error is a
+:class:`~derrick.errors.DerrickError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from derrick.auth.credentials import Credential, CredentialStore
+from derrick.digest import Digest
+from derrick.errors import UsageError
+from derrick.images.locations import Location, parse_location
+from derrick.images.model import CopyResult, ImageSource, Progress, Selection
+from derrick.images.open import DEFAULT_JOBS, destination_names, open_sink, open_source
+from derrick.images.open import source_name as name_in
+from derrick.images.remote import RegistryRepository
+from derrick.images.view import Image, open_image
+from derrick.manifest import ImageManifest, Index, Platform
+from derrick.ops import transfer
+from derrick.ops.unpack import UnpackResult, unpack_image
+from derrick.reference import Reference, validate_tag
+from derrick.registry import RegistryClient
+from derrick.store.cache import BlobStore
+
+__all__ = ["Client", "Repository", "copy", "open", "unpack"]
+
+#: Where credentials come from: a store, a lookup by registry, or None for the usual
+#: sources (``DOCKER_AUTH_CONFIG``, Docker's ``config.json`` and its credential helpers).
+Credentials = CredentialStore | Callable[[str], Credential | None] | None
+#: Platforms as a copy takes them: one, several, or None for the default.
+Platforms = Platform | str | Sequence[Platform | str] | None
+
+
+class Client:
+    """A long-lived client for registries: connections, tokens and the scheme each
+    registry speaks are kept across calls.  Use as a context manager, or :meth:`close`.
+
+    ``insecure`` allows plain http and unverified TLS for every registry,
+    ``insecure_registries`` for those named; ``ca_cert`` is a PEM file of CAs to trust;
+    ``cache`` is a blob cache (a directory or a :class:`~derrick.store.cache.BlobStore`)
+    that layers read from registries and copies to local destinations go through (none
+    by default: nothing is kept).
+    """
+
+    def __init__(
+        self,
+        *,
+        credentials: Credentials = None,
+        insecure: bool = False,
+        insecure_registries: Sequence[str] = (),
+        ca_cert: str | Path | None = None,
+        certs_dir: str | Path | None = "/etc/docker/certs.d",
+        cache: str | Path | BlobStore | None = None,
+        timeout: float = 30.0,
+        retries: int = 3,
+    ) -> None:
+        self.registry = RegistryClient(
+            credentials=credentials,
+            insecure=insecure,
+            insecure_registries=insecure_registries,
+            ca_cert=Path(ca_cert) if ca_cert is not None else None,
+            certs_dir=Path(certs_dir) if certs_dir is not None else None,
+            timeout=timeout,
+            retries=retries,
+        )
+        self.cache = _store(cache)
+
+    def __repr__(self) -> str:
+        return f"Client(cache={self.cache!r})"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.registry.close()
+
+    def repository(self, name: str | Reference) -> Repository:
+        """The repository ``name`` (``registry.example/team/app``; ``alpine`` is Docker
+        Hub's ``docker.io/library/alpine``)."""
+        ref = Reference.parse(name, default_tag=None) if isinstance(name, str) else name
+        if ref.tag is not None or ref.digest is not None:
+            raise UsageError(
+                f"{name} names an image, not a repository",
+                hint=f"give the repository ({ref.name}) and ask it for the image",
+            )
+        return Repository(self, ref)
+
+    def open(self, location: str | Location, *, platform: Platform | str | None = None) -> Image:
+        """The image at ``location``, for ``platform`` (None: this machine's, from an
+        index; a single image whatever its platform)."""
+        return open_image(
+            location,
+            client=self.registry,
+            store=self.cache,
+            platform=platform,
+            retry=self.registry.transport.retry,
+        )
+
+    def copy(
+        self,
+        source: str | Location | Image,
+        destination: str | Location,
+        *,
+        platform: Platforms = None,
+        all_platforms: bool = False,
+        jobs: int = DEFAULT_JOBS,
+        progress: Progress | None = None,
+    ) -> CopyResult:
+        """Copy ``source`` (a location, or an :class:`Image` opened before) to
+        ``destination``; see :func:`copy`."""
+        dst = _location(destination, destination=True)
+        with contextlib.ExitStack() as stack:
+            src, name, selection = self._source(stack, source, platform, all_platforms, dst)
+            sink = open_sink(dst, client=self.registry, store=self.cache)
+            return transfer.copy(
+                src,
+                sink,
+                name=name,
+                selection=selection,
+                names=destination_names(dst),
+                jobs=jobs,
+                progress=progress,
+                retry=self.registry.transport.retry,
+                cache=self.cache,
+            )
+
+    def _source(
+        self,
+        stack: contextlib.ExitStack,
+        source: str | Location | Image,
+        platform: Platforms,
+        all_platforms: bool,
+        dst: Location,
+    ) -> tuple[ImageSource, str | None, Selection]:
+        """The source, the name of the image in it, and what to take of an index."""
+        if isinstance(source, Image):
+            if platform is not None or all_platforms:
+                raise UsageError(
+                    f"{source} is one platform's image: choose the platform when opening it"
+                )
+            return source.source, source.name, source.selection
+        loc = _location(source)
+        opened = open_source(loc, client=self.registry, store=self.cache)
+        stack.callback(opened.close)
+        return opened, name_in(loc), _selection(platform, all_platforms, dst)
+
+
+class Repository:
+    """A repository of a registry, reached through ``client``."""
+
+    def __init__(self, client: Client, reference: Reference) -> None:
+        self.client = client
+        self.reference = reference
+
+    @property
+    def name(self) -> str:
+        """The full name, e.g. ``registry.example/team/app``."""
+        return self.reference.name
+
+    def __repr__(self) -> str:
+        return f"Repository({self.name!r})"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def _ref(self, tag: str) -> Reference:
+        """The reference of a tag, or of a digest (``sha256:…``)."""
+        if ":" in tag:
+            return self.reference.with_digest(Digest.parse(tag))
+        return self.reference.with_tag(validate_tag(tag))
+
+    def tags(self) -> list[str]:
+        """Every tag of the repository."""
+        return self.client.registry.list_tags(self.reference)
+
+    def image(self, tag: str = "latest", *, platform: Platform | str | None = None) -> Image:
+        """The image ``tag`` (a tag or a digest) names, for ``platform`` (None: this
+        machine's, from an index): a lazy view, read when first asked something."""
+        ref = self._ref(tag)
+        registry = self.client.registry
+        return Image(
+            RegistryRepository(registry, ref),
+            platform=platform,
+            store=self.client.cache,
+            retry=registry.transport.retry,
+            shown=str(ref),
+        )
+
+    def manifest(self, tag: str = "latest") -> ImageManifest | Index:
+        """The manifest or index ``tag`` (a tag or a digest) names, verified; its bytes
+        as served are ``.raw``."""
+        return self.client.registry.get_manifest(self._ref(tag)).manifest
+
+    def delete(self, tag: str) -> Digest:
+        """Delete the manifest ``tag`` (a tag or a digest) names, and with it every tag on
+        it; its digest."""
+        ref = self._ref(tag)
+        registry = self.client.registry
+        if ref.digest is None:
+            ref = ref.with_digest(registry.head_manifest(ref).descriptor.digest)
+        registry.delete_manifest(ref)
+        assert ref.digest is not None
+        return ref.digest
+
+
+# -- the functions -----------------------------------------------------------------------------
+
+
+def _store(cache: str | Path | BlobStore | None) -> BlobStore | None:
+    """A blob store: the one given, or the directory named (``~`` expanded)."""
+    if isinstance(cache, BlobStore | None):
+        return cache
+    return BlobStore(Path(cache).expanduser())
+
+
+def _location(text: str | Location, *, destination: bool = False) -> Location:
+    return parse_location(text, destination=destination) if isinstance(text, str) else text
+
+
+def _selection(platform: Platforms, all_platforms: bool, dst: Location) -> Selection:
+    """What a copy takes of an index: the platforms named; else everything when asked, or
+    when the destination is a registry (a mirror keeps every platform); else this
+    machine's (as a pull does)."""
+    if platform is not None:
+        if all_platforms:
+            raise UsageError("a copy takes all platforms, or the ones named: not both")
+        wanted = [platform] if isinstance(platform, Platform | str) else list(platform)
+        return Selection(platforms=tuple(_platform(p) for p in wanted))
+    return Selection(all=all_platforms or dst.is_registry)
+
+
+def _platform(value: Platform | str) -> Platform:
+    return Platform.parse(value) if isinstance(value, str) else value
+
+
+@contextlib.contextmanager
+def _client(client: Client | None, cache: str | Path | BlobStore | None) -> Iterator[Client]:
+    """``client``, or one made for the call (credentials from the usual sources)."""
+    if client is not None:
+        yield client
+        return
+    with Client(cache=cache) as made:
+        yield made
+
+
+def open(
+    location: str | Location,
+    *,
+    client: Client | None = None,
+    platform: Platform | str | None = None,
+    cache: str | Path | BlobStore | None = None,
+) -> Image:
+    """The image at ``location`` (e.g. ``"oci:./app-oci:1.0"``, ``"app.tar"``,
+    ``"registry.example/team/app:1.0"``) for ``platform``: a lazy view (use it as a
+    context manager, or close it).  A registry is reached through ``client``, or a client
+    made for the image (closed with it)."""
+    if client is not None:
+        return client.open(location, platform=platform)
+    loc = _location(location)
+    if not loc.is_registry:  # no client needed
+        return open_image(loc, store=_store(cache), platform=platform)
+    made = Client(cache=cache)
+    try:
+        return open_image(
+            loc,
+            client=made.registry,
+            store=made.cache,
+            platform=platform,
+            retry=made.registry.transport.retry,
+            closers=[made.close],
+        )
+    except BaseException:
+        made.close()
+        raise
+
+
+def copy(
+    source: str | Location | Image,
+    destination: str | Location,
+    *,
+    client: Client | None = None,
+    platform: Platforms = None,
+    all_platforms: bool = False,
+    jobs: int = DEFAULT_JOBS,
+    progress: Progress | None = None,
+    cache: str | Path | BlobStore | None = None,
+) -> CopyResult:
+    """Copy an image from ``source`` to ``destination``: pull, push and copy are this one
+    function.  Either is a location; the source may also be an :class:`Image` (that
+    platform's image is copied).
+
+    From an index, the platforms named in ``platform`` are taken (several make a new index
+    of just those), or with ``all_platforms`` the index whole; by default a registry
+    destination gets the index whole and a local one this machine's platform.  A
+    destination without a tag keeps the source's.  Registries are reached through
+    ``client`` (or a client made for the call, with ``cache``).
+    """
+    with _client(client, cache) as c:
+        return c.copy(
+            source,
+            destination,
+            platform=platform,
+            all_platforms=all_platforms,
+            jobs=jobs,
+            progress=progress,
+        )
+
+
+def unpack(
+    image: Image | str | Location,
+    directory: str | Path,
+    *,
+    client: Client | None = None,
+    platform: Platform | str | None = None,
+    same_owner: bool | None = None,
+) -> UnpackResult:
+    """Unpack the filesystem of ``image`` (an :class:`Image`, or a location) into
+    ``directory``, which must be new or empty: layers applied in order with their
+    whiteouts, each verified, nothing written outside ``directory``, and nothing left
+    there after a failure.  ``same_owner`` (default: when running as root) applies the
+    layers' file owners."""
+    if isinstance(image, Image):
+        if platform is not None:
+            raise UsageError(
+                f"{image} is one platform's image: choose the platform when opening it"
+            )
+        return unpack_image(image, directory, same_owner=same_owner)
+    with open(image, client=client, platform=platform) as opened:
+        return unpack_image(opened, directory, same_owner=same_owner)

@@ -1,0 +1,195 @@
+"""The Python API a library user starts with: the README's example, run against a real
+registry, and what it promises (strings everywhere, one lazy image view for every place an
+image can be, copy as the one verb, every error a DerrickError)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import derrick
+from derrick.ops.export import export_image
+from derrick.registry import RegistryClient
+from support.images import LayoutImage, make_multi
+from support.rawclient import RawClient
+from support.registry import RegistryProcess
+from support.seed import SeededRegistries
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_example() -> str:
+    """The first Python block of the README's "Python API" section."""
+    text = README.read_text()
+    section = text[text.index("## Python API") :]
+    m = re.search(r"```python\n(.*?)```", section, re.S)
+    assert m is not None, "no python block in the README's Python API section"
+    return m.group(1)
+
+
+def test_the_readme_example_runs(
+    registry_open: RegistryProcess, tmp_path: Path, unique_repo: Callable[..., str]
+) -> None:
+    repo = unique_repo("readme")
+    work = tmp_path / "work"
+    work.mkdir()
+    pushed = make_multi(tmp_path / "pushed", tag="1.0")  # has linux/arm64
+    with RawClient(registry_open) as raw:
+        raw.push_layout(pushed, repo, "1.0")
+    local = make_multi(work / "app-oci", tag="1.0")
+    code = readme_example().replace("registry.example/team/app", f"{registry_open.host}/{repo}")
+    assert registry_open.host in code
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    arm = pushed.image_for("linux/arm64/v8")
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "['1.0']"
+    assert lines[1] == f"{arm.digest} arm64 {arm.config.size + sum(x.size for x in arm.layers)}"
+    with tarfile.open(work / "app.tar") as tar:
+        member = tar.extractfile("manifest.json")
+        assert member is not None
+        (entry,) = json.loads(member.read())
+    assert entry["RepoTags"] == [f"{registry_open.host}/{repo}:1.0"]
+    assert entry["Config"] == f"blobs/sha256/{arm.config.hex}"
+    assert (work / "rootfs" / "etc" / "arch").read_text() == "linux/arm64/v8\n"
+    with RawClient(registry_open) as raw:
+        assert raw.manifest_digest(repo, "1.1") == local.digest  # the whole index
+
+
+def test_strings_are_taken_where_references_are(seeded: SeededRegistries) -> None:
+    img = seeded.open["test/single"]
+    repo = f"{img.registry.host}/test/single"
+    with RegistryClient() as client:
+        assert client.list_tags(repo) == ["v1"]
+        assert str(client.get_manifest(img.reference).digest) == img.digest
+        assert client.head_blob(repo, img.layout.image.layers[0].digest) is not None
+        with pytest.raises(derrick.InvalidReferenceError):
+            client.list_tags("not a reference!")
+    with derrick.Client() as client:
+        assert client.repository(repo).tags() == ["v1"]
+        assert str(client.repository(repo).manifest("v1").digest) == img.digest
+        with pytest.raises(derrick.UsageError, match="names an image, not a repository"):
+            client.repository(img.reference)
+
+
+def test_one_view_of_an_image_wherever_it_is(
+    seeded: SeededRegistries, test_images: dict[str, LayoutImage], tmp_path: Path
+) -> None:
+    multi = test_images["multi"]
+    arm = multi.image_for("linux/arm64/v8")
+    seeded_multi = seeded.open["test/multi"]
+    repo = f"{seeded_multi.registry.host}/test/multi"
+    with derrick.Client() as client:
+        remote = client.repository(repo).image("v1", platform="linux/arm64")
+        local = derrick.open(f"oci:{multi.path}:v1", platform="linux/arm64")
+        with remote, local:
+            for image in (remote, local):
+                assert str(image.digest) == arm.digest
+                assert str(image.top.digest) == multi.digest
+                assert image.index is not None and len(image.index.manifests) == 2
+                assert str(image.platform) == "linux/arm64/v8"
+                assert image.config.architecture == "arm64"
+                assert [str(d.digest) for d in image.layers] == arm.layer_digests
+                assert image.size == arm.config.size + sum(x.size for x in arm.layers)
+                assert image.manifest.raw == arm.manifest_bytes
+                assert (
+                    b"".join(image.blob(image.layers[0]))
+                    == multi.blob_path(arm.layer_digests[0]).read_bytes()
+                )
+        # an archive written by copy reads back as the same image
+        result = derrick.copy(remote, f"oci-archive:{tmp_path / 'arm.tar'}", client=client)
+        assert str(result.digest) == arm.digest
+        with derrick.open(str(tmp_path / "arm.tar")) as archived:
+            assert archived.digest == remote.digest
+            assert archived.config_bytes == arm.config_bytes
+
+
+def test_copy_and_unpack_take_locations_and_keep_blobs_only_in_a_cache_given(
+    seeded: SeededRegistries, test_images: dict[str, LayoutImage], tmp_path: Path
+) -> None:
+    single = seeded.open["test/single"]
+    cache = tmp_path / "cache"
+    result = derrick.copy(single.reference, str(tmp_path / "out-oci"), cache=cache)
+    assert str(result.digest) == single.digest
+    assert sorted(p.name for p in (cache / "blobs" / "sha256").iterdir()) == sorted(
+        d.split(":")[1] for d in single.layout.blob_digests
+    )
+    unpacked = derrick.unpack(single.reference, tmp_path / "rootfs")
+    assert unpacked.layers == 1 and (tmp_path / "rootfs" / "bin" / "hello").exists()
+    derrick.unpack(f"oci:{tmp_path / 'out-oci'}", tmp_path / "rootfs2")
+    assert (tmp_path / "rootfs2" / "bin" / "hello").read_bytes() == (
+        tmp_path / "rootfs" / "bin" / "hello"
+    ).read_bytes()
+
+
+def test_every_error_is_a_derrick_error(
+    tmp_path: Path, test_images: dict[str, LayoutImage]
+) -> None:
+    layout = shutil.copytree(test_images["single"].path, tmp_path / "lay")
+    cases: list[Callable[[], object]] = [
+        lambda: derrick.open(str(tmp_path / "nothing-here")),
+        lambda: derrick.open(f"oci:{layout}:nosuch").digest,
+        lambda: derrick.open(f"oci:{layout}", platform="linux").digest,
+        lambda: derrick.open(f"oci:{layout}", platform="linux/arm64").digest,
+        lambda: derrick.unpack(f"oci:{layout}", tmp_path / "lay"),  # not empty
+        lambda: derrick.copy(f"oci:{layout}", "-"),
+        lambda: derrick.Client().repository("a//b"),
+        lambda: derrick.Client(cache=tmp_path / "c").repository("a/b").image("not a tag!"),
+    ]
+    for case in cases:
+        with pytest.raises(derrick.DerrickError):
+            case()
+    assert set(derrick.__all__) >= {"Client", "Repository", "Image", "open", "copy", "unpack"}
+    errors = [getattr(derrick, n) for n in derrick.__all__ if n.endswith("Error")]
+    assert all(issubclass(e, derrick.DerrickError) for e in errors)
+
+
+def test_the_library_writes_only_where_it_is_told(
+    test_images: dict[str, LayoutImage], tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """A tar to ``-`` goes to the stream the caller gives, never to ``sys.stdout`` unasked."""
+    with derrick.open(f"oci:{test_images['single'].path}") as image:
+        with pytest.raises(derrick.UsageError, match="names no file"):
+            export_image(image, "-")
+        assert capsysbinary.readouterr().out == b""
+        buf = io.BytesIO()
+        result = export_image(image, buf)
+    assert result.entries > 0 and len(buf.getvalue()) == result.bytes_written
+    assert not Path("-").exists() and capsysbinary.readouterr().out == b""
+
+
+def test_a_repository_reads_and_deletes_manifests(
+    registry_open: RegistryProcess,
+    test_images: dict[str, LayoutImage],
+    unique_repo: Callable[..., str],
+) -> None:
+    repo_name = unique_repo("api")
+    single = test_images["single"]
+    with RawClient(registry_open) as raw:
+        raw.push_layout(single, repo_name, "v1")
+        raw.put_manifest(repo_name, "v2", single.top_bytes, single.media_type)
+    with derrick.Client() as client:
+        repo = client.repository(f"{registry_open.host}/{repo_name}")
+        assert sorted(repo.tags()) == ["v1", "v2"]
+        assert repo.manifest("v1").raw == single.top_bytes
+        assert repo.manifest(single.digest).raw == single.top_bytes
+        assert str(repo.delete("v2")) == single.digest  # the manifest, with every tag on it
+        with pytest.raises(derrick.ManifestUnknownError):
+            repo.manifest("v1")
