@@ -29,6 +29,8 @@ import pytest
 from derrick.cli.progress import BlobProgress
 from derrick.digest import Digest
 from derrick.errors import PlatformNotFoundError, UsageError
+from derrick.images.locations import parse_location
+from derrick.images.open import open_sink
 from derrick.manifest import Descriptor, Platform
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
@@ -381,9 +383,10 @@ def test_library_pull(seeded: SeededRegistry, env: Isolation, tmp_path: Path) ->
         result = pull(client, ref, buf, format="docker-archive", cache=cache)
         assert result.stats.copied_bytes == 0  # all in the cache already
         check_docker_archive(Store.from_tar(buf.getvalue()), layout, str(ref))
-        # the library writes only where it is told to: no stream given, none written to
-        with pytest.raises(UsageError, match="none was given"):
-            pull(client, ref, "-", format="docker-archive", cache=cache)
+        # the library writes only where it is told to: a stream location needs its stream
+        with pytest.raises(UsageError, match="no stream to write to was given"):
+            open_sink(parse_location("docker-archive:-", destination=True))
+        assert not Path("-").exists()
 
         with pytest.raises(PlatformNotFoundError, match="s390x"):
             pull(client, ref, tmp_path / "none", platform=Platform.parse("linux/s390x"))
