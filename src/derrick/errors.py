@@ -21,7 +21,9 @@ from typing import Literal, get_args
 #: the per-registry file ``path``); ``ca-file``: give a readable PEM file of CAs;
 #: ``timeout``: allow longer waits, or try again; ``retries``: try again, or allow more
 #: retries; ``retry``: try again; ``tags``: look at the tags the repository has;
-#: ``inline-credentials``: give credentials for ``registry`` with each use, not saved.
+#: ``inline-credentials``: give credentials for ``registry`` with each use, not saved;
+#: ``saved-credentials``: give credentials where they are kept (Docker's ``config.json``), or
+#: with each use, not in a file of derrick's own such as a sync configuration.
 RemedyKind = Literal[
     "insecure",
     "login",
@@ -33,6 +35,7 @@ RemedyKind = Literal[
     "retries",
     "retry",
     "tags",
+    "saved-credentials",
 ]
 REMEDY_KINDS: tuple[RemedyKind, ...] = get_args(RemedyKind)
 
@@ -48,6 +51,8 @@ _REMEDY_WORDS: Mapping[str, str] = {
     "retries": "try again, or allow more retries",
     "retry": "try again",
     "tags": "list the repository's tags to see which exist",
+    "saved-credentials": "give credentials in Docker's config.json (or a credential helper), "
+    "or with each use",
 }
 
 

@@ -20,6 +20,8 @@ REMEDIES: Mapping[str, str] = {
     "retries": "run the command again, or raise --retries",
     "retry": "run the command again",
     "tags": "list the tags with 'derrick tag ls'",
+    "saved-credentials": "log in with 'derrick login REGISTRY', or pass --username and "
+    "--password-stdin",
 }
 
 

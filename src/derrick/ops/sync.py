@@ -14,9 +14,11 @@ For every item of the plan (:mod:`derrick.ops.syncplan`), ``jobs`` at a time:
    is left undone and the registry's window.  A 429 the transport could not wait out
    stops it the same way.
 3. **Copy**: :func:`derrick.ops.transfer.copy` of the digest the check found (so a tag
-   that moves meanwhile is not half-copied), the destination tag put last.  Blobs the
-   destination has are skipped, blobs another repository of the destination registry
-   holds are mounted, and the rest stream through verified.
+   that moves meanwhile is not half-copied), the destination tag put last.  Into a
+   registry: blobs the destination has are skipped, blobs another repository of the
+   destination registry holds are mounted, and the rest stream through verified.  Into an
+   OCI layout (:mod:`derrick.ops.synclayout`): blobs go through the blob store, which keeps
+   them for later runs, and the image is named in ``index.json`` last.
 4. **Signatures** (``digest_tags``): cosign's ``sha256-<hex>.sig``, ``.att`` and ``.sbom``
    tags of the digest the destination names and of every manifest copied are mirrored too,
    when the source has them.
@@ -32,6 +34,7 @@ import collections
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -41,11 +44,12 @@ from derrick.errors import (
     TooManyRequestsError,
     UsageError,
 )
-from derrick.images.model import BlobOutcome, Selection
+from derrick.images.model import BlobOutcome, ImageName, ImageSink, Selection
 from derrick.manifest import Descriptor
 from derrick.ops import transfer
 from derrick.ops.synccheck import Checker, Found
 from derrick.ops.syncconfig import SyncConfig, load_config
+from derrick.ops.synclayout import LayoutDestination
 from derrick.ops.syncparts import (
     BlobMap,
     Meter,
@@ -58,6 +62,7 @@ from derrick.ops.syncplan import Shard, SyncItem, SyncPlan, plan_sync
 from derrick.ops.syncreport import Budget, ImageOutcome, SyncReport
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
+from derrick.store.cache import BlobStore
 
 __all__ = ["DEFAULT_JOBS", "SyncProgress", "sync"]
 
@@ -100,25 +105,37 @@ def sync(
     not apply).  ``client`` (default: one with the usual credentials, closed at the end)
     reaches every registry.  ``jobs`` images copy at once.  ``max_pulls`` caps the pulls
     spent (see :mod:`derrick.ops.syncreport`).  ``dry_run`` checks and reports without
-    copying.  ``cache_dir`` keeps what an index copied with a platform selection became,
-    so later checks need no ``GET``.  Raises only for a bad configuration or an interrupt:
-    what fails for an image is in the report.
+    copying.  ``cache_dir`` is derrick's blob cache (see :mod:`derrick.store.cache`): copies
+    into an OCI layout keep their blobs there for later runs, and what an index copied
+    with a platform selection became is recorded there, so later checks need no ``GET``.
+    Raises only for a bad configuration, an OCI layout destination that cannot be one, or
+    an interrupt: what fails for an image is in the report.
     """
     if max_pulls is not None and max_pulls < 0:
         raise UsageError("the pull budget cannot be negative")
+    started = time.monotonic()
+    if isinstance(config_or_plan, str | Path):
+        config_or_plan = load_config(Path(config_or_plan))
+    if isinstance(config_or_plan, SyncConfig):
+        paths = [s.destination.layout for s in config_or_plan.sources]
+    else:
+        paths = [i.destination.layout for i in config_or_plan.items]
+    store = BlobStore(cache_dir) if cache_dir is not None else None
+    layouts = {p: LayoutDestination(p, store) for p in dict.fromkeys(paths) if p is not None}
     own = client is None
     client = client if client is not None else RegistryClient()
     try:
-        started = time.monotonic()
-        if isinstance(config_or_plan, str | Path):
-            config_or_plan = load_config(Path(config_or_plan))
         if isinstance(config_or_plan, SyncConfig):
-            _supported(config_or_plan)
             the_plan = plan_sync(config_or_plan, client, shard=shard)
         else:
             the_plan = config_or_plan
-        runner = _Runner(client, the_plan, jobs, Budget(max_pulls), dry_run, cache_dir, progress)
-        runner.chunk_size = chunk_size
+        runner = _Runner(
+            client,
+            the_plan,
+            _Settings(jobs, dry_run, progress, chunk_size, store, layouts),
+            Budget(max_pulls),
+            Records(cache_dir),
+        )
         report = runner.run()
         report.seconds = time.monotonic() - started
         return report
@@ -127,14 +144,16 @@ def sync(
             client.close()
 
 
-def _supported(config: SyncConfig) -> None:
-    for spec in config.sources:
-        if spec.destination.layout is not None:
-            raise UsageError(
-                f"{spec.where}: OCI layout destinations (oci:{spec.destination.layout}) "
-                "are not supported by sync yet",
-                hint="mirror into a registry, or pull single images with 'derrick image pull'",
-            )
+@dataclass(frozen=True)
+class _Settings:
+    """How a sync runs (see :func:`sync`)."""
+
+    jobs: int
+    dry_run: bool
+    progress: SyncProgress | None
+    chunk_size: int | None
+    store: BlobStore | None
+    layouts: dict[Path, LayoutDestination]
 
 
 class _Runner:
@@ -142,20 +161,20 @@ class _Runner:
         self,
         client: RegistryClient,
         the_plan: SyncPlan,
-        jobs: int,
+        settings: _Settings,
         budget: Budget,
-        dry_run: bool,
-        cache_dir: Path | None,
-        progress: SyncProgress | None,
+        records: Records,
     ) -> None:
         self.client = client
         self.plan = the_plan
-        self.jobs = max(1, jobs)
+        self.jobs = max(1, settings.jobs)
         self.budget = budget
-        self.dry_run = dry_run
-        self.records = Records(cache_dir)
-        self.progress = progress
-        self.chunk_size: int | None = None
+        self.dry_run = settings.dry_run
+        self.records = records
+        self.progress = settings.progress
+        self.chunk_size = settings.chunk_size
+        self.layouts = settings.layouts
+        self.store = settings.store
         self.blobs = BlobMap()
         self.stopped: str | None = None
         self.outcomes: list[tuple[int, ImageOutcome]] = []
@@ -168,9 +187,15 @@ class _Runner:
         self._cancel = threading.Event()
         self._copies: set[threading.Event] = set()
         self._tags_lock = threading.Lock()
+        self._followed: set[str] = set()  # source tags queued as signature tags
         self._crashed: list[BaseException] = []
         self.checker = Checker(
-            client, budget, self.records, dry_run=dry_run, stopped=lambda: self.stopped
+            client,
+            budget,
+            records,
+            dry_run=self.dry_run,
+            stopped=lambda: self.stopped,
+            layouts=self.layouts,
         )
 
     # -- the pool ------------------------------------------------------------------------
@@ -196,7 +221,7 @@ class _Runner:
             raise self._crashed[0]
         return SyncReport(
             images=[o for _, o in sorted(self.outcomes, key=lambda pair: pair[0])],
-            filtered=list(self.plan.filtered),
+            filtered=[f for f in self.plan.filtered if f not in self._followed],
             source_errors=list(self.plan.failed),
             other_shards=self.plan.other_shards,
             stopped=self.stopped,
@@ -247,7 +272,7 @@ class _Runner:
                 failed = ImageOutcome(
                     f"{item.source.name} (signature tags)", outcome.destination, "failed"
                 )
-                failed.reason = str(e)
+                failed.failed_with(e)
                 with self._cond:
                     self.outcomes.append((self._queued[_key(item)], failed))
 
@@ -268,11 +293,11 @@ class _Runner:
             self.budget.retry_after(item.source.registry, e.retry_after)
             self._stop(out, str(e))
         except Cancelled as e:
-            out.reason = str(e)
+            out.failed_with(e)
             if self._cancel.is_set():
                 out.status = "left"
         except DerrickError as e:
-            out.reason = str(e)
+            out.failed_with(e)
         except OSError as e:
             out.reason = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
         finally:
@@ -307,9 +332,7 @@ class _Runner:
         self._copy(item, found, out)
 
     def _copy(self, item: SyncItem, found: Found, out: ImageOutcome) -> None:
-        target = item.target
-        assert target is not None
-        sink = MirrorRepository(self.client, target, self.blobs, chunk_size=self.chunk_size)
+        sink, names = self._sink(item)
         event = threading.Event()
         with self._cond:
             if self._cancel.is_set():
@@ -321,11 +344,12 @@ class _Runner:
                 sink,
                 name=str(found.head.digest),
                 selection=item.selection,
-                names=(item.name,) if item.tag else (),
+                names=names,
                 jobs=BLOB_JOBS,
                 progress=_Bytes(self.progress.bytes_moved) if self.progress else None,
                 cancel=event,
                 retry=self.client.transport.retry,
+                cache=self.store,
             )
         finally:
             with self._cond:
@@ -338,6 +362,16 @@ class _Runner:
         found.copied = [str(d) for d in result.manifests]
         if needs_index(found.head, item.selection):
             self.records.put(found.head.digest, item.selection, result.digest)
+
+    def _sink(self, item: SyncItem) -> tuple[ImageSink, tuple[ImageName, ...]]:
+        """Where ``item`` is copied to, and what it is called there."""
+        if item.destination.layout is not None:
+            # named by its full name, or repository@digest without a tag
+            return self.layouts[item.destination.layout].sink(), (item.name,)
+        target = item.target
+        assert target is not None
+        sink = MirrorRepository(self.client, target, self.blobs, chunk_size=self.chunk_size)
+        return sink, (item.name,) if item.tag else ()
 
     # -- signature tags ------------------------------------------------------------------
 
@@ -364,6 +398,7 @@ class _Runner:
                 added.append(follow)
         with self._cond:
             for follow in added:
+                self._followed.add(f"{follow.source.name}:{follow.tag}")
                 key = _key(follow)
                 if key not in self._queued:
                     self._queued[key] = len(self._queued)

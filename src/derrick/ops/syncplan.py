@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from derrick.digest import Digest
 from derrick.errors import DerrickError, UsageError
 from derrick.images.model import ImageName, Selection
-from derrick.ops.syncconfig import Destination, SourceSpec, SyncConfig
+from derrick.ops.syncconfig import ALL_PLATFORMS, Destination, SourceSpec, SyncConfig
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
 
@@ -67,7 +67,7 @@ class SyncItem:
     destination: Destination
     repository: str
     tag: str | None
-    selection: Selection = field(default_factory=Selection)
+    selection: Selection = ALL_PLATFORMS
     digest_tags: bool = False
 
     @property
@@ -103,8 +103,8 @@ class SyncPlan:
     items: list[SyncItem] = field(default_factory=list)
     #: source images the tag selection left out (``registry/repository:tag``)
     filtered: list[str] = field(default_factory=list)
-    #: sources that could not be listed: (``registry/repository``, why)
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    #: sources that could not be listed: (``registry/repository``, the error)
+    failed: list[tuple[str, DerrickError]] = field(default_factory=list)
     #: items that belong to other shards
     other_shards: int = 0
     #: the tags each listed source repository has (for signature tags)
@@ -121,14 +121,14 @@ def plan_sync(
         try:
             repos = _repositories(client, spec)
         except DerrickError as e:
-            out.failed.append((spec.name, str(e)))
+            out.failed.append((spec.name, e))
             continue
         for repo in repos:
             ref = Reference(spec.registry, repo)
             try:
                 items = list(_items(client, spec, ref, out))
             except DerrickError as e:
-                out.failed.append((ref.name, str(e)))
+                out.failed.append((ref.name, e))
                 continue
             for item in items:
                 dest_key = (str(item.destination), item.describe_destination())
