@@ -18,7 +18,7 @@ from derrick.manifest import Platform
 from derrick.ops.sync import DEFAULT_JOBS, sync
 from derrick.ops.syncconfig import SyncConfig, load_config, one_off
 from derrick.ops.syncplan import Shard
-from derrick.ops.syncreport import ImageOutcome, SyncReport, reason_of, said
+from derrick.ops.syncreport import ImageOutcome, SyncReport, pulls_text, reason_of, said
 from derrick.store.cache import default_cache_dir
 
 
@@ -77,7 +77,7 @@ from derrick.store.cache import default_cache_dir
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="DERRICK_CACHE_DIR",
-    help="Where records of earlier runs are kept.",
+    help="derrick's blob cache: blobs of copies into oci:DIR, records of earlier runs.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @connection_options
@@ -231,7 +231,8 @@ def _text(report: SyncReport) -> None:
         + (f", {report.other_shards} in other shards" if report.other_shards else "")
     )
     budget = f" of a budget of {report.max_pulls}" if report.max_pulls is not None else ""
-    out(f"{human_size(report.bytes)} moved, {report.pulls} pulls{budget}, {report.seconds:.1f}s")
+    pulls = pulls_text(report.pulls)
+    out(f"{human_size(report.bytes)} moved, {pulls}{budget}, {report.seconds:.1f}s")
     if report.stopped:
         out(f"stopped: {report.stopped}")
     for registry, state in sorted(report.rate_limits.items()):

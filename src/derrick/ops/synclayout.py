@@ -1,9 +1,12 @@
 """An OCI image layout as the destination of a sync (``oci:DIR``).
 
-Several repositories share one layout: each image is named ``repository:tag`` in
-``io.containerd.image.name`` (``repository@digest`` for an image stored by digest), with
-its tag in ``org.opencontainers.image.ref.name``, and an entry is replaced only by one of
-the same full name (see :mod:`derrick.images.layout`).
+Several repositories share one layout: each image is named by its full name,
+``repository:tag``, in both ``org.opencontainers.image.ref.name`` (what skopeo and umoci
+look up: ``oci:DIR:registry.example/team/app:v1``) and ``io.containerd.image.name`` (what
+containerd and derrick read), so tags that several repositories have do not clash.  An
+image stored by digest is named ``repository@digest`` in ``io.containerd.image.name``
+only.  An entry is replaced only by one of the same full name (see
+:mod:`derrick.images.layout`).
 
 :class:`LayoutDestination` reads ``index.json`` once per sync: the checks of every item
 look a name up in that (no request to any registry).  An image the layout names is taken
@@ -145,4 +148,4 @@ class LayoutDestination:
 
     def sink(self) -> LayoutDir:
         """A sink for one copy into the layout."""
-        return LayoutDir(self.path, store=self.store, shown=self.shown)
+        return LayoutDir(self.path, store=self.store, shown=self.shown, full_ref_names=True)

@@ -29,6 +29,7 @@ __all__ = [
     "SyncReport",
     "Words",
     "pulls_for",
+    "pulls_text",
 ]
 
 #: ``copied``; ``unchanged`` (skipped); ``failed``; ``left`` (not done: the pull budget or
@@ -222,11 +223,18 @@ class SyncReport:
         }
 
 
+def pulls_text(n: int) -> str:
+    """``1 pull``, ``2 pulls``."""
+    return f"{n} pull" if n == 1 else f"{n} pulls"
+
+
 def _budget_spent(max_pulls: int, spent: int, pulls: int) -> str:
     if spent >= max_pulls:
-        return f"the budget of {max_pulls} pulls is spent"
+        return f"the budget of {pulls_text(max_pulls)} is spent"
     left = max_pulls - spent
-    return f"the budget of {max_pulls} pulls has {left} left, and the next image needs {pulls}"
+    return (
+        f"the budget of {pulls_text(max_pulls)} has {left} left, and the next image needs {pulls}"
+    )
 
 
 class Budget:
@@ -291,7 +299,7 @@ class Budget:
                     break
                 wait = deadline - time.monotonic()
                 if self._running.get(registry, 0) <= 0 or wait <= 0:
-                    return f"{registry} has {max(left, 0)} pulls left"
+                    return f"{registry} has {pulls_text(max(left, 0))} left"
                 self._cond.wait(wait)
             self.spent += pulls
             self._running[registry] = self._running.get(registry, 0) + pulls
