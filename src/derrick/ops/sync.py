@@ -33,10 +33,9 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from derrick.errors import (
     Cancelled,
@@ -44,12 +43,9 @@ from derrick.errors import (
     TooManyRequestsError,
     UsageError,
 )
-from derrick.images.model import BlobOutcome, ImageName, ImageSink, Selection
-from derrick.manifest import Descriptor
-from derrick.ops import transfer
+from derrick.images.model import ImageName, ImageSink, Selection
 from derrick.ops.synccheck import Checker, Found
 from derrick.ops.syncconfig import SyncConfig, load_config
-from derrick.ops.synclayout import LayoutDestination
 from derrick.ops.syncparts import (
     BlobMap,
     Meter,
@@ -59,10 +55,13 @@ from derrick.ops.syncparts import (
     needs_index,
 )
 from derrick.ops.syncplan import Shard, SyncItem, SyncPlan, plan_sync
-from derrick.ops.syncreport import Budget, ImageOutcome, SyncReport
+from derrick.ops.syncreport import Budget, BytesMoved, ImageOutcome, SyncProgress, SyncReport
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
 from derrick.store.cache import BlobStore
+
+if TYPE_CHECKING:
+    from derrick.ops.synclayout import LayoutDestination
 
 __all__ = ["DEFAULT_JOBS", "SyncProgress", "sync"]
 
@@ -70,20 +69,6 @@ DEFAULT_JOBS = 4
 #: Blobs of one image that move at once.
 BLOB_JOBS = 4
 _SIGNATURE_SUFFIXES = ("sig", "att", "sbom")
-
-
-class SyncProgress(Protocol):
-    """Receives a sync's progress; every method may be called from worker threads."""
-
-    def planned(self, images: int) -> None:
-        """The images to check (called again when signature tags add some)."""
-        ...
-
-    def bytes_moved(self, nbytes: int) -> None:
-        """Blob bytes read from a source (negative when a retry goes back)."""
-        ...
-
-    def image_finished(self, outcome: ImageOutcome) -> None: ...
 
 
 def sync(
@@ -121,7 +106,7 @@ def sync(
     else:
         paths = [i.destination.layout for i in config_or_plan.items]
     store = BlobStore(cache_dir) if cache_dir is not None else None
-    layouts = {p: LayoutDestination(p, store) for p in dict.fromkeys(paths) if p is not None}
+    layouts = _layouts([p for p in paths if p is not None], store)
     own = client is None
     client = client if client is not None else RegistryClient()
     try:
@@ -142,6 +127,15 @@ def sync(
     finally:
         if own:
             client.close()
+
+
+def _layouts(paths: list[Path], store: BlobStore | None) -> dict[Path, LayoutDestination]:
+    """The OCI layouts a sync writes into, each read once (checked before any request)."""
+    if not paths:
+        return {}
+    from derrick.ops.synclayout import LayoutDestination  # what only layouts need
+
+    return {p: LayoutDestination(p, store) for p in dict.fromkeys(paths)}
 
 
 @dataclass(frozen=True)
@@ -167,14 +161,10 @@ class _Runner:
     ) -> None:
         self.client = client
         self.plan = the_plan
-        self.jobs = max(1, settings.jobs)
+        self.settings = settings
         self.budget = budget
-        self.dry_run = settings.dry_run
         self.records = records
         self.progress = settings.progress
-        self.chunk_size = settings.chunk_size
-        self.layouts = settings.layouts
-        self.store = settings.store
         self.blobs = BlobMap()
         self.stopped: str | None = None
         self.outcomes: list[tuple[int, ImageOutcome]] = []
@@ -193,9 +183,9 @@ class _Runner:
             client,
             budget,
             records,
-            dry_run=self.dry_run,
+            dry_run=settings.dry_run,
             stopped=lambda: self.stopped,
-            layouts=self.layouts,
+            layouts=settings.layouts,
         )
 
     # -- the pool ------------------------------------------------------------------------
@@ -205,7 +195,7 @@ class _Runner:
             self.progress.planned(self._total)
         workers = [
             threading.Thread(target=self._work, name=f"derrick-sync-{i}", daemon=True)
-            for i in range(min(self.jobs, max(1, len(self._queue))))
+            for i in range(min(max(1, self.settings.jobs), max(1, len(self._queue))))
         ]
         for t in workers:
             t.start()
@@ -228,7 +218,7 @@ class _Runner:
             max_pulls=self.budget.max_pulls,
             pulls=self.budget.spent,
             rate_limits=dict(self.budget.states),
-            dry_run=self.dry_run,
+            dry_run=self.settings.dry_run,
         )
 
     def _cancel_all(self) -> None:
@@ -325,13 +315,15 @@ class _Runner:
         if self.stopped is not None:
             out.status, out.reason = "left", self.stopped
             return
-        if self.dry_run:
+        if self.settings.dry_run:
             out.status = "planned"
             return
         meter.reserve(self.checker.gets(item, found))
         self._copy(item, found, out)
 
     def _copy(self, item: SyncItem, found: Found, out: ImageOutcome) -> None:
+        from derrick.ops import transfer  # the engine: loaded when a sync copies
+
         sink, names = self._sink(item)
         event = threading.Event()
         with self._cond:
@@ -346,10 +338,10 @@ class _Runner:
                 selection=item.selection,
                 names=names,
                 jobs=BLOB_JOBS,
-                progress=_Bytes(self.progress.bytes_moved) if self.progress else None,
+                progress=BytesMoved(self.progress.bytes_moved) if self.progress else None,
                 cancel=event,
                 retry=self.client.transport.retry,
-                cache=self.store,
+                cache=self.settings.store,
             )
         finally:
             with self._cond:
@@ -367,10 +359,12 @@ class _Runner:
         """Where ``item`` is copied to, and what it is called there."""
         if item.destination.layout is not None:
             # named by its full name, or repository@digest without a tag
-            return self.layouts[item.destination.layout].sink(), (item.name,)
+            return self.settings.layouts[item.destination.layout].sink(), (item.name,)
         target = item.target
         assert target is not None
-        sink = MirrorRepository(self.client, target, self.blobs, chunk_size=self.chunk_size)
+        sink = MirrorRepository(
+            self.client, target, self.blobs, chunk_size=self.settings.chunk_size
+        )
         return sink, (item.name,) if item.tag else ()
 
     # -- signature tags ------------------------------------------------------------------
@@ -419,26 +413,3 @@ class _Runner:
 
 def _key(item: SyncItem) -> str:
     return item.key + "\0" + item.describe_destination()
-
-
-class _Bytes:
-    """The engine's progress of one copy, as bytes moved for the sync's display."""
-
-    def __init__(self, moved: Callable[[int], None]) -> None:
-        self._moved = moved
-        self._streaming: set[str] = set()
-        self._lock = threading.Lock()
-
-    def planned(self, total_bytes: int) -> None:
-        pass
-
-    def blob_started(self, desc: Descriptor) -> None:
-        with self._lock:
-            self._streaming.add(str(desc.digest))
-
-    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
-        if str(desc.digest) in self._streaming:
-            self._moved(nbytes)
-
-    def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None:
-        pass

@@ -18,13 +18,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from derrick import mediatypes as mt
 from derrick.digest import Digest
 from derrick.errors import DerrickError, NotFoundError, UsageError
 from derrick.images.plan import choose
 from derrick.manifest import Descriptor, Index, parse_manifest
-from derrick.ops.synclayout import LayoutDestination
 from derrick.ops.syncparts import (
     Meter,
     MeteredRepository,
@@ -38,6 +38,9 @@ from derrick.ops.syncreport import Budget
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
 from derrick.singleflight import SingleFlight
+
+if TYPE_CHECKING:
+    from derrick.ops.synclayout import LayoutDestination
 
 __all__ = ["Checker", "Found"]
 

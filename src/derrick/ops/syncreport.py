@@ -1,4 +1,4 @@
-"""What a sync reports, and the pull budget it keeps.
+"""What a sync reports (at the end, and as it goes), and the pull budget it keeps.
 
 Pulls are counted the way Docker Hub counts them: a manifest ``GET`` is a pull, and up to
 two ``GET``\\ s of one image (an index and the platform image chosen from it) are one
@@ -16,16 +16,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from derrick.errors import DerrickError, Remedy
+from derrick.images.model import BlobOutcome
+from derrick.manifest import Descriptor
 from derrick.registry import RateLimit
 
 __all__ = [
     "Budget",
+    "BytesMoved",
     "ImageOutcome",
     "RateLimitState",
     "Status",
+    "SyncProgress",
     "SyncReport",
     "Words",
     "pulls_for",
@@ -323,3 +327,40 @@ class Budget:
         with self._cond:
             self._running[registry] = self._running.get(registry, 0) - pulls
             self._cond.notify_all()
+
+
+class SyncProgress(Protocol):
+    """Receives a sync's progress; every method may be called from worker threads."""
+
+    def planned(self, images: int) -> None:
+        """The images to check (called again when signature tags add some)."""
+        ...
+
+    def bytes_moved(self, nbytes: int) -> None:
+        """Blob bytes read from a source (negative when a retry goes back)."""
+        ...
+
+    def image_finished(self, outcome: ImageOutcome) -> None: ...
+
+
+class BytesMoved:
+    """The engine's progress of one copy, as bytes moved for the sync's display."""
+
+    def __init__(self, moved: Callable[[int], None]) -> None:
+        self._moved = moved
+        self._streaming: set[str] = set()
+        self._lock = threading.Lock()
+
+    def planned(self, total_bytes: int) -> None:
+        pass
+
+    def blob_started(self, desc: Descriptor) -> None:
+        with self._lock:
+            self._streaming.add(str(desc.digest))
+
+    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
+        if str(desc.digest) in self._streaming:
+            self._moved(nbytes)
+
+    def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None:
+        pass
