@@ -55,7 +55,14 @@ from derrick.ops.syncparts import (
     needs_index,
 )
 from derrick.ops.syncplan import Shard, SyncItem, SyncPlan, plan_sync
-from derrick.ops.syncreport import Budget, BytesMoved, ImageOutcome, SyncProgress, SyncReport
+from derrick.ops.syncreport import (
+    Budget,
+    BytesMoved,
+    ImageOutcome,
+    SyncProgress,
+    SyncReport,
+    reason_of,
+)
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
 from derrick.store.cache import BlobStore
@@ -281,7 +288,7 @@ class _Runner:
             self._stop(out, str(e))
         except TooManyRequestsError as e:
             self.budget.retry_after(item.source.registry, e.retry_after)
-            self._stop(out, str(e))
+            self._stop(out, reason_of(e))
         except Cancelled as e:
             out.failed_with(e)
             if self._cancel.is_set():
