@@ -25,6 +25,8 @@ REMEDIES: Mapping[str, str] = {
     "platforms": "choose one of those with --platform",
     "not-an-image": "pull it to an OCI layout (-o DIR) or an OCI archive (--format oci-archive), "
     "or copy it to a registry with derrick image copy",
+    "saved-credentials": "log in with 'derrick login REGISTRY', or pass --username and "
+    "--password-stdin",
 }
 
 
