@@ -2,7 +2,9 @@
 
 Generates 100 small images (5 repositories x 20 tags) into a local registry.  Every image
 has a base layer shared by all of them, a layer shared within its repository and a layer
-of its own (defaults: 2 MiB, 512 KiB and 64 KiB of incompressible bytes), and a config.
+of its own (defaults: 2 MiB, 512 KiB and 64 KiB of incompressible bytes, each gzipped
+with a fixed header so that shared layers are the same blob), and a config.  derrick runs
+from compiled bytecode, as when installed.
 Then, for each run, alternating which tool goes first, each tool gets a fresh, empty
 destination registry and:
 
@@ -13,9 +15,10 @@ destination registry and:
   of that run says whether any blob was uploaded or mounted, and the source's whether any
   blob was downloaded.
 
-Prints the median and min-max wall time of each, derrick's ratio to skopeo, and the blob
-traffic of the second syncs, and checks the targets (first sync <= 0.5 x skopeo's, second
-sync <= 0.2 x skopeo's and no blob bytes moved).
+Prints the median and min-max wall time of each, derrick's ratio to skopeo, the CPU time
+of the tool and of the two registries (medians; less sensitive than wall time to other
+work on the machine), and the blob traffic of the second syncs, and checks the targets
+(first sync <= 0.5 x skopeo's, second sync <= 0.2 x skopeo's and no blob bytes moved).
 
 Usage:  python benchmarks/bench_sync.py [--runs 3] [--repos 5] [--tags 20]
 """
@@ -55,12 +58,41 @@ _BLOB_GET = re.compile(r'"GET /v2/[^"]*/blobs/sha256:[0-9a-f]+ [^"]*" (\d+)')
 @dataclass
 class Case:
     samples: list[float] = field(default_factory=list)
+    tool_cpu: list[float] = field(default_factory=list)  # the tool's processes, user + system
+    registry_cpu: list[float] = field(default_factory=list)  # both registries
     blob_writes: list[int] = field(default_factory=list)  # second sync: upload requests
     blob_reads: list[int] = field(default_factory=list)  # second sync: blob downloads
 
     def summary(self) -> str:
         s = self.samples
         return f"{statistics.median(s):7.2f} s  ({min(s):.2f}-{max(s):.2f})"
+
+    def cpu(self) -> str:
+        tool, regs = statistics.median(self.tool_cpu), statistics.median(self.registry_cpu)
+        return f"{tool:5.2f} s + {regs:5.2f} s"
+
+
+def registry_cpu(*regs: RegistryProcess) -> float:
+    """The CPU time (user + system) the registries' processes have used so far."""
+    total = 0.0
+    for reg in regs:
+        assert reg.process is not None
+        fields = Path(f"/proc/{reg.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def run_case(
+    case: Case, cmds: list[list[str]], env: dict[str, str], *regs: RegistryProcess
+) -> None:
+    """Time ``cmds`` (wall and CPU) into ``case``."""
+    before, regs_before = os.times(), registry_cpu(*regs)
+    case.samples.append(timed(cmds, env))
+    after = os.times()
+    case.tool_cpu.append(
+        after.children_user - before.children_user + after.children_system - before.children_system
+    )
+    case.registry_cpu.append(registry_cpu(*regs) - regs_before)
 
 
 def blob(data: bytes) -> tuple[str, bytes]:
@@ -80,7 +112,9 @@ def generate(src: RegistryProcess, repos: int, tags: int, sizes: tuple[int, int,
             for t in range(tags):
                 own = rng.randbytes(sizes[2])
                 total += len(own)
-                layers = [blob(gzip.compress(x, compresslevel=0)) for x in (base, shared, own)]
+                layers = [
+                    blob(gzip.compress(x, compresslevel=0, mtime=0)) for x in (base, shared, own)
+                ]
                 diff_ids = ["sha256:" + hashlib.sha256(x).hexdigest() for x in (base, shared, own)]
                 config = json.dumps(
                     {
@@ -136,6 +170,16 @@ def main() -> None:
         (home / "tmp").mkdir(parents=True)
         (home / "run").mkdir(mode=0o700)
         env = dict(os.environ, HOME=str(home), XDG_RUNTIME_DIR=str(home / "run"))
+        # derrick runs from compiled bytecode, as an installed package does (pip compiles
+        # it): an environment that forbids writing .pyc files would have every run compile
+        # derrick's modules again (~50 ms)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", str(ROOT / "src" / "derrick")],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         src = start_registry(work / "reg-src", name="src")
         regs.append(src)
         print(f"generating {args.repos} x {args.tags} images ...", file=sys.stderr)
@@ -172,9 +216,9 @@ def main() -> None:
                 scratch.mkdir()
                 run_env = dict(env, DERRICK_CACHE_DIR=str(scratch / "cache"))
                 cmds = commands(tool, dst, scratch)
-                cases[(tool, 1)].samples.append(timed(cmds, run_env))
+                run_case(cases[(tool, 1)], cmds, run_env, src, dst)
                 dst_log, src_log = dst.log_size(), src.log_size()
-                cases[(tool, 2)].samples.append(timed(cmds, run_env))
+                run_case(cases[(tool, 2)], cmds, run_env, src, dst)
                 time.sleep(0.2)  # the registries write their last log lines
                 cases[(tool, 2)].blob_writes.append(
                     len(_BLOB_WRITE.findall(dst.log_since(dst_log)))
@@ -195,7 +239,10 @@ def main() -> None:
             f"{total / KiB / KiB:.1f} MiB of distinct blobs; runs: {args.runs}; "
             f"cores: {os.cpu_count()}"
         )
-        header = f"{'sync':8} {'tool':8} {'median (min-max)':>24} {'ratio':>6}  second-sync blobs"
+        header = (
+            f"{'sync':8} {'tool':8} {'median (min-max)':>24} {'ratio':>6}  "
+            f"{'CPU tool + registries':>21}  second-sync blobs"
+        )
         print(header)
         print("-" * len(header))
         ratios = {}
@@ -212,7 +259,10 @@ def main() -> None:
                     traffic = (
                         f"uploads/mounts {max(case.blob_writes)}, downloads {max(case.blob_reads)}"
                     )
-                print(f"{label:8} {tool:8} {case.summary():>24} {ratio:>6}  {traffic}")
+                print(
+                    f"{label:8} {tool:8} {case.summary():>24} {ratio:>6}  {case.cpu():>21}  "
+                    f"{traffic}"
+                )
         moved = max(cases[("derrick", 2)].blob_writes) + max(cases[("derrick", 2)].blob_reads)
         print()
         print(f"first sync  <= 0.5 x skopeo: {'yes' if ratios[1] <= 0.5 else 'NO'}")

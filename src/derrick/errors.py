@@ -25,6 +25,8 @@ from typing import Literal, get_args
 #: ``platform``: ask for the image's own ``platform``, or for none; ``no-platform``: ask for
 #: no platform; ``platforms``: ask for one of the platforms an index has; ``not-an-image``:
 #: an artifact goes where any image may (an OCI layout, an OCI archive, a registry);
+#: ``saved-credentials``: give credentials where they are kept (Docker's ``config.json``), or
+#: with each use, not in a file of derrick's own such as a sync configuration;
 #: ``all-platforms``: copy the image with every platform of its index; ``oci-archive``:
 #: write an OCI archive, which holds what a docker-archive cannot; ``cache-dir``: use
 #: another blob cache.
@@ -43,6 +45,7 @@ RemedyKind = Literal[
     "no-platform",
     "platforms",
     "not-an-image",
+    "saved-credentials",
     "all-platforms",
     "oci-archive",
     "cache-dir",
@@ -65,6 +68,8 @@ _REMEDY_WORDS: Mapping[str, str] = {
     "no-platform": "ask for no platform",
     "platforms": "ask for one of the platforms it has",
     "not-an-image": "copy it to an OCI layout, an OCI archive or a registry, which hold any image",
+    "saved-credentials": "give credentials in Docker's config.json (or a credential helper), "
+    "or with each use",
     "all-platforms": "copy the image with every platform of its index",
     "oci-archive": "write an OCI archive instead",
     "cache-dir": "choose another blob cache",

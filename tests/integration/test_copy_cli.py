@@ -75,11 +75,10 @@ def test_copying_a_tag_onto_itself_never_loses_platforms(
         assert f"{ref} is the index {multi.digest}" in line and "lose the others" in line
         assert raw.manifest_digest(repo, "multi") == multi.digest
 
-        # sync of the repository onto itself: unchanged; with a platform, that tag fails
-        r = cli("sync", f"{reg.host}/{repo}", f"{reg.host}/{repo}", "--format", "json")
-        assert json.loads(r.ok().out)["unchanged"] == 1
-        r = cli("sync", f"{reg.host}/{repo}", f"{reg.host}/{repo}", "--platform", "linux/arm64")
-        assert r.code == 1 and "lose the others" in r.out
+        # sync of the repository onto itself: unchanged, whatever the platforms asked for
+        for extra in ([], ["--platform", "linux/arm64"]):
+            r = cli("sync", f"{reg.host}/{repo}", f"{reg.host}/{repo}", "--format", "json", *extra)
+            assert json.loads(r.ok().out)["unchanged"] == 1
         assert raw.manifest_digest(repo, "multi") == multi.digest
 
         # another tag of the same repository may take one platform

@@ -11,9 +11,11 @@ that count down, 429 at zero).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,10 +35,11 @@ from derrick.reference import Reference
 from derrick.registry import RegistryClient
 from support.cli import Cli, Isolation
 from support.faultproxy import Fault, FaultProxy, RecordedRequest, Reply
-from support.images import LayoutImage
+from support.images import LayoutImage, _skopeo
 from support.rawclient import RawClient
 from support.registry import RegistryProcess, start_registry
 from support.seed import SeededRegistries
+from support.tools import require
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +128,6 @@ def test_open_to_open_copies_then_a_second_run_skips_everything(
     with FaultProxy(registry_open.url) as proxy:
         source, dest = f"{proxy.host}/{src_repo}", f"{mirror.host}/{dst_repo}"
         offset = mirror.log_size()
-        # one platform (every platform is the default): indexes become their amd64 image
         first = run_json(cli, source, dest, "--insecure", "--platform", "linux/amd64")
         assert first["copied"] == 4 and first["failed"] == 0 and first["unchanged"] == 0
         # the destination's tag list said it had none: no HEAD asked about each
@@ -346,6 +348,9 @@ def test_digest_tags_follow_their_image(
         cli, f"{registry_open.host}/{src}", f"{mirror.host}/{dst}", "--tags", "v1", "--digest-tags"
     )
     assert signed["copied"] == 2 and signed["unchanged"] == 1
+    # the signature tags --tags left out and that were copied are counted once, as copied
+    assert signed["filtered"] == 1
+    assert signed["filteredOut"] == [f"{registry_open.host}/{src}:{other}.sig"]
     with RawClient(mirror) as raw:
         assert sorted(raw.tags(dst)) == sorted(["v1", f"{image}.sig", f"{image}.att"])
         assert raw.manifest_digest(dst, f"{image}.att") == test_images["eight"].digest
@@ -452,7 +457,7 @@ def test_remaining_count_stops_the_sync_before_it_runs_out(
     res = cli("sync", f"{proxy.host}/{src}", f"{mirror.host}/{dst}", "--insecure")
     assert res.code == 3, res.err
     assert res.err_lines == [
-        f"derrick: error: stopped with 2 images left ({proxy.host} has 0 pulls left); "
+        f"derrick: error: stopped with 2 of 4 images left: {proxy.host} has 0 pulls left; "
         "run again later"
     ]
     assert "2 copied, 0 unchanged, 0 filtered out, 0 failed, 2 left" in res.out
@@ -475,7 +480,7 @@ def test_pull_budget_stops_cleanly_and_the_next_run_goes_on(
     args = (f"{proxy.host}/{src}", f"{mirror.host}/{dst}", "--insecure", "--max-pulls", "3")
     first = run_json(cli, *args, "--jobs", "1", code=3)
     assert first["copied"] == 3 and first["left"] == 1 and first["pulls"] == 3
-    assert first["stopped"] == "the budget of 3 pulls is spent (3 used)"
+    assert first["stopped"] == "the budget of 3 pulls is spent"
     assert first["rateLimits"][proxy.host]["remaining"] == 97
     assert limit.used == 3
     second = run_json(cli, *args)
@@ -496,8 +501,14 @@ def test_an_index_copied_whole_costs_its_gets_in_pairs(
     proxy, limit = hub(100)
     base = (f"{proxy.host}/{src}", f"{mirror.host}/{dst}", "--insecure", "--all-platforms")
     # the index and its two images: three GETs, two pulls; a budget of one does not do
-    short = run_json(cli, *base, "--max-pulls", "1", code=3)
-    assert short["left"] == 1 and short["pulls"] == 1 and limit.used == 1  # the index only
+    short = cli("sync", *base, "--max-pulls", "1")
+    assert short.code == 3, short.err
+    assert short.err_lines == [
+        "derrick: error: stopped with 1 of 1 images left: the budget of 1 pull is spent; "
+        "run again later"
+    ]
+    assert "1 pulls" not in short.out and "0 B moved, 1 pull of a budget of 1" in short.out
+    assert limit.used == 1  # the index only
     done = run_json(cli, *base, "--max-pulls", "2")
     assert done["copied"] == 1 and done["pulls"] == 2 and limit.used == 4
 
@@ -646,12 +657,204 @@ def test_a_bad_configuration_is_one_line_with_its_line_number(
     assert line.startswith(f"derrick: error: {path}{where}"), line
     assert says in line
     assert "hunter2" not in line
+    if "credentials" in says:  # the remedy, in the CLI's words
+        assert line.endswith(
+            "log in with 'derrick login REGISTRY', or pass --username and --password-stdin"
+        )
 
 
-def test_a_layout_destination_is_refused_up_front(cli: Cli, tmp_path: Path) -> None:
-    line = cli("sync", "localhost:5999/a/b", f"oci:{tmp_path}/mirror").failed()
-    assert "OCI layout destinations" in line and "not supported by sync yet" in line
-    assert not (tmp_path / "mirror").exists()
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (
+            lambda d: _write(d / "f.txt", "some notes, not YAML\n"),
+            "{path}:1: not a sync configuration: the file is plain text, where a "
+            "configuration is YAML keys ('sources:', 'defaults:')",
+        ),
+        (
+            lambda d: _write(d / "list.yaml", "- a\n- b\n"),
+            "{path}:1: not a sync configuration: the file is a list, where a "
+            "configuration is YAML keys ('sources:', 'defaults:')",
+        ),
+        (
+            lambda d: d / "missing" / "mirror.yaml",
+            "the configuration file {path} does not exist; check the path",
+        ),
+        (lambda d: d, "{path} is a directory, not a configuration file"),
+    ],
+)
+def test_what_is_not_a_configuration_file_is_said_plainly(
+    make: Callable[[Path], Path], says: str, tmp_path: Path, cli: Cli
+) -> None:
+    path = make(tmp_path)
+    line = cli("sync", path).failed()
+    assert line.startswith("derrick: error: " + says.format(path=path)), line
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_a_repository_without_a_destination_says_what_is_missing(cli: Cli) -> None:
+    line = cli("sync", "registry.example/team/app").failed()
+    assert line == (
+        "derrick: error: registry.example/team/app: no such configuration file, and no "
+        "destination to copy the repository to; write 'derrick sync registry.example/team/app "
+        "DST' with DST a repository or oci:DIR, or give CONFIG.yaml"
+    )
+
+
+# -- defaults -----------------------------------------------------------------------------------
+
+
+def test_a_mirror_keeps_every_platform_and_never_copies_a_tag_onto_itself(
+    seeded: SeededRegistries,
+    registry_open: RegistryProcess,
+    mirror: RegistryProcess,
+    test_images: dict[str, LayoutImage],
+    unique_repo: Callable[..., str],
+    cli: Cli,
+) -> None:
+    src, dst = unique_repo(), unique_repo("mirror")
+    fill(registry_open, src, {"small": "single", "multi": "multi"}, seeded)
+    multi = test_images["multi"]
+    source = f"{registry_open.host}/{src}"
+    # the repository onto itself: unchanged, nothing written, whatever --platform says
+    for narrow in ((), ("--platform", "linux/amd64")):
+        offset = registry_open.log_size()
+        itself = run_json(cli, source, source, "--tags", "multi", *narrow)
+        assert itself["unchanged"] == 1 and itself["copied"] == 0 and itself["failed"] == 0
+        assert writes(registry_open.log_since(offset), src) == []
+        with RawClient(registry_open) as raw:
+            assert raw.manifest_digest(src, "multi") == multi.digest
+    # into another repository: the index whole, every platform
+    copied = run_json(cli, source, f"{mirror.host}/{dst}")
+    assert copied["copied"] == 2
+    with RawClient(mirror) as raw:
+        assert raw.manifest_digest(dst, "multi") == multi.digest
+        for digest in multi.manifest_digests:
+            assert raw.manifest_digest(dst, digest) == digest
+        for digest in multi.blob_digests:
+            assert raw.blob_exists(dst, digest)
+
+
+# -- into an OCI layout -------------------------------------------------------------------------
+
+REF_NAME = "org.opencontainers.image.ref.name"
+IMAGE_NAME = "io.containerd.image.name"
+
+
+def layout_names(layout: Path) -> dict[str, str]:
+    """Full name -> digest of every entry of ``layout``; each entry's ref.name is its full
+    name too."""
+    entries = json.loads((layout / "index.json").read_text())["manifests"]
+    names = {e["annotations"][IMAGE_NAME]: e["digest"] for e in entries}
+    assert len(names) == len(entries)
+    assert sorted(e["annotations"][REF_NAME] for e in entries) == sorted(names)
+    return names
+
+
+def blob_gets(proxy: FaultProxy) -> list[RecordedRequest]:
+    return [r for r in proxy.requests if r.method == "GET" and "/blobs/" in r.route]
+
+
+def test_registry_to_an_oci_layout_shared_by_repositories_incrementally(
+    seeded: SeededRegistries,
+    registry_open: RegistryProcess,
+    test_images: dict[str, LayoutImage],
+    unique_repo: Callable[..., str],
+    env: Isolation,
+    cli: Cli,
+    tmp_path: Path,
+) -> None:
+    one, two = unique_repo(), unique_repo()
+    fill(registry_open, one, {"v1": "single", "multi": "multi"}, seeded)
+    fill(registry_open, two, {"v1": "eight"}, seeded)  # the same tag in another repository
+    layout, config = tmp_path / "mirror", tmp_path / "mirror.yaml"
+    with FaultProxy(registry_open.url) as proxy:
+        config.write_text(
+            f"defaults:\n  destination: {{oci: {layout}}}\n"
+            f"sources:\n  - repository: {proxy.host}/{one}\n  - repository: {proxy.host}/{two}\n"
+        )
+        expected = {
+            f"{proxy.host}/{one}:v1": test_images["single"].digest,
+            f"{proxy.host}/{one}:multi": test_images["multi"].digest,  # the index whole
+            f"{proxy.host}/{two}:v1": test_images["eight"].digest,
+        }
+        first = run_json(cli, config, "--insecure")
+        assert first["copied"] == 3 and first["failed"] == 0
+        assert layout_names(layout) == expected
+        assert not [p.name for p in tmp_path.iterdir() if ".derrick-tmp" in p.name]
+        index_json = (layout / "index.json").read_bytes()
+
+        # a second run reads index.json and asks the source for digests: HEADs, no GET
+        proxy.clear()
+        second = run_json(cli, config, "--insecure")
+        assert second["unchanged"] == 3 and second["copied"] == 0 and second["bytes"] == 0
+        assert manifest_gets(proxy) == [] and blob_gets(proxy) == [] and second["pulls"] == 0
+        assert (layout / "index.json").read_bytes() == index_json
+
+        # an image whose blob was damaged is not taken as there: copied again, from the cache
+        damaged = test_images["single"].image.layer_digests[0]
+        algorithm, hex_ = damaged.split(":")
+        blob = layout / "blobs" / algorithm / hex_
+        blob.chmod(0o644)
+        blob.write_bytes(b"\0" * blob.stat().st_size)
+        proxy.clear()
+        third = run_json(cli, config, "--insecure")
+        again = {
+            i["destination"].split(":", 2)[2] for i in third["images"] if i["status"] == "copied"
+        }
+        holding = {n for n, d in expected.items() if damaged in _blobs_of(test_images, d)}
+        assert again == holding and f"{proxy.host}/{one}:v1" in again
+        assert blob_gets(proxy) == []
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == hex_
+
+        # the blob cache is shared across runs: a new layout takes every blob from it
+        shutil.rmtree(layout)
+        proxy.clear()
+        fresh = run_json(cli, config, "--insecure")
+        assert fresh["copied"] == 3 and blob_gets(proxy) == []
+        assert layout_names(layout) == expected
+
+    # skopeo finds every image by its full name (the tags shared by two repositories do not
+    # clash), and umoci unpacks one
+    for name, digest in expected.items():
+        raw = _skopeo(["inspect", "--raw", f"oci:{layout}:{name}"], tmp_path / "skopeo")
+        assert f"sha256:{hashlib.sha256(raw).hexdigest()}" == digest
+    bundle = tmp_path / "bundle"
+    image = f"{layout}:{next(iter(expected))}"  # {one}:v1
+    subprocess.run(
+        [require("umoci"), "unpack", "--rootless", "--image", image, str(bundle)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert any((bundle / "rootfs").iterdir())
+
+
+def _blobs_of(images: dict[str, LayoutImage], digest: str) -> list[str]:
+    return next(i.blob_digests for i in images.values() if i.digest == digest)
+
+
+def test_a_layout_destination_that_cannot_be_one_is_refused_up_front(
+    cli: Cli, tmp_path: Path
+) -> None:
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("x")
+    line = cli("sync", "localhost:5999/a/b", f"oci:{tmp_path}/notes").failed()
+    assert line == (
+        f"derrick: error: oci:{tmp_path}/notes: {tmp_path}/notes is not empty and is not an "
+        "OCI image layout; choose a new or empty directory"
+    )
+    for dest, says in (
+        (f"oci:{tmp_path}/new:v1", "a sync into an OCI layout names each image itself"),
+        (f"oci-archive:{tmp_path}/x.tar", "not an archive"),
+        ("localhost:5999/x:v1", "a sync destination is a repository, without a tag"),
+    ):
+        assert says in cli("sync", "localhost:5999/a/b", dest).failed()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("new", "x.tar", "."))]
 
 
 def test_blobs_two_copies_need_at_once_are_stored_once(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from derrick.errors import UsageError
+from derrick.errors import Remedy, UsageError
+from derrick.images.model import Selection
+from derrick.manifest import Platform
 from derrick.ops.syncconfig import TagSelection, one_off, parse_config
 from derrick.ops.syncplan import Shard
 
@@ -67,7 +71,8 @@ def test_pins_alone_name_everything() -> None:
     ("text", "start"),
     [
         ("", "m.yaml: sources: the file is empty"),
-        ("- a\n", "m.yaml:1: : must be a mapping"),
+        ("- a\n", "m.yaml:1: not a sync configuration: the file is a list, where a configuration"),
+        ("just words\n", "m.yaml:1: not a sync configuration: the file is plain text"),
         ("sources:\n  - {repository: a.b/c, namespace: a.b/d}\n", "m.yaml:2: sources[0]: give"),
         (
             "sources:\n  - repository: a.b/c\n    destination: {registry: x.y, oci: /d}\n",
@@ -105,16 +110,52 @@ def test_errors_name_file_line_and_key(text: str, start: str) -> None:
     assert "\n" not in str(e.value)
 
 
-def test_one_off_forms() -> None:
+def test_one_off_forms(tmp_path: Path) -> None:
     reg = one_off("alpine", "localhost:5000/mirror/alpine", include=("3.*",)).sources[0]
     assert (reg.registry, reg.repository) == ("docker.io", "library/alpine")
     assert reg.destination.repository_for("docker.io", "library/alpine") == "mirror/alpine"
+    assert reg.selection == Selection(all=True)  # a mirror keeps every platform
     lay = one_off("alpine", "oci:/tmp/x").sources[0]
+    assert lay.destination.layout == Path("/tmp/x")
     assert lay.destination.repository_for("docker.io", "library/alpine") == (
         "docker.io/library/alpine"
     )
-    with pytest.raises(UsageError, match="--tags: invalid regular expression"):
+    plain = one_off("alpine", f"{tmp_path}/new-mirror").sources[0]
+    assert plain.destination.layout == tmp_path / "new-mirror"
+    narrow = Selection(platforms=(Platform.parse("linux/arm64"),))
+    assert one_off("alpine", "oci:/tmp/x", selection=narrow).sources[0].selection == narrow
+
+
+@pytest.mark.parametrize(
+    ("destination", "says"),
+    [
+        ("localhost:5000/x:v1", "a sync destination is a repository, without a tag or digest"),
+        ("oci:/tmp/x:v1", "a sync into an OCI layout names each image itself"),
+        ("oci-archive:/tmp/x.tar", "not an archive"),
+        ("docker-archive:/tmp/x.tar", "not an archive"),
+    ],
+)
+def test_one_off_destinations_refused(destination: str, says: str) -> None:
+    with pytest.raises(UsageError, match=says):
+        one_off("alpine", destination)
+
+
+def test_messages_name_no_command_line_flag() -> None:
+    """The library says what is wrong in its own words; the remedy is for the front end."""
+    with pytest.raises(UsageError) as bad_pattern:
         one_off("alpine", "localhost:5000/x", include=("(",))
+    assert str(bad_pattern.value).startswith(
+        "the tag pattern to include '(' is not a valid regular expression"
+    )
+    text = "sources:\n  - repository: a.b/c\n    destination: {registry: x.y, token: t}\n"
+    with pytest.raises(UsageError) as secret:
+        parse_config(text, "m.yaml", {})
+    assert secret.value.message == (
+        "m.yaml:3: sources[0].destination.token: credentials are not read from this file"
+    )
+    assert secret.value.remedy == Remedy("saved-credentials")
+    for e in (bad_pattern.value, secret.value):
+        assert "--" not in str(e) and "derrick " not in str(e)
 
 
 def test_shards() -> None:

@@ -10,17 +10,16 @@ from pathlib import Path
 from types import TracebackType
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from derrick.cli.common import Options, connection_options, emit_json, human_size
+from derrick.cli.errors import remedy_text
 from derrick.errors import UsageError
 from derrick.images.model import Selection
 from derrick.manifest import Platform
 from derrick.ops.sync import DEFAULT_JOBS, sync
 from derrick.ops.syncconfig import SyncConfig, load_config, one_off
 from derrick.ops.syncplan import Shard
-from derrick.ops.syncreport import ImageOutcome, SyncReport
+from derrick.ops.syncreport import ImageOutcome, SyncReport, pulls_text, reason_of, said
 from derrick.store.cache import default_cache_dir
 
 
@@ -38,11 +37,13 @@ from derrick.store.cache import default_cache_dir
     "platforms",
     multiple=True,
     metavar="OS/ARCH[/VARIANT]",
-    help="Platforms to copy from a multi-platform image (repeat for several; default: "
-    "every platform, the index byte for byte).",
+    help="Copy only these platforms of a multi-platform image (repeat for several; "
+    "default: every platform, the index kept whole).",
 )
 @click.option(
-    "--all-platforms", is_flag=True, help="Copy indexes whole, byte for byte (the default)."
+    "--all-platforms",
+    is_flag=True,
+    help="Copy indexes whole, byte for byte (the default without --platform).",
 )
 @click.option(
     "--digest-tags",
@@ -77,7 +78,7 @@ from derrick.store.cache import default_cache_dir
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="DERRICK_CACHE_DIR",
-    help="Where records of earlier runs are kept.",
+    help="derrick's blob cache: blobs of copies into oci:DIR, records of earlier runs.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @connection_options
@@ -102,20 +103,24 @@ def sync_command(
 
     \b
     derrick sync SRC_REPO DST   DST is a repository (tags keep their names)
-                                or oci:DIR (images named repo:tag)
+                                or oci:DIR (images named REGISTRY/REPO:TAG)
     derrick sync CONFIG.yaml    see the configuration schema in the README
 
-    Each tag's digest is compared with the destination's (HEAD requests only):
-    unchanged tags are skipped, changed ones copy only the blobs the destination
-    lacks.  Pulls (manifest GETs) are counted as Docker Hub counts them; the
-    sync stops cleanly before --max-pulls or the registry's remaining count
-    runs out.  Exit status: 0 done, 1 something failed, 3 stopped by the pull
-    budget or rate limit with work left (run again later).  --username applies
-    to the destination registry.
+    A mirror keeps every platform: multi-platform images are copied whole
+    unless --platform narrows them.  Each tag's digest is compared with the
+    destination's (HEAD requests; for oci:DIR its index.json): unchanged tags
+    are skipped, changed ones copy only the blobs the destination lacks (into
+    oci:DIR through the blob cache, which keeps them for the next run).  A tag
+    is never copied onto itself.  Pulls (manifest GETs) are counted as Docker
+    Hub counts them; the sync stops cleanly before --max-pulls or the
+    registry's remaining count runs out.  Exit status: 0 done, 1 something
+    failed, 3 stopped by the pull budget or rate limit with work left (run
+    again later).  --username applies to the destination registry.
 
     \b
     Examples:
       derrick sync docker.io/library/alpine mirror.example:5000/alpine --tags '3\\.2\\d'
+      derrick sync docker.io/library/alpine oci:/srv/mirror --platform linux/amd64
       derrick sync mirror.yaml --max-pulls 100 --shard "$JOB_COMPLETION_INDEX/4"
     """
     selection = _selection(platforms, all_platforms)
@@ -126,13 +131,7 @@ def sync_command(
                 "'derrick sync SRC_REPO DST'",
                 hint="put them in the configuration file",
             )
-        path = Path(source)
-        if not path.is_file():
-            raise UsageError(
-                f"{source} is not a configuration file",
-                hint="give CONFIG.yaml, or SRC_REPO and DST",
-            )
-        config = load_config(path)
+        config = load_config(_config_file(source))
         if digest_tags:
             config = config.with_digest_tags()
     else:
@@ -157,7 +156,7 @@ def sync_command(
             progress=display,
         )
     if fmt == "json":
-        emit_json(report.to_json())
+        emit_json(report.to_json(remedy_text))
     else:
         report_text(report)
     report_exit(report)
@@ -167,9 +166,28 @@ def _selection(platforms: tuple[str, ...], all_platforms: bool) -> Selection:
     """Every platform of an index unless some are named: a mirror must not lose any."""
     if all_platforms and platforms:
         raise UsageError("--platform and --all-platforms exclude each other")
-    if platforms:
-        return Selection(platforms=tuple(Platform.parse(p) for p in platforms))
-    return Selection(all=True)
+    if not platforms:
+        return Selection(all=True)  # a mirror keeps every platform
+    return Selection(platforms=tuple(Platform.parse(p) for p in platforms))
+
+
+def _config_file(text: str) -> Path:
+    """The configuration file ``derrick sync CONFIG.yaml`` names."""
+    path = Path(text)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise UsageError(
+            f"{text} is a directory, not a configuration file",
+            hint="give CONFIG.yaml, or a source repository and a destination",
+        )
+    if path.suffix in (".yaml", ".yml", ".json") or text.startswith(("/", "./", "../", "~")):
+        raise UsageError(f"the configuration file {text} does not exist", hint="check the path")
+    raise UsageError(
+        f"{text}: no such configuration file, and no destination to copy the repository to",
+        hint=f"write 'derrick sync {text} DST' with DST a repository or oci:DIR, "
+        "or give CONFIG.yaml",
+    )
 
 
 @contextlib.contextmanager
@@ -206,11 +224,12 @@ def report_text(report: SyncReport) -> None:
         line = f"{item.status:<9} {item.source} -> {item.destination}"
         if item.status == "copied":
             line += f"  {item.digest}  {human_size(item.bytes)}"
-        if item.reason:
-            line += f"  ({item.reason})"
+        why = item.why(remedy_text)
+        if why:
+            line += f": {why}"
         out(line)
-    for name, why in report.source_errors:
-        out(f"{'failed':<9} {name}  ({why})")
+    for name, e in report.source_errors:
+        out(f"{'failed':<9} {name}: {said(reason_of(e), e.remedy, remedy_text)}")
     if shown or report.source_errors:
         out("")
     failed = len(report.failed) + len(report.source_errors)
@@ -221,7 +240,8 @@ def report_text(report: SyncReport) -> None:
         + (f", {report.other_shards} in other shards" if report.other_shards else "")
     )
     budget = f" of a budget of {report.max_pulls}" if report.max_pulls is not None else ""
-    out(f"{human_size(report.bytes)} moved, {report.pulls} pulls{budget}, {report.seconds:.1f}s")
+    pulls = pulls_text(report.pulls)
+    out(f"{human_size(report.bytes)} moved, {pulls}{budget}, {report.seconds:.1f}s")
     if report.stopped:
         out(f"stopped: {report.stopped}")
     for registry, state in sorted(report.rate_limits.items()):
@@ -239,8 +259,8 @@ def report_exit(report: SyncReport) -> None:
         raise click.exceptions.Exit(report.exit_code)
     if report.left:
         click.echo(
-            f"derrick: error: stopped with {len(report.left)} images left ({report.stopped}); "
-            "run again later",
+            f"derrick: error: stopped with {len(report.left)} of {len(report.images)} images "
+            f"left: {report.stopped}; run again later",
             err=True,
         )
         raise click.exceptions.Exit(report.exit_code)
@@ -250,6 +270,16 @@ class _Display:
     """Images done / total and bytes moved, on stderr."""
 
     def __init__(self) -> None:
+        # rich only when a display is drawn
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self._progress = Progress(
             TextColumn("images"),
             BarColumn(),

@@ -2,9 +2,10 @@
 
 Built on :class:`~derrick.layout.oci.OCILayout`, whose rules it keeps: ``index.json``
 changes are made holding the layout's lock, an entry's
-``org.opencontainers.image.ref.name`` is the tag and its ``io.containerd.image.name``
-the full name (``registry.example/team/app:v1``; ``…/app@sha256:…`` for an image named
-by digest), and an entry is replaced only by one of the same full name.  Blobs from
+``org.opencontainers.image.ref.name`` is the tag (the full name, for a sink made with
+``full_ref_names``) and its ``io.containerd.image.name`` the full name
+(``registry.example/team/app:v1``; ``…/app@sha256:…`` for an image named by digest),
+and an entry is replaced only by one of the same full name.  Blobs from
 files elsewhere (the blob cache) are copies, reflinked where the filesystem can: never
 hard links.
 
@@ -83,7 +84,9 @@ class LayoutDir:
 
     ``store`` is the blob store whose records say which blobs are intact (without one a
     blob is hashed to be trusted); ``shown`` is how the user named the directory (for
-    messages; default: ``path``).
+    messages; default: ``path``).  ``full_ref_names`` names images written here by their
+    full name in ``org.opencontainers.image.ref.name`` too (a mirror of several
+    repositories, whose tags would clash for tools that look only at that annotation).
     """
 
     ordered = False
@@ -97,8 +100,10 @@ class LayoutDir:
         name: str | None = None,
         store: BlobStore | None = None,
         shown: str | None = None,
+        full_ref_names: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.full_ref_names = full_ref_names
         self.shown = shown if shown is not None else str(path)
         self.description = f"the OCI layout {self.shown}"
         self.default = name
@@ -365,7 +370,7 @@ class LayoutDir:
     def _name(self, layout: OCILayout) -> None:
         """Add the index entries (the last step: until then the layout does not name the
         images); note tags that now name several images."""
-        self.same_tag = add_entries(layout, self._tops.values())
+        self.same_tag = add_entries(layout, self._tops.values(), full_ref_names=self.full_ref_names)
 
     def _merge_into(self, dest: OCILayout, work: OCILayout) -> None:
         """Move the blobs ``dest`` lacks (or holds damaged) from ``work``; then name."""

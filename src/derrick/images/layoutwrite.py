@@ -74,12 +74,17 @@ def entry_image_name(name: ImageName, desc: Descriptor) -> str | None:
 
 
 def add_entries(
-    layout: OCILayout, tops: Iterable[Sequence[tuple[Descriptor, tuple[ImageName, ...]]]]
+    layout: OCILayout,
+    tops: Iterable[Sequence[tuple[Descriptor, tuple[ImageName, ...]]]],
+    *,
+    full_ref_names: bool = False,
 ) -> list[str]:
     """Add an ``index.json`` entry for each top manifest under each of its names (one
-    without names when it has none).  Returns the full names of the images under a tag
-    used here when that tag now names more than one image."""
-    tags: list[str] = []
+    without names when it has none).  ``full_ref_names`` puts an image's full name
+    (``repository:tag``), not its tag, in ``org.opencontainers.image.ref.name``.  Returns
+    the full names of the images under a ref name used here when that name now names
+    more than one image."""
+    refs: list[str] = []
     for entries in tops:
         for desc, names in entries:
             entry = Descriptor(
@@ -92,12 +97,14 @@ def add_entries(
             if not names:
                 layout.add_manifest(entry)
             for n in names:
-                layout.add_manifest(entry, ref_name=n.tag, image_name=entry_image_name(n, desc))
-                if n.tag and n.tag not in tags:
-                    tags.append(n.tag)
+                image_name = entry_image_name(n, desc)
+                ref = image_name if full_ref_names and n.tag and image_name else n.tag
+                layout.add_manifest(entry, ref_name=ref, image_name=image_name)
+                if ref and ref not in refs:
+                    refs.append(ref)
     same: list[str] = []
-    for tag in tags:
-        tagged = layout.tagged(tag)
+    for ref in refs:
+        tagged = layout.tagged(ref)
         if len({d.digest for d in tagged}) > 1:
             same.extend(n for n in dict.fromkeys(full_name(d) for d in tagged) if n not in same)
     return same

@@ -14,9 +14,11 @@ For every item of the plan (:mod:`derrick.ops.syncplan`), ``jobs`` at a time:
    is left undone and the registry's window.  A 429 the transport could not wait out
    stops it the same way.
 3. **Copy**: :func:`derrick.ops.transfer.copy` of the digest the check found (so a tag
-   that moves meanwhile is not half-copied), the destination tag put last.  Blobs the
-   destination has are skipped, blobs another repository of the destination registry
-   holds are mounted, and the rest stream through verified.
+   that moves meanwhile is not half-copied), the destination tag put last.  Into a
+   registry: blobs the destination has are skipped, blobs another repository of the
+   destination registry holds are mounted, and the rest stream through verified.  Into an
+   OCI layout (:mod:`derrick.ops.synclayout`): blobs go through the blob store, which keeps
+   them for later runs, and the image is named in ``index.json`` last.
 4. **Signatures** (``digest_tags``): cosign's ``sha256-<hex>.sig``, ``.att`` and ``.sbom``
    tags of the digest the destination names and of every manifest copied are mirrored too,
    when the source has them.
@@ -31,9 +33,9 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from derrick.errors import (
     Cancelled,
@@ -41,9 +43,7 @@ from derrick.errors import (
     TooManyRequestsError,
     UsageError,
 )
-from derrick.images.model import BlobOutcome, Selection
-from derrick.manifest import Descriptor
-from derrick.ops import transfer
+from derrick.images.model import ImageName, ImageSink, Selection
 from derrick.ops.synccheck import Checker, Found
 from derrick.ops.syncconfig import SyncConfig, load_config
 from derrick.ops.syncparts import (
@@ -55,9 +55,20 @@ from derrick.ops.syncparts import (
     needs_index,
 )
 from derrick.ops.syncplan import Shard, SyncItem, SyncPlan, plan_sync
-from derrick.ops.syncreport import Budget, ImageOutcome, SyncReport
+from derrick.ops.syncreport import (
+    Budget,
+    BytesMoved,
+    ImageOutcome,
+    SyncProgress,
+    SyncReport,
+    reason_of,
+)
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
+from derrick.store.cache import BlobStore
+
+if TYPE_CHECKING:
+    from derrick.ops.synclayout import LayoutDestination
 
 __all__ = ["DEFAULT_JOBS", "SyncProgress", "sync"]
 
@@ -65,20 +76,6 @@ DEFAULT_JOBS = 4
 #: Blobs of one image that move at once.
 BLOB_JOBS = 4
 _SIGNATURE_SUFFIXES = ("sig", "att", "sbom")
-
-
-class SyncProgress(Protocol):
-    """Receives a sync's progress; every method may be called from worker threads."""
-
-    def planned(self, images: int) -> None:
-        """The images to check (called again when signature tags add some)."""
-        ...
-
-    def bytes_moved(self, nbytes: int) -> None:
-        """Blob bytes read from a source (negative when a retry goes back)."""
-        ...
-
-    def image_finished(self, outcome: ImageOutcome) -> None: ...
 
 
 def sync(
@@ -100,25 +97,37 @@ def sync(
     not apply).  ``client`` (default: one with the usual credentials, closed at the end)
     reaches every registry.  ``jobs`` images copy at once.  ``max_pulls`` caps the pulls
     spent (see :mod:`derrick.ops.syncreport`).  ``dry_run`` checks and reports without
-    copying.  ``cache_dir`` keeps what an index copied with a platform selection became,
-    so later checks need no ``GET``.  Raises only for a bad configuration or an interrupt:
-    what fails for an image is in the report.
+    copying.  ``cache_dir`` is derrick's blob cache (see :mod:`derrick.store.cache`): copies
+    into an OCI layout keep their blobs there for later runs, and what an index copied
+    with a platform selection became is recorded there, so later checks need no ``GET``.
+    Raises only for a bad configuration, an OCI layout destination that cannot be one, or
+    an interrupt: what fails for an image is in the report.
     """
     if max_pulls is not None and max_pulls < 0:
         raise UsageError("the pull budget cannot be negative")
+    started = time.monotonic()
+    if isinstance(config_or_plan, str | Path):
+        config_or_plan = load_config(Path(config_or_plan))
+    if isinstance(config_or_plan, SyncConfig):
+        paths = [s.destination.layout for s in config_or_plan.sources]
+    else:
+        paths = [i.destination.layout for i in config_or_plan.items]
+    store = BlobStore(cache_dir) if cache_dir is not None else None
+    layouts = _layouts([p for p in paths if p is not None], store)
     own = client is None
     client = client if client is not None else RegistryClient()
     try:
-        started = time.monotonic()
-        if isinstance(config_or_plan, str | Path):
-            config_or_plan = load_config(Path(config_or_plan))
         if isinstance(config_or_plan, SyncConfig):
-            _supported(config_or_plan)
             the_plan = plan_sync(config_or_plan, client, shard=shard)
         else:
             the_plan = config_or_plan
-        runner = _Runner(client, the_plan, jobs, Budget(max_pulls), dry_run, cache_dir, progress)
-        runner.chunk_size = chunk_size
+        runner = _Runner(
+            client,
+            the_plan,
+            _Settings(jobs, dry_run, progress, chunk_size, store, layouts),
+            Budget(max_pulls),
+            Records(cache_dir),
+        )
         report = runner.run()
         report.seconds = time.monotonic() - started
         return report
@@ -127,14 +136,25 @@ def sync(
             client.close()
 
 
-def _supported(config: SyncConfig) -> None:
-    for spec in config.sources:
-        if spec.destination.layout is not None:
-            raise UsageError(
-                f"{spec.where}: OCI layout destinations (oci:{spec.destination.layout}) "
-                "are not supported by sync yet",
-                hint="mirror into a registry, or pull single images with 'derrick image pull'",
-            )
+def _layouts(paths: list[Path], store: BlobStore | None) -> dict[Path, LayoutDestination]:
+    """The OCI layouts a sync writes into, each read once (checked before any request)."""
+    if not paths:
+        return {}
+    from derrick.ops.synclayout import LayoutDestination  # what only layouts need
+
+    return {p: LayoutDestination(p, store) for p in dict.fromkeys(paths)}
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """How a sync runs (see :func:`sync`)."""
+
+    jobs: int
+    dry_run: bool
+    progress: SyncProgress | None
+    chunk_size: int | None
+    store: BlobStore | None
+    layouts: dict[Path, LayoutDestination]
 
 
 class _Runner:
@@ -142,20 +162,16 @@ class _Runner:
         self,
         client: RegistryClient,
         the_plan: SyncPlan,
-        jobs: int,
+        settings: _Settings,
         budget: Budget,
-        dry_run: bool,
-        cache_dir: Path | None,
-        progress: SyncProgress | None,
+        records: Records,
     ) -> None:
         self.client = client
         self.plan = the_plan
-        self.jobs = max(1, jobs)
+        self.settings = settings
         self.budget = budget
-        self.dry_run = dry_run
-        self.records = Records(cache_dir)
-        self.progress = progress
-        self.chunk_size: int | None = None
+        self.records = records
+        self.progress = settings.progress
         self.blobs = BlobMap()
         self.stopped: str | None = None
         self.outcomes: list[tuple[int, ImageOutcome]] = []
@@ -168,9 +184,15 @@ class _Runner:
         self._cancel = threading.Event()
         self._copies: set[threading.Event] = set()
         self._tags_lock = threading.Lock()
+        self._followed: set[str] = set()  # source tags queued as signature tags
         self._crashed: list[BaseException] = []
         self.checker = Checker(
-            client, budget, self.records, dry_run=dry_run, stopped=lambda: self.stopped
+            client,
+            budget,
+            records,
+            dry_run=settings.dry_run,
+            stopped=lambda: self.stopped,
+            layouts=settings.layouts,
         )
 
     # -- the pool ------------------------------------------------------------------------
@@ -180,7 +202,7 @@ class _Runner:
             self.progress.planned(self._total)
         workers = [
             threading.Thread(target=self._work, name=f"derrick-sync-{i}", daemon=True)
-            for i in range(min(self.jobs, max(1, len(self._queue))))
+            for i in range(min(max(1, self.settings.jobs), max(1, len(self._queue))))
         ]
         for t in workers:
             t.start()
@@ -196,14 +218,14 @@ class _Runner:
             raise self._crashed[0]
         return SyncReport(
             images=[o for _, o in sorted(self.outcomes, key=lambda pair: pair[0])],
-            filtered=list(self.plan.filtered),
+            filtered=[f for f in self.plan.filtered if f not in self._followed],
             source_errors=list(self.plan.failed),
             other_shards=self.plan.other_shards,
             stopped=self.stopped,
             max_pulls=self.budget.max_pulls,
             pulls=self.budget.spent,
             rate_limits=dict(self.budget.states),
-            dry_run=self.dry_run,
+            dry_run=self.settings.dry_run,
         )
 
     def _cancel_all(self) -> None:
@@ -247,7 +269,7 @@ class _Runner:
                 failed = ImageOutcome(
                     f"{item.source.name} (signature tags)", outcome.destination, "failed"
                 )
-                failed.reason = str(e)
+                failed.failed_with(e)
                 with self._cond:
                     self.outcomes.append((self._queued[_key(item)], failed))
 
@@ -266,13 +288,13 @@ class _Runner:
             self._stop(out, str(e))
         except TooManyRequestsError as e:
             self.budget.retry_after(item.source.registry, e.retry_after)
-            self._stop(out, str(e))
+            self._stop(out, reason_of(e))
         except Cancelled as e:
-            out.reason = str(e)
+            out.failed_with(e)
             if self._cancel.is_set():
                 out.status = "left"
         except DerrickError as e:
-            out.reason = str(e)
+            out.failed_with(e)
         except OSError as e:
             out.reason = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
         finally:
@@ -300,16 +322,16 @@ class _Runner:
         if self.stopped is not None:
             out.status, out.reason = "left", self.stopped
             return
-        if self.dry_run:
+        if self.settings.dry_run:
             out.status = "planned"
             return
         meter.reserve(self.checker.gets(item, found))
         self._copy(item, found, out)
 
     def _copy(self, item: SyncItem, found: Found, out: ImageOutcome) -> None:
-        target = item.target
-        assert target is not None
-        sink = MirrorRepository(self.client, target, self.blobs, chunk_size=self.chunk_size)
+        from derrick.ops import transfer  # the engine: loaded when a sync copies
+
+        sink, names = self._sink(item)
         event = threading.Event()
         with self._cond:
             if self._cancel.is_set():
@@ -321,11 +343,12 @@ class _Runner:
                 sink,
                 name=str(found.head.digest),
                 selection=item.selection,
-                names=(item.name,) if item.tag else (),
+                names=names,
                 jobs=BLOB_JOBS,
-                progress=_Bytes(self.progress.bytes_moved) if self.progress else None,
+                progress=BytesMoved(self.progress.bytes_moved) if self.progress else None,
                 cancel=event,
                 retry=self.client.transport.retry,
+                cache=self.settings.store,
             )
         finally:
             with self._cond:
@@ -338,6 +361,18 @@ class _Runner:
         found.copied = [str(d) for d in result.manifests]
         if needs_index(found.head, item.selection):
             self.records.put(found.head.digest, item.selection, result.digest)
+
+    def _sink(self, item: SyncItem) -> tuple[ImageSink, tuple[ImageName, ...]]:
+        """Where ``item`` is copied to, and what it is called there."""
+        if item.destination.layout is not None:
+            # named by its full name, or repository@digest without a tag
+            return self.settings.layouts[item.destination.layout].sink(), (item.name,)
+        target = item.target
+        assert target is not None
+        sink = MirrorRepository(
+            self.client, target, self.blobs, chunk_size=self.settings.chunk_size
+        )
+        return sink, (item.name,) if item.tag else ()
 
     # -- signature tags ------------------------------------------------------------------
 
@@ -364,6 +399,7 @@ class _Runner:
                 added.append(follow)
         with self._cond:
             for follow in added:
+                self._followed.add(f"{follow.source.name}:{follow.tag}")
                 key = _key(follow)
                 if key not in self._queued:
                     self._queued[key] = len(self._queued)
@@ -384,26 +420,3 @@ class _Runner:
 
 def _key(item: SyncItem) -> str:
     return item.key + "\0" + item.describe_destination()
-
-
-class _Bytes:
-    """The engine's progress of one copy, as bytes moved for the sync's display."""
-
-    def __init__(self, moved: Callable[[int], None]) -> None:
-        self._moved = moved
-        self._streaming: set[str] = set()
-        self._lock = threading.Lock()
-
-    def planned(self, total_bytes: int) -> None:
-        pass
-
-    def blob_started(self, desc: Descriptor) -> None:
-        with self._lock:
-            self._streaming.add(str(desc.digest))
-
-    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
-        if str(desc.digest) in self._streaming:
-            self._moved(nbytes)
-
-    def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None:
-        pass

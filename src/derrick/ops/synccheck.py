@@ -1,21 +1,27 @@
 """The check of one sync item: what the destination holds, what a copy would store.
 
-:meth:`Checker.check` asks the destination for the tag (``HEAD``; a tag missing from the
-destination repository's tag list, read once per sync, needs none), and the source for its
-digest (``HEAD``, ``ratelimit-*`` headers read).  When the destination lacks the tag and
-the source is known to announce no rate limit, the source is resolved by the copy's own
-``GET`` instead, one request less.  What a copy stores is the source digest, except for
-an index copied with a platform selection: then a record of an earlier run or the index
-itself (one ``GET``) says (see :mod:`derrick.ops.syncparts`).
+:meth:`Checker.check` asks the destination for the tag (a registry: ``HEAD``, and a tag
+missing from the destination repository's tag list, read once per sync, needs none; an
+OCI layout: its ``index.json`` as the sync found it, and the image whole on disk, see
+:mod:`derrick.ops.synclayout`), and the source for its digest (``HEAD``, ``ratelimit-*``
+headers read).  When the destination lacks the tag and the source is known to announce no
+rate limit, the source is resolved by the copy's own ``GET`` instead, one request less.
+What a copy stores is the source digest, except for an index copied with a platform
+selection: then a record of an earlier run or the index itself (one ``GET``) says (see
+:mod:`derrick.ops.syncparts`).  A tag that would be copied onto itself (the same
+repository of the same registry) is unchanged whatever the platforms asked for: a copy
+could only take platforms away.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from derrick import mediatypes as mt
+from derrick.digest import Digest
 from derrick.errors import DerrickError, NotFoundError, UsageError
 from derrick.images.plan import choose
 from derrick.manifest import Descriptor, Index, parse_manifest
@@ -31,11 +37,33 @@ from derrick.ops.syncplan import SyncItem
 from derrick.ops.syncreport import Budget
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
+from derrick.singleflight import SingleFlight
+
+if TYPE_CHECKING:
+    from derrick.ops.synclayout import LayoutDestination
 
 __all__ = ["Checker", "Found"]
 
 #: A destination whose tags could not be listed: every tag may be there.
 _ANY: set[str] = set()
+
+
+def _target(item: SyncItem) -> Reference:
+    target = item.target
+    if target is None:
+        raise UsageError(f"{item.describe_destination()}: not a registry destination")
+    return target
+
+
+def _onto_itself(item: SyncItem) -> bool:
+    """Whether ``item`` would copy a tag onto itself (same registry, repository, tag)."""
+    target = item.target
+    return (
+        target is not None
+        and item.tag is not None
+        and item.source.tag == item.tag
+        and (target.registry, target.repository) == (item.source.registry, item.source.repository)
+    )
 
 
 @dataclass
@@ -60,37 +88,43 @@ class Checker:
         *,
         dry_run: bool,
         stopped: Callable[[], str | None],
+        layouts: Mapping[Path, LayoutDestination] | None = None,
     ) -> None:
         self.client = client
         self.budget = budget
         self.records = records
         self.dry_run = dry_run
         self.stopped = stopped
+        self.layouts = dict(layouts or {})
         self._tags: dict[str, set[str]] = {}
-        self._lock = threading.Lock()
+        self._listing: SingleFlight[str, set[str]] = SingleFlight()
 
     def check(self, item: SyncItem, meter: Meter) -> Found:
-        target = item.target
-        if target is None:
-            raise UsageError(f"{item.describe_destination()}: not a registry destination")
         source = MeteredRepository(self.client, item.source, meter, None)
-        there = None
-        if item.tag is not None and self._may_have(target, item.tag):
-            there = self._head(target.with_tag(item.tag))
-            if there is None and self._get_first(item):
-                # nothing there: the copy follows, and its GET resolves the tag
-                return Found(source.fetch_top(), source)
-        head = self.client.head_manifest(item.source)
-        self.budget.observe(item.source.registry, head.ratelimit)
-        check_head(item.source, head.descriptor)
-        source = MeteredRepository(self.client, item.source, meter, head.descriptor)
-        found = Found(head.descriptor, source, there=there)
+        if _onto_itself(item):
+            # The destination is the source: a copy could only take platforms away.
+            head = self._head_source(item)
+            source = MeteredRepository(self.client, item.source, meter, head)
+            return Found(head, source, expected=head, there=head)
+        there = self._named(item) if item.tag is not None else None
+        if item.tag is not None and there is None and self._get_first(item):
+            # nothing there: the copy follows, and its GET resolves the tag
+            return Found(source.fetch_top(), source)
+        head = self._head_source(item)
+        source = MeteredRepository(self.client, item.source, meter, head)
+        found = Found(head, source, there=there)
         if item.tag is not None and there is None:
             return found  # a dry run or a stopped sync: what it would copy is enough
         found.expected = self._expected(item, found)
         if item.tag is None:
-            found.there = self._head(target.with_digest(found.expected.digest))
+            found.there = self._by_digest(item, found.expected.digest)
         return found
+
+    def _head_source(self, item: SyncItem) -> Descriptor:
+        head = self.client.head_manifest(item.source)
+        self.budget.observe(item.source.registry, head.ratelimit)
+        check_head(item.source, head.descriptor)
+        return head.descriptor
 
     def _get_first(self, item: SyncItem) -> bool:
         """Whether to skip the source HEAD of an item the destination lacks: not while
@@ -101,20 +135,53 @@ class Checker:
             and self.budget.unlimited(item.source.registry)
         )
 
+    def _named(self, item: SyncItem) -> Descriptor | None:
+        """What the destination's name of ``item`` (a tag) points at, if anything."""
+        assert item.tag is not None
+        layout = self._layout(item)
+        if layout is not None:
+            return layout.named(str(item.name))
+        target = _target(item)
+        if not self._may_have(target, item.tag):
+            return None
+        return self._head(target.with_tag(item.tag))
+
+    def _by_digest(self, item: SyncItem, digest: Digest) -> Descriptor | None:
+        """The image ``digest`` at the destination, if it is there."""
+        layout = self._layout(item)
+        if layout is not None:
+            return layout.named(f"{item.repository}@{digest}")
+        return self._head(_target(item).with_digest(digest))
+
+    def _layout(self, item: SyncItem) -> LayoutDestination | None:
+        path = item.destination.layout
+        if path is None:
+            return None
+        layout = self.layouts.get(path)
+        if layout is None:
+            raise UsageError(f"{item.describe_destination()}: the layout was not opened")
+        return layout
+
     def _may_have(self, target: Reference, tag: str) -> bool:
         """Whether the destination repository may have ``tag`` (its tag list, read once per
         sync, saves a HEAD for each tag it lacks)."""
-        with self._lock:
-            tags = self._tags.get(target.name)
-            if tags is None:
-                try:
-                    tags = set(self.client.list_tags(target))
-                except NotFoundError:
-                    tags = set()
-                except DerrickError:
-                    tags = _ANY
-                self._tags[target.name] = tags
+        tags = self._tags.get(target.name)
+        if tags is None:
+            tags = self._listing.do(target.name, lambda: self._list(target))
         return tags is _ANY or tag in tags
+
+    def _list(self, target: Reference) -> set[str]:
+        tags = self._tags.get(target.name)
+        if tags is not None:
+            return tags
+        try:
+            tags = set(self.client.list_tags(target))
+        except NotFoundError:
+            tags = set()
+        except DerrickError:
+            tags = _ANY
+        self._tags[target.name] = tags
+        return tags
 
     def _head(self, ref: Reference) -> Descriptor | None:
         try:

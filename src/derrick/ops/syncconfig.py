@@ -3,7 +3,7 @@
 A configuration is YAML (every key below is optional unless it says otherwise)::
 
     defaults:                          # applies to every source that does not say otherwise
-      platforms: [linux/amd64, linux/arm64]   # or "all" (the default: indexes whole)
+      platforms: [linux/amd64, linux/arm64]   # default "all": indexes whole, byte for byte
       digest-tags: false               # also copy sha256-<hex>.sig/.att/.sbom tags
       tags: {exclude: ['.*-rc.*']}     # tag selection (below), key by key
       destination:
@@ -30,9 +30,12 @@ repository path (``library/alpine``), with ``registry/`` before the path when
 ``strip-registry`` is false, unless the source names ``repository``.
 
 ``${NAME}`` in any value is replaced by the environment variable ``NAME`` (an unset one is
-an error).  No secret belongs here: credentials come from ``derrick login`` (Docker's
-``config.json`` and credential helpers) or the command line.  Every error names the file,
-the line and the key, in one line.
+an error).  No secret belongs here: credentials come from Docker's ``config.json`` (and
+its credential helpers) or from the caller.  Every error names the file, the line and the
+key, in one line.
+
+A mirror keeps every platform: without ``platforms`` an index is copied whole (its digest
+kept), to a registry and to an OCI layout alike; ``platforms`` narrows it to those.
 """
 
 from __future__ import annotations
@@ -45,11 +48,13 @@ from pathlib import Path
 
 from derrick.digest import Digest
 from derrick.errors import UsageError
+from derrick.images.locations import parse_location
 from derrick.images.model import Selection
 from derrick.reference import parse_repository
 from derrick.semver import Range, newest, parse_version
 
 __all__ = [
+    "ALL_PLATFORMS",
     "Destination",
     "SourceSpec",
     "SyncConfig",
@@ -58,6 +63,10 @@ __all__ = [
     "one_off",
     "parse_config",
 ]
+
+
+#: What a mirror copies of an index unless told otherwise: all of it, byte for byte.
+ALL_PLATFORMS = Selection(all=True)
 
 
 @dataclass(frozen=True)
@@ -136,7 +145,7 @@ class SourceSpec:
     namespace: str | None
     destination: Destination
     tags: TagSelection = field(default_factory=TagSelection)
-    selection: Selection = field(default_factory=lambda: Selection(all=True))
+    selection: Selection = ALL_PLATFORMS
     digest_tags: bool = False
     where: str = ""  # FILE:LINE of the entry, for messages
 
@@ -165,38 +174,64 @@ def one_off(
     selection: Selection | None = None,
     digest_tags: bool = False,
 ) -> SyncConfig:
-    """The configuration of ``derrick sync SRC_REPO DST``: DST a repository or ``oci:DIR``."""
+    """The configuration of a one-off sync of the repository ``source`` into
+    ``destination``: a registry repository (tags keep their names) or an OCI layout
+    (``oci:DIR``, or a plain path to a directory; each image named ``repository:tag``).
+    ``include`` and ``exclude`` are tag patterns; ``selection`` defaults to every platform.
+    """
     registry, repository = parse_repository(source)
     tags = TagSelection(
-        include=tuple(_regex(p, "--tags") for p in include),
-        exclude=tuple(_regex(p, "--exclude") for p in exclude),
+        include=tuple(_regex(p, "to include") for p in include),
+        exclude=tuple(_regex(p, "to exclude") for p in exclude),
     )
-    if destination.startswith("oci:"):
-        layout = destination.removeprefix("oci:")
-        if not layout:
-            raise UsageError("oci: needs a directory", hint="write oci:DIR")
-        dest = Destination(layout=Path(layout), strip_registry=False)
-    else:
-        dreg, drepo = parse_repository(destination.removeprefix("docker://"))
-        dest = Destination(registry=dreg, repository=drepo)
     spec = SourceSpec(
         registry,
         repository,
         None,
-        dest,
+        _one_off_destination(destination),
         tags,
-        selection or Selection(all=True),
+        selection if selection is not None else Selection(all=True),
         digest_tags,
         "argument",
     )
     return SyncConfig((spec,))
 
 
+def _one_off_destination(text: str) -> Destination:
+    """A destination as written after the source: a repository, or an OCI layout."""
+    loc = parse_location(text, destination=True)
+    if loc.is_registry:
+        ref = loc.reference
+        assert ref is not None
+        if ref.tag is not None or ref.digest is not None:
+            what = f":{ref.tag}" if ref.tag is not None else f"@{ref.digest}"
+            raise UsageError(
+                f"{text}: a sync destination is a repository, without a tag or digest ({what})",
+                hint="the tags keep their names",
+            )
+        return Destination(registry=ref.registry, repository=ref.repository)
+    if loc.kind != "oci":
+        raise UsageError(
+            f"{text}: sync writes into a registry repository or an OCI layout directory, "
+            "not an archive",
+            hint="write REGISTRY/REPOSITORY or oci:DIR",
+        )
+    if loc.name is not None:
+        raise UsageError(
+            f"{text}: a sync into an OCI layout names each image itself (repository:tag)",
+            hint=f"write oci:{loc.path}",
+        )
+    assert loc.path is not None
+    return Destination(layout=Path(loc.path), strip_registry=False)
+
+
 def _regex(pattern: str, what: str) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
     except re.error as e:
-        raise UsageError(f"{what}: invalid regular expression {pattern!r}: {e}") from None
+        raise UsageError(
+            f"the tag pattern {what} {pattern!r} is not a valid regular expression: {e}"
+        ) from None
 
 
 # -- the file --------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 :func:`plan_sync` lists each source's tags (``namespace`` sources list the registry's
 catalog first), applies the tag selection, and keeps the items of one shard when asked.
-Listing is all it does against registries: no manifest is read here.
+Listing is all it does against registries (several sources at once): no manifest is read
+here.
 
 Shards: an item belongs to shard ``sha256(SOURCE_REPOSITORY + ":" + TAG_OR_DIGEST) mod N``
 (the first 8 bytes of the hash, big-endian), so every machine that runs shard I of N with
@@ -13,13 +14,15 @@ are disjoint, and together they are the whole plan.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from derrick.digest import Digest
 from derrick.errors import DerrickError, UsageError
 from derrick.images.model import ImageName, Selection
-from derrick.ops.syncconfig import Destination, SourceSpec, SyncConfig
+from derrick.ops.syncconfig import ALL_PLATFORMS, Destination, SourceSpec, SyncConfig
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
 
@@ -67,7 +70,7 @@ class SyncItem:
     destination: Destination
     repository: str
     tag: str | None
-    selection: Selection = field(default_factory=Selection)
+    selection: Selection = ALL_PLATFORMS
     digest_tags: bool = False
 
     @property
@@ -103,43 +106,107 @@ class SyncPlan:
     items: list[SyncItem] = field(default_factory=list)
     #: source images the tag selection left out (``registry/repository:tag``)
     filtered: list[str] = field(default_factory=list)
-    #: sources that could not be listed: (``registry/repository``, why)
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    #: sources that could not be listed: (``registry/repository``, the error)
+    failed: list[tuple[str, DerrickError]] = field(default_factory=list)
     #: items that belong to other shards
     other_shards: int = 0
     #: the tags each listed source repository has (for signature tags)
     tags: dict[str, list[str]] = field(default_factory=dict)
 
 
+#: Sources listed at once (catalogs, then tag lists): registries far away answer slowly.
+LIST_JOBS = 8
+
+
 def plan_sync(
-    config: SyncConfig, client: RegistryClient, *, shard: Shard | None = None
+    config: SyncConfig,
+    client: RegistryClient,
+    *,
+    shard: Shard | None = None,
+    jobs: int = LIST_JOBS,
 ) -> SyncPlan:
-    """The :class:`SyncPlan` of ``config``: sources listed, tags chosen, one shard kept."""
+    """The :class:`SyncPlan` of ``config``: sources listed (``jobs`` at once, the plan in
+    the configuration's order), tags chosen, one shard kept."""
     out = SyncPlan()
-    seen: set[tuple[str, str]] = set()
-    for spec in config.sources:
-        try:
-            repos = _repositories(client, spec)
-        except DerrickError as e:
-            out.failed.append((spec.name, str(e)))
+    found = _listed(config.sources, lambda spec: _repositories(client, spec), jobs)
+    repos: list[tuple[SourceSpec, Reference]] = []
+    for spec, got in zip(config.sources, found, strict=True):
+        if isinstance(got, DerrickError):
+            out.failed.append((spec.name, got))
             continue
-        for repo in repos:
-            ref = Reference(spec.registry, repo)
-            try:
-                items = list(_items(client, spec, ref, out))
-            except DerrickError as e:
-                out.failed.append((ref.name, str(e)))
+        repos.extend((spec, Reference(spec.registry, repo)) for repo in got)
+    tags = _listed(repos, lambda pair: _tags(client, *pair), jobs)
+    seen: set[tuple[str, str]] = set()
+    for (spec, ref), listed in zip(repos, tags, strict=True):
+        if isinstance(listed, DerrickError):
+            out.failed.append((ref.name, listed))
+            continue
+        if listed is not None:
+            out.tags[ref.name] = listed
+        for item in _items(spec, ref, listed or [], out):
+            dest_key = (str(item.destination), item.describe_destination())
+            if dest_key in seen:
+                continue  # named by two sources: the first one wins
+            seen.add(dest_key)
+            if shard is not None and not shard.owns(item.key):
+                out.other_shards += 1
                 continue
-            for item in items:
-                dest_key = (str(item.destination), item.describe_destination())
-                if dest_key in seen:
-                    continue  # named by two sources: the first one wins
-                seen.add(dest_key)
-                if shard is not None and not shard.owns(item.key):
-                    out.other_shards += 1
-                    continue
-                out.items.append(item)
+            out.items.append(item)
     return out
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _listed(things: Sequence[T], fn: Callable[[T], R], jobs: int) -> list[R | DerrickError]:
+    """``fn`` of each of ``things``, ``jobs`` at once, in order; a derrick error it raises
+    in place of its result."""
+
+    def one(thing: T) -> R | DerrickError:
+        try:
+            return fn(thing)
+        except DerrickError as e:
+            return e
+
+    results: dict[int, R | DerrickError] = {}
+    positions = iter(range(len(things)))
+    lock = threading.Lock()
+
+    crashed: list[BaseException] = []
+
+    def work() -> None:
+        while not crashed:
+            with lock:
+                i = next(positions, None)
+            if i is None:
+                return
+            try:
+                results[i] = one(things[i])
+            except BaseException as e:  # not a source's failure: stop listing
+                crashed.append(e)
+                return
+
+    threads = [
+        threading.Thread(target=work, name=f"derrick-list-{n}", daemon=True)
+        for n in range(min(jobs, len(things)) - 1)
+    ]
+    for t in threads:
+        t.start()
+    work()  # this thread lists too
+    for t in threads:
+        t.join()
+    if crashed:
+        raise crashed[0]
+    return [results[i] for i in range(len(things))]
+
+
+def _tags(client: RegistryClient, spec: SourceSpec, ref: Reference) -> list[str] | None:
+    """The source repository's tags, sorted (registries list in no promised order); None
+    when the selection does not need them."""
+    if spec.tags.needs_listing or spec.digest_tags:
+        return sorted(client.list_tags(ref))
+    return None
 
 
 def _repositories(client: RegistryClient, spec: SourceSpec) -> list[str]:
@@ -156,12 +223,8 @@ def _repositories(client: RegistryClient, spec: SourceSpec) -> list[str]:
 
 
 def _items(
-    client: RegistryClient, spec: SourceSpec, ref: Reference, out: SyncPlan
+    spec: SourceSpec, ref: Reference, listed: list[str], out: SyncPlan
 ) -> Iterable[SyncItem]:
-    listed: list[str] = []
-    if spec.tags.needs_listing or spec.digest_tags:
-        listed = sorted(client.list_tags(ref))  # registries list in no promised order
-        out.tags[ref.name] = listed
     chosen, filtered = spec.tags.choose(listed)
     out.filtered.extend(f"{ref.name}:{t}" for t in filtered)
     repository = spec.destination.repository_for(spec.registry, ref.repository)

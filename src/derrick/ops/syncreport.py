@@ -1,4 +1,4 @@
-"""What a sync reports, and the pull budget it keeps.
+"""What a sync reports (at the end, and as it goes), and the pull budget it keeps.
 
 Pulls are counted the way Docker Hub counts them: a manifest ``GET`` is a pull, and up to
 two ``GET``\\ s of one image (an index and the platform image chosen from it) are one
@@ -14,12 +14,27 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+from derrick.errors import DerrickError, Remedy
+from derrick.images.model import BlobOutcome
+from derrick.manifest import Descriptor
 from derrick.registry import RateLimit
 
-__all__ = ["Budget", "ImageOutcome", "RateLimitState", "Status", "SyncReport", "pulls_for"]
+__all__ = [
+    "Budget",
+    "BytesMoved",
+    "ImageOutcome",
+    "RateLimitState",
+    "Status",
+    "SyncProgress",
+    "SyncReport",
+    "Words",
+    "pulls_for",
+    "pulls_text",
+]
 
 #: ``copied``; ``unchanged`` (skipped); ``failed``; ``left`` (not done: the pull budget or
 #: the rate limit stopped the sync first); ``planned`` (would be copied: a dry run).
@@ -27,6 +42,25 @@ Status = Literal["copied", "unchanged", "failed", "left", "planned"]
 
 #: Exit status of a sync that left work undone for the budget or rate limit, failing nothing.
 EXIT_LEFT = 3
+
+
+#: How a remedy is said (the library's words by default; a front end passes its own).
+Words = Callable[[Remedy], str]
+
+
+def _library_words(remedy: Remedy) -> str:
+    return remedy.describe()
+
+
+def said(reason: str | None, remedy: Remedy | None, words: Words = _library_words) -> str | None:
+    """``reason``, and the remedy in ``words``."""
+    parts = [reason, words(remedy) if remedy is not None else None]
+    return "; ".join(p for p in parts if p) or None
+
+
+def reason_of(e: DerrickError) -> str:
+    """What ``e`` says went wrong: its message and hint (its remedy is said apart)."""
+    return "; ".join(p for p in (e.message, e.hint) if p)
 
 
 def pulls_for(gets: int) -> int:
@@ -43,19 +77,30 @@ class ImageOutcome:
     status: Status
     digest: str | None = None  # what the destination name points at (or would)
     reason: str | None = None  # why it failed or was left
+    remedy: Remedy | None = None  # what to do about it, when there is something
     bytes: int = 0  # blob bytes read from the source
     blobs: int = 0  # blobs copied (streamed)
     mounted: int = 0  # blobs mounted from another repository of the destination
     manifest_gets: int = 0  # manifest GETs at the source
     seconds: float = 0.0
 
-    def to_json(self) -> dict[str, Any]:
+    def failed_with(self, e: DerrickError) -> None:
+        """Failed for ``e``: its message and hint are the reason, its remedy kept."""
+        self.status = "failed"
+        self.reason = reason_of(e)
+        self.remedy = e.remedy
+
+    def why(self, words: Words = _library_words) -> str | None:
+        """The reason with the remedy, in ``words``."""
+        return said(self.reason, self.remedy, words)
+
+    def to_json(self, words: Words = _library_words) -> dict[str, Any]:
         return {
             "source": self.source,
             "destination": self.destination,
             "status": self.status,
             "digest": self.digest,
-            "reason": self.reason,
+            "reason": self.why(words),
             "bytes": self.bytes,
             "blobs": self.blobs,
             "mounted": self.mounted,
@@ -110,8 +155,8 @@ class SyncReport:
 
     images: list[ImageOutcome] = field(default_factory=list)
     filtered: list[str] = field(default_factory=list)
-    #: sources that could not be listed: (name, why); they count as failures
-    source_errors: list[tuple[str, str]] = field(default_factory=list)
+    #: sources that could not be listed: (name, the error); they count as failures
+    source_errors: list[tuple[str, DerrickError]] = field(default_factory=list)
     other_shards: int = 0
     seconds: float = 0.0
     #: why the sync stopped copying before the end (pull budget, rate limit), if it did
@@ -156,7 +201,8 @@ class SyncReport:
             return 1
         return EXIT_LEFT if self.left else 0
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, words: Words = _library_words) -> dict[str, Any]:
+        """The report as JSON; ``words`` says remedies (default: the library's)."""
         return {
             "copied": len(self.copied),
             "unchanged": len(self.unchanged),
@@ -172,10 +218,27 @@ class SyncReport:
             "stopped": self.stopped,
             "dryRun": self.dry_run,
             "rateLimits": {k: v.to_json() for k, v in self.rate_limits.items()},
-            "images": [i.to_json() for i in self.images],
+            "images": [i.to_json(words) for i in self.images],
             "filteredOut": self.filtered,
-            "sourceErrors": [{"source": n, "reason": r} for n, r in self.source_errors],
+            "sourceErrors": [
+                {"source": n, "reason": said(reason_of(e), e.remedy, words)}
+                for n, e in self.source_errors
+            ],
         }
+
+
+def pulls_text(n: int) -> str:
+    """``1 pull``, ``2 pulls``."""
+    return f"{n} pull" if n == 1 else f"{n} pulls"
+
+
+def _budget_spent(max_pulls: int, spent: int, pulls: int) -> str:
+    if spent >= max_pulls:
+        return f"the budget of {pulls_text(max_pulls)} is spent"
+    left = max_pulls - spent
+    return (
+        f"the budget of {pulls_text(max_pulls)} has {left} left, and the next image needs {pulls}"
+    )
 
 
 class Budget:
@@ -234,13 +297,13 @@ class Budget:
         with self._cond:
             while True:
                 if self.max_pulls is not None and self.spent + pulls > self.max_pulls:
-                    return f"the budget of {self.max_pulls} pulls is spent ({self.spent} used)"
+                    return _budget_spent(self.max_pulls, self.spent, pulls)
                 left = self._left.get(registry)
                 if left is None or pulls <= left:
                     break
                 wait = deadline - time.monotonic()
                 if self._running.get(registry, 0) <= 0 or wait <= 0:
-                    return f"{registry} has {max(left, 0)} pulls left"
+                    return f"{registry} has {pulls_text(max(left, 0))} left"
                 self._cond.wait(wait)
             self.spent += pulls
             self._running[registry] = self._running.get(registry, 0) + pulls
@@ -264,3 +327,40 @@ class Budget:
         with self._cond:
             self._running[registry] = self._running.get(registry, 0) - pulls
             self._cond.notify_all()
+
+
+class SyncProgress(Protocol):
+    """Receives a sync's progress; every method may be called from worker threads."""
+
+    def planned(self, images: int) -> None:
+        """The images to check (called again when signature tags add some)."""
+        ...
+
+    def bytes_moved(self, nbytes: int) -> None:
+        """Blob bytes read from a source (negative when a retry goes back)."""
+        ...
+
+    def image_finished(self, outcome: ImageOutcome) -> None: ...
+
+
+class BytesMoved:
+    """The engine's progress of one copy, as bytes moved for the sync's display."""
+
+    def __init__(self, moved: Callable[[int], None]) -> None:
+        self._moved = moved
+        self._streaming: set[str] = set()
+        self._lock = threading.Lock()
+
+    def planned(self, total_bytes: int) -> None:
+        pass
+
+    def blob_started(self, desc: Descriptor) -> None:
+        with self._lock:
+            self._streaming.add(str(desc.digest))
+
+    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
+        if str(desc.digest) in self._streaming:
+            self._moved(nbytes)
+
+    def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None:
+        pass

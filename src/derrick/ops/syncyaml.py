@@ -15,10 +15,10 @@ from typing import Any
 import yaml
 
 from derrick.digest import Digest
-from derrick.errors import DerrickError, UsageError
+from derrick.errors import DerrickError, Remedy, UsageError
 from derrick.images.model import Selection
 from derrick.manifest import Platform
-from derrick.ops.syncconfig import Destination, SourceSpec, SyncConfig, TagSelection
+from derrick.ops.syncconfig import ALL_PLATFORMS, Destination, SourceSpec, SyncConfig, TagSelection
 from derrick.reference import parse_registry, parse_repository
 from derrick.semver import Range
 
@@ -48,9 +48,12 @@ class _Reader:
         self.name = name
         self.env = env
 
-    def fail(self, node: yaml.Node | None, key: str, why: str) -> UsageError:
+    def fail(
+        self, node: yaml.Node | None, key: str, why: str, remedy: Remedy | None = None
+    ) -> UsageError:
         line = f":{node.start_mark.line + 1}" if node is not None else ""
-        return UsageError(f"{self.name}{line}: {key}: {why}")
+        where = f"{key}: " if key else ""
+        return UsageError(f"{self.name}{line}: {where}{why}", remedy=remedy)
 
     # -- node kinds ------------------------------------------------------------------------
 
@@ -66,8 +69,8 @@ class _Reader:
                 raise self.fail(
                     k,
                     sub,
-                    "credentials are not read from this file: use 'derrick login' "
-                    "(Docker's config.json) or --username and --password-stdin",
+                    "credentials are not read from this file",
+                    remedy=Remedy("saved-credentials"),
                 )
             if k.value not in allowed:
                 raise self.fail(k, sub, f"unknown key (known here: {', '.join(allowed)})")
@@ -122,6 +125,14 @@ class _Reader:
     def config(self, root: yaml.Node | None) -> SyncConfig:
         if root is None:
             raise self.fail(None, "sources", "the file is empty: it needs a list of sources")
+        if not isinstance(root, yaml.MappingNode):
+            what = "a list" if isinstance(root, yaml.SequenceNode) else "plain text"
+            raise self.fail(
+                root,
+                "",
+                f"not a sync configuration: the file is {what}, where a configuration is "
+                "YAML keys ('sources:', 'defaults:')",
+            )
         top = self.mapping(root, "", ("defaults", "sources"))
         defaults: dict[str, Any] = {}
         if "defaults" in top:
@@ -145,7 +156,7 @@ class _Reader:
         value = self.string(vnode, vkey)
         registry, path = self.checked(vnode, vkey, lambda: parse_repository(value))
         merged = {**defaults, **got}
-        selection = Selection(all=True)  # a mirror keeps every platform unless told
+        selection = ALL_PLATFORMS
         if "platforms" in merged:
             selection = self.platforms(*merged["platforms"])
         digest_tags = False
