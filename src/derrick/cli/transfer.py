@@ -106,7 +106,8 @@ def image_copy(
     """
     output, _ = _output(fmt)
     if all_tags:
-        _copy_all_tags(src, dst, platforms, all_platforms, jobs, chunk_size, quiet, output, opts)
+        selected = (platforms, all_platforms)
+        _copy_all_tags(src, dst, selected, jobs, chunk_size, cache_dir, quiet, output, opts)
         return
     source = parse_location(src)
     dest = parse_location(dst, destination=True)
@@ -149,10 +150,10 @@ def _copy_summary(source: str, dest: Location, copied: Copied, output: str, quie
 def _copy_all_tags(
     src: str,
     dst: str,
-    platforms: tuple[str, ...],
-    all_platforms: bool,
+    selected: tuple[tuple[str, ...], bool],
     jobs: int,
     chunk_size: int | None,
+    cache_dir: Path | None,
     quiet: bool,
     output: str,
     opts: Options,
@@ -162,6 +163,7 @@ def _copy_all_tags(
     from derrick.cli.sync import report_exit, report_text, sync_display
     from derrick.ops.sync import sync
     from derrick.ops.syncconfig import one_off
+    from derrick.store.cache import default_cache_dir
 
     source, dest = parse_location(src, destination=True), parse_location(dst, destination=True)
     for loc in (source, dest):
@@ -180,10 +182,17 @@ def _copy_all_tags(
     config = one_off(
         source.reference.name,
         dest.reference.name,
-        selection=selection(platforms, all_platforms, dest),
+        selection=selection(*selected, dest),
     )
     with opts.client(dest.reference.registry) as client, sync_display(quiet) as display:
-        report = sync(config, client=client, jobs=jobs, progress=display, chunk_size=chunk_size)
+        report = sync(
+            config,
+            client=client,
+            jobs=jobs,
+            progress=display,
+            chunk_size=chunk_size,
+            cache_dir=cache_dir or default_cache_dir(),  # records of indexes narrowed
+        )
     if output == "json":
         emit_json(report.to_json())
     elif not quiet:
