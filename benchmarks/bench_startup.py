@@ -51,15 +51,11 @@ def run_once(cmd: list[str], env: dict[str, str]) -> float:
 
 
 def push_image(host: str, work: Path) -> str:
-    from derrick.ops.push import push
-    from derrick.reference import Reference
-    from derrick.registry import RegistryClient
-
     layout = make_single(work / "layout")
-    ref = Reference.parse(f"{host}/bench/app:v1")
-    with RegistryClient(insecure=True) as client:
-        push(client, layout.path, ref, layout.tag)
-    return str(ref)
+    ref = f"{host}/bench/app:v1"
+    argv = ["image", "push", "-q", "--insecure", f"{layout.path}:{layout.tag}", ref]
+    run_once([*derrick_command(), *argv], dict(os.environ, HOME=str(work)))
+    return ref
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ Fixtures (all session-scoped unless noted):
     ``token``, ``tls`` (each a :class:`support.seed.SeededRegistry`, indexable by repository):
     ``test/{single,multi,eight,docker,dockerlist}:v1`` in open/basic/tls, and
     ``public/<name>:v1`` plus ``private/<name>:v1`` in the token registry, pushed with
-    ``derrick.ops.push.push`` (skopeo is used only as an independent check in tests).
+    ``support.transfers.push`` (skopeo is used only as an independent check in tests).
     Do not modify the seeded repositories; push to ``unique_repo()`` names instead.
 ``unique_repo`` (function scope) -> ``callable(prefix="scratch") -> str``, a fresh repository
     name derived from the test name (``scratch/<test-name>-<n>``; on the token registry

@@ -113,7 +113,7 @@ class Verifier:
             raise DigestMismatchError(
                 f"{self.what} {self.expected} does not match its content "
                 f"({self.expected.algorithm}:{got})",
-                hint="the content is corrupt or was tampered with; nothing was kept",
+                hint="the content is corrupt or was tampered with",
             )
 
 

@@ -24,9 +24,12 @@ from typing import Literal, get_args
 #: ``inline-credentials``: give credentials for ``registry`` with each use, not saved;
 #: ``platform``: ask for the image's own ``platform``, or for none; ``no-platform``: ask for
 #: no platform; ``platforms``: ask for one of the platforms an index has; ``not-an-image``:
-#: an artifact goes where any image may (an OCI layout, an OCI archive, a registry).
+#: an artifact goes where any image may (an OCI layout, an OCI archive, a registry);
 #: ``saved-credentials``: give credentials where they are kept (Docker's ``config.json``), or
-#: with each use, not in a file of derrick's own such as a sync configuration.
+#: with each use, not in a file of derrick's own such as a sync configuration;
+#: ``all-platforms``: copy the image with every platform of its index; ``oci-archive``:
+#: write an OCI archive, which holds what a docker-archive cannot; ``cache-dir``: use
+#: another blob cache.
 RemedyKind = Literal[
     "insecure",
     "login",
@@ -43,6 +46,9 @@ RemedyKind = Literal[
     "platforms",
     "not-an-image",
     "saved-credentials",
+    "all-platforms",
+    "oci-archive",
+    "cache-dir",
 ]
 REMEDY_KINDS: tuple[RemedyKind, ...] = get_args(RemedyKind)
 
@@ -64,6 +70,9 @@ _REMEDY_WORDS: Mapping[str, str] = {
     "not-an-image": "copy it to an OCI layout, an OCI archive or a registry, which hold any image",
     "saved-credentials": "give credentials in Docker's config.json (or a credential helper), "
     "or with each use",
+    "all-platforms": "copy the image with every platform of its index",
+    "oci-archive": "write an OCI archive instead",
+    "cache-dir": "choose another blob cache",
 }
 
 
@@ -165,8 +174,15 @@ class DiskError(DerrickError):
     The message names the path the user gave and what was left behind.
     """
 
-    def __init__(self, message: str, *, errno: int | None = None, hint: str | None = None):
-        super().__init__(message, hint=hint)
+    def __init__(
+        self,
+        message: str,
+        *,
+        errno: int | None = None,
+        hint: str | None = None,
+        remedy: Remedy | None = None,
+    ):
+        super().__init__(message, hint=hint, remedy=remedy)
         self.errno = errno
 
 

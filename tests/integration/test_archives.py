@@ -189,7 +189,7 @@ def test_oci_archive_is_pushed_back_byte_for_byte(
     cli("image", "push", "-q", out, f"{registry_open.host}/{other}@{multi.digest}").ok()
     wrong = f"{registry_open.host}/{unique_repo()}@{seeded.open['test/single'].digest}"
     line = cli("image", "push", out, wrong).failed()
-    assert f"cannot push to {wrong}: the image's digest is {multi.digest}" in line
+    assert f"cannot copy to {wrong}: the image's digest is {multi.digest}" in line
     with RawClient(registry_open) as raw:
         assert raw.get_manifest(other, multi.digest).status_code == 200
         assert not raw.blob_exists(

@@ -3,22 +3,24 @@
 * A pipe whose reader has gone (``derrick tag ls … | head -1``): derrick stops quietly with
   status 141, as ``ls | head`` does, with nothing on stderr.
 * An archive to standard output that is a terminal is refused before anything is fetched.
-* ``image copy`` to or from a local path says which command does that instead of reading
-  the path as a Docker Hub repository.
+* ``image copy`` to or from a local path writes or reads it, instead of reading the path as
+  a Docker Hub repository.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from derrick.ops.push import put_blob
+from derrick.ops.blobs import put_blob
 from derrick.reference import Reference
 from support.cli import Cli, Isolation
 from support.images import LayoutImage
@@ -141,13 +143,22 @@ def _on_terminal(*argv: Any) -> tuple[int, str]:
     return code, screen.decode(errors="replace")
 
 
-@pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive"])
-def test_pull_refuses_to_write_an_archive_to_a_terminal(
-    seeded: SeededRegistries, env: Isolation, fmt: str
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["image", "pull", "{ref}", "-o", "-", "--format", "docker-archive"],
+        ["image", "pull", "{ref}", "-o", "oci-archive:-"],
+        ["image", "copy", "{ref}", "docker-archive:-"],
+        ["image", "save", "{ref}", "{ref}", "-o", "-"],
+    ],
+    ids=lambda a: " ".join(x for x in a if x != "{ref}"),
+)
+def test_archives_are_not_written_to_a_terminal(
+    seeded: SeededRegistries, env: Isolation, argv: list[str]
 ) -> None:
     img = seeded.open["test/eight"]
     log = img.registry.log_size()
-    code, screen = _on_terminal("image", "pull", img.reference, "-o", "-", "--format", fmt)
+    code, screen = _on_terminal(*(a.format(ref=img.reference) for a in argv))
     lines = [line for line in screen.splitlines() if line.strip()]
     assert code == 2
     assert len(lines) == 1, screen  # no progress display, no tar
@@ -161,43 +172,48 @@ def test_pull_refuses_to_write_an_archive_to_a_terminal(
 
 
 @pytest.mark.parametrize(
-    ("dest", "advice"),
+    ("dest", "path", "kind"),
     [
-        ("{tmp}/out", "derrick image pull {src} -o {tmp}/out"),
-        ("mydir", "derrick image pull {src} -o mydir"),  # an existing directory
-        ("./x", "derrick image pull {src} -o ./x"),
-        ("../x", "derrick image pull {src} -o ../x"),
-        ("x.tar", "derrick image pull {src} -o x.tar"),
-        ("oci:layout", "derrick image pull {src} -o layout --format oci"),
-        ("oci-archive:img.tar", "derrick image pull {src} -o img.tar --format oci-archive"),
-        ("docker-archive:img", "derrick image pull {src} -o img --format docker-archive"),
+        ("{tmp}/out", "{tmp}/out", "oci"),
+        ("{tmp}/work/mydir", "mydir", "oci"),  # an existing (empty) directory
+        ("./x", "x", "oci"),
+        ("../x", "../x", "oci"),
+        ("x.tar", "x.tar", "docker-archive"),
+        ("oci:layout", "layout", "oci"),
+        ("oci-archive:img.tar", "img.tar", "oci-archive"),
+        ("docker-archive:img", "img", "docker-archive"),
     ],
 )
-def test_copy_to_a_local_path_says_to_pull(
+def test_copy_to_a_local_path_writes_it(
     cli: Cli,
     seeded: SeededRegistries,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     dest: str,
-    advice: str,
+    path: str,
+    kind: str,
 ) -> None:
+    """A path (or a transport prefix) is a place on disk, never a Docker Hub repository."""
     img = seeded.open["test/single"]
     work = tmp_path / "work"
     (work / "mydir").mkdir(parents=True)
     monkeypatch.chdir(work)
-    dest = dest.format(tmp=tmp_path)
-    log = img.registry.log_size()
-    r = cli("image", "copy", img.reference, dest)
-    line = r.failed()
-    assert r.code == 2
-    assert f"{dest} is a local path" in line
-    assert advice.format(src=img.reference, tmp=tmp_path) in line
-    assert "/v2/" not in img.registry.log_since(log)
-    assert sorted(p.name for p in work.iterdir()) == ["mydir"]
-    assert list((work / "mydir").iterdir()) == []
+    dest, path = dest.format(tmp=tmp_path), path.format(tmp=tmp_path)
+    cli("image", "copy", img.reference, dest, "-q").ok()
+    out = work / path
+    if kind == "oci":
+        index = json.loads((out / "index.json").read_text())
+    else:
+        with tarfile.open(out) as tar:
+            names = tar.getnames()
+            assert ("manifest.json" in names) == (kind == "docker-archive")
+            member = tar.extractfile("index.json")
+            assert member is not None
+            index = json.loads(member.read())
+    assert [m["digest"] for m in index["manifests"]] == [img.digest]
 
 
-def test_copy_from_a_local_path_says_to_push(
+def test_copy_from_a_local_path_pushes_it(
     cli: Cli,
     seeded: SeededRegistries,
     test_images: dict[str, LayoutImage],
@@ -206,14 +222,21 @@ def test_copy_from_a_local_path_says_to_push(
 ) -> None:
     layout = test_images["single"]
     monkeypatch.chdir(layout.path.parent)
-    dst = f"{seeded.open.registry.host}/scratch/from-disk:v1"
-    for src in (str(layout.path), f"./{layout.path.name}:v1", f"oci:{layout.path}:v1"):
-        line = cli("image", "copy", src, dst).failed()
-        assert f"{src} is a local path" in line
-        assert f"derrick image push {src} {dst}" in line
-    line = cli("image", "copy", "./a", str(tmp_path / "b.tar")).failed()
-    assert "./a and " in line and "local paths" in line
-    assert "derrick image pull" in line and "derrick image push" in line
+    host = seeded.open.registry.host
+    for n, src in enumerate(
+        (str(layout.path), f"./{layout.path.name}:v1", f"oci:{layout.path}:v1")
+    ):
+        dst = f"{host}/scratch/from-disk:v{n}"
+        cli("image", "copy", src, dst, "-q").ok()
+        assert cli("manifest", "head", dst).ok().out.strip() == layout.digest
+    # and from a path to a path
+    cli("image", "copy", f"./{layout.path.name}", str(tmp_path / "b.tar"), "-q").ok()
+    # a name that is both a directory here and a reference is refused, not guessed
+    line = cli("image", "copy", layout.path.name, f"{host}/scratch/ambiguous:v1").failed()
+    assert "both a path here and an image reference" in line
+    assert f"./{layout.path.name}" in line and f"docker://{layout.path.name}" in line
+    with tarfile.open(tmp_path / "b.tar") as tar:
+        assert "manifest.json" in tar.getnames()
 
 
 def test_copy_docker_prefix_means_a_registry(

@@ -1,6 +1,7 @@
-"""derrick image copy against real registries: mounts within a registry, streaming across two,
-one platform or the whole index, skipping what is there, and refusing content that does not
-match its digest (the upload is never committed)."""
+"""Copies between registries (the engine, :func:`support.transfers.copy`, and ``derrick image
+copy``): mounts within a registry, streaming across two, one platform or the whole index (the
+default), skipping what is there, and refusing content that does not match its digest (the
+upload is never committed)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,16 @@ from derrick.auth.credentials import Credential
 from derrick.digest import Digest
 from derrick.errors import DeniedError, DigestMismatchError, RegistryError
 from derrick.manifest import Platform
-from derrick.ops.copy import copy_image
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
+from support.cli import Cli
 from support.images import LayoutImage, _skopeo
 from support.rawclient import RawClient
 from support.registry import RegistryProcess, start_registry
 from support.seed import SEEDED_NAMES, SeededRegistries, derrick_client
 from support.tokenserver import TokenServer
+from support.transfers import copy as copy_image
+from support.transfers import push
 
 
 def sha256(data: bytes) -> str:
@@ -100,7 +103,7 @@ def test_copy_within_a_registry_mounts_every_blob(
     assert str(result.digest) == layout.digest
     assert {str(d) for d in result.manifests} == {layout.digest, *layout.manifest_digests}
     assert result.stats.mounted == len(layout.blob_digests)
-    assert result.stats.uploaded == result.stats.skipped == 0
+    assert result.stats.copied == result.stats.skipped == 0
     log = registry.log_since(offset)
     assert len(mount_lines(log, dst_repo)) == len(layout.blob_digests)
     assert f"from={src_repo}" in unquote(mount_lines(log, dst_repo)[0])
@@ -147,28 +150,26 @@ def test_copy_one_platform_copies_that_child(
         assert only_amd and not any(raw.blob_exists(repo, d) for d in only_amd)
 
 
-def test_copy_without_platform_takes_the_hosts(
+def test_copy_without_platform_keeps_the_whole_index_and_the_source_tag(
+    cli: Cli,
     seeded_registries: SeededRegistries,
     registry_open: RegistryProcess,
     test_images: dict[str, LayoutImage],
     unique_repo: Callable[..., str],
 ) -> None:
+    """To a registry, ``image copy`` copies every platform unless --platform narrows it (as
+    mirroring tools do: a mirror must not lose platforms)."""
     layout = test_images["dockerlist"]
-    host = Platform.host()
-    matching = [i for i in layout.images if Platform.parse(str(i.platform)).matches(host)]
-    if not matching:
-        pytest.skip(f"the test image has no {host} child")
     repo = unique_repo()
-    with client_for(registry_open) as client:
-        result = copy_image(
-            client,
-            Reference.parse(seeded_registries.open["test/dockerlist"].reference),
-            Reference.parse(f"{registry_open.host}/{repo}", default_tag=None),  # the source's tag
-        )
-    assert result.dst.tag == "v1"
-    assert str(result.digest) == matching[0].digest
+    src = seeded_registries.open["test/dockerlist"].reference
+    cli("image", "copy", src, f"{registry_open.host}/{repo}", "-q").ok()  # the source's tag
+    check_copy(registry_open, repo, "v1", layout)
+    amd64 = layout.image_for("linux/amd64")
+    cli(
+        "image", "copy", src, f"{registry_open.host}/{repo}:amd64", "--platform", "linux/amd64"
+    ).ok()
     with RawClient(registry_open) as raw:
-        assert raw.manifest_digest(repo, "v1") == matching[0].digest
+        assert raw.manifest_digest(repo, "amd64") == amd64.digest
 
 
 # -- across registries: streaming --------------------------------------------------------------
@@ -191,8 +192,8 @@ def test_copy_across_registries_preserves_digests(
     with client_for(src.registry, registry_second) as client:
         result = copy_image(client, Reference.parse(src.reference), dst, all_platforms=True, jobs=4)
     assert str(result.digest) == layout.digest
-    assert result.stats.uploaded == len(layout.blob_digests) and result.stats.mounted == 0
-    assert result.stats.uploaded_bytes == sum(
+    assert result.stats.copied == len(layout.blob_digests) and result.stats.mounted == 0
+    assert result.stats.copied_bytes == sum(
         layout.blob_path(d).stat().st_size for d in layout.blob_digests
     )
     log = registry_second.log_since(offset)
@@ -206,7 +207,7 @@ def test_copy_across_registries_preserves_digests(
     offset = registry_second.log_size()
     with client_for(src.registry, registry_second) as client:
         again = copy_image(client, Reference.parse(src.reference), dst, all_platforms=True)
-    assert again.stats.skipped == len(layout.blob_digests) and again.stats.uploaded == 0
+    assert again.stats.skipped == len(layout.blob_digests) and again.stats.copied == 0
     assert "/blobs/uploads/" not in registry_second.log_since(offset)
 
 
@@ -249,8 +250,6 @@ def test_copy_refuses_a_blob_that_does_not_match_its_digest(
     unique_repo: Callable[..., str],
 ) -> None:
     """A source serving wrong bytes for a layer: the copy fails and nothing is committed."""
-    from derrick.ops.push import push
-
     layout = test_images["single"]
     src_repo = unique_repo("corrupt")
     src = Reference.parse(f"{registry_second.host}/{src_repo}:v1")

@@ -25,18 +25,18 @@ from typing import Any
 
 import pytest
 
-from derrick.cache import BlobCache
 from derrick.errors import LayoutError
 from derrick.layout.reader import open_image_source
-from derrick.ops.pull import pull as do_pull
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
+from derrick.store.cache import BlobStore
 from support.cli import Cli, Isolation
 from support.faultproxy import Fault, FaultProxy
 from support.images import OCI_MANIFEST, LayoutImage, canonical_json, sha256_digest
 from support.rawclient import RawClient
 from support.registry import RegistryProcess
 from support.seed import SeededRegistries
+from support.transfers import pull as do_pull
 
 LIMIT = 4 * 1024 * 1024
 FORMATS = ("oci", "docker-archive")
@@ -460,7 +460,7 @@ def archives(
     with RegistryClient(credentials=lambda registry: None, certs_dir=None) as client:
         for fmt in ("docker-archive", "oci-archive"):
             out[fmt] = work / f"{fmt}.tar"
-            do_pull(client, ref, out[fmt], format=fmt, cache=BlobCache(work / "cache"))  # type: ignore[arg-type]
+            do_pull(client, ref, out[fmt], format=fmt, cache=BlobStore(work / "cache"))
     return out
 
 

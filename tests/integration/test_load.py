@@ -25,16 +25,15 @@ from typing import TypeVar
 
 import pytest
 
-from derrick.cache import BlobCache
-from derrick.ops.copy import copy_image
-from derrick.ops.pull import pull
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
+from derrick.store.cache import BlobStore
 from support.cli import Cli
 from support.faultproxy import FaultProxy
 from support.images import AMD64, LayoutImage, LayoutWriter, file, with_parents
 from support.rawclient import RawClient
 from support.registry import RegistryProcess
+from support.transfers import copy, pull
 
 MANY = 200
 IMAGES = 20
@@ -196,7 +195,9 @@ def test_twenty_copies_at_once_on_bounded_connections(
         with client() as c:
             results = at_once(
                 IMAGES,
-                lambda i: copy_image(c, sources.ref(i), sources.ref(i, "load/dst").with_tag(tag)),
+                lambda i: copy(
+                    c, sources.ref(i), sources.ref(i, "load/dst").with_tag(tag), all_platforms=False
+                ),
             )
         assert [str(r.digest) for r in results] == [lay.digest for lay in sources.layouts]
 
@@ -211,7 +212,7 @@ def test_twenty_copies_at_once_on_bounded_connections(
 
 def test_twenty_pulls_at_once_on_bounded_connections(sources: Sources, tmp_path: Path) -> None:
     def run(tag: str) -> None:
-        cache = BlobCache(tmp_path / f"cache-{tag}")
+        cache = BlobStore(tmp_path / f"cache-{tag}")
         with client() as c:
 
             def one(i: int) -> None:

@@ -1,4 +1,5 @@
-"""``derrick image pull`` and :func:`derrick.ops.pull.pull` against a real registry.
+"""``derrick image pull`` and the copy it runs (:func:`support.transfers.pull`) against a real
+registry.
 
 Every seeded image in every output format (OCI layout, OCI archive, docker-archive, standard
 output), platform choice, adding to an existing layout, the blob cache, what a failure leaves
@@ -25,14 +26,15 @@ from typing import Any
 
 import pytest
 
-from derrick.cache import BlobCache
 from derrick.cli.progress import BlobProgress
 from derrick.digest import Digest
 from derrick.errors import PlatformNotFoundError, UsageError
+from derrick.images.locations import parse_location
+from derrick.images.open import open_sink
 from derrick.manifest import Descriptor, Platform
-from derrick.ops.pull import pull
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
+from derrick.store.cache import BlobStore
 from support.cli import Cli, Isolation, run_subprocess
 from support.faultproxy import Fault, FaultProxy
 from support.images import (
@@ -44,6 +46,7 @@ from support.images import (
 )
 from support.registry import RegistryProcess, free_port
 from support.seed import SEEDED_NAMES, SeededRegistries, SeededRegistry
+from support.transfers import pull
 
 REF_NAME = "org.opencontainers.image.ref.name"
 IMAGE_NAME = "io.containerd.image.name"
@@ -267,7 +270,7 @@ def test_format_is_inferred_from_the_destination(
     line = cli("image", "pull", ref, "-o", tmp_path / "x.tar.gz").failed()
     assert "uncompressed" in line
     line = cli("image", "pull", ref, "-o", "-").failed()
-    assert "--format" in line
+    assert "oci-archive:-" in line
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "file").write_text("keep me")
     line = cli("image", "pull", ref, "-o", tmp_path / "junk").failed()
@@ -348,17 +351,16 @@ def test_stdout_of_a_subprocess_is_the_same_tar(seeded: SeededRegistry, tmp_path
 def test_library_pull(seeded: SeededRegistry, env: Isolation, tmp_path: Path) -> None:
     layout = seeded["test/multi"].layout
     ref = Reference.parse(ref_of(seeded, "multi"))
-    cache = BlobCache(tmp_path / "lib-cache")
+    cache = BlobStore(tmp_path / "lib-cache")
     with RegistryClient() as client:
         result = pull(client, ref, tmp_path / "arm", platform=Platform.parse("linux/arm64"))
-        assert result.format == "oci"
         info = layout.image_for("linux/arm64/v8")
         assert str(result.digest) == info.digest
         assert [str(p.descriptor.digest) for p in result.images] == [info.digest]
         assert result.images[0].config == info.config_bytes
         # the default cache is DERRICK_CACHE_DIR
         assert (env.cache / "blobs" / "sha256" / info.layers[0].digest.split(":")[1]).exists()
-        assert result.downloaded_bytes == info.config.size + sum(x.size for x in info.layers)
+        assert result.stats.copied_bytes == info.config.size + sum(x.size for x in info.layers)
 
         result = pull(client, ref, tmp_path / "all", all_platforms=True, cache=cache)
         assert str(result.digest) == layout.digest
@@ -369,7 +371,7 @@ def test_library_pull(seeded: SeededRegistry, env: Isolation, tmp_path: Path) ->
         result = pull(
             client, ref, tmp_path / "all.tar", all_platforms=True, cache=cache, format="oci-archive"
         )
-        assert result.downloaded_bytes == 0
+        assert result.stats.copied_bytes == 0
         check_oci(
             Store.from_tar((tmp_path / "all.tar").read_bytes()),
             layout,
@@ -378,12 +380,13 @@ def test_library_pull(seeded: SeededRegistry, env: Isolation, tmp_path: Path) ->
         )
 
         buf = io.BytesIO()
-        result = pull(client, ref, "-", format="docker-archive", stdout=buf, cache=cache)
-        assert result.downloaded_bytes == 0  # all in the cache already
+        result = pull(client, ref, buf, format="docker-archive", cache=cache)
+        assert result.stats.copied_bytes == 0  # all in the cache already
         check_docker_archive(Store.from_tar(buf.getvalue()), layout, str(ref))
-        # the library writes only where it is told to: no stream given, none written to
-        with pytest.raises(UsageError, match="none was given"):
-            pull(client, ref, "-", format="docker-archive", cache=cache)
+        # the library writes only where it is told to: a stream location needs its stream
+        with pytest.raises(UsageError, match="no stream to write to was given"):
+            open_sink(parse_location("docker-archive:-", destination=True))
+        assert not Path("-").exists()
 
         with pytest.raises(PlatformNotFoundError, match="s390x"):
             pull(client, ref, tmp_path / "none", platform=Platform.parse("linux/s390x"))
@@ -519,7 +522,7 @@ def test_second_pull_comes_from_the_cache(
 def test_two_pulls_share_one_download(
     seeded: SeededRegistry, tmp_path: Path, corrupt: bool
 ) -> None:
-    """Two pulls (each with its own BlobCache object, as two processes would have) at once.
+    """Two pulls (each with its own BlobStore object, as two processes would have) at once.
 
     The second waits for the first's download of a blob; if that one turns out corrupt
     (and is dropped), the second downloads the blob itself.
@@ -537,7 +540,7 @@ def test_two_pulls_share_one_download(
         def run(dest: str) -> None:
             try:
                 with RegistryClient(credentials=lambda registry: None) as client:
-                    pull(client, ref, tmp_path / dest, cache=BlobCache(cache_root))
+                    pull(client, ref, tmp_path / dest, cache=BlobStore(cache_root))
             except BaseException as e:
                 errors.append(e)
 
@@ -567,7 +570,7 @@ def damage(path: Path, offset: int, *, keep_times: bool = False) -> None:
     """Flip one byte of ``path`` in place (the same file), its times put back if asked.
 
     A change within the same timestamp tick as the file's verification is not seen on
-    kernels with coarse file timestamps (a documented limit of :mod:`derrick.cache`): the
+    kernels with coarse file timestamps (a documented limit of :mod:`derrick.store.records`): the
     short pause keeps this test about what derrick promises, on any kernel.
     """
     time.sleep(0.02)

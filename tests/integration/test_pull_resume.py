@@ -30,14 +30,14 @@ from pathlib import Path
 
 import pytest
 
-from derrick.cache import BlobCache
-from derrick.ops.pull import pull
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
+from derrick.store.cache import BlobStore
 from support.cli import Cli, Isolation
 from support.faultproxy import Fault, FaultProxy
 from support.images import LayoutImage, make_big_image, push_with_skopeo
 from support.registry import RegistryProcess
+from support.transfers import pull
 
 MiB = 1024 * 1024
 LAYER_SIZE = 40 * MiB
@@ -84,8 +84,8 @@ def big(registry_open: RegistryProcess, tmp_path_factory: pytest.TempPathFactory
         clean: dict[str, dict[str, str]] = {}
         with RegistryClient(credentials=lambda registry: None) as client:
             for fmt, name in [("oci", "clean-oci"), ("docker-archive", "clean.tar")]:
-                cache = BlobCache(work / f"cache-{fmt}")
-                pull(client, ref, work / name, format=fmt, cache=cache)  # type: ignore[arg-type]
+                cache = BlobStore(work / f"cache-{fmt}")
+                pull(client, ref, work / name, format=fmt, cache=cache)
                 clean[fmt] = tree_sha256(work / name)
         proxy.clear()
         yield Big(layout, proxy, clean)

@@ -21,20 +21,19 @@ import pytest
 
 from derrick import mediatypes as mt
 from derrick.auth.credentials import Credential
-from derrick.cache import BlobCache
 from derrick.digest import Digest
 from derrick.errors import DeniedError, LayoutError
 from derrick.layout.archive import ArchiveImage, write_docker_archive, write_oci_archive
 from derrick.layout.oci import OCILayout
 from derrick.manifest import ImageManifest, Index, parse_manifest
-from derrick.ops.pull import pull
-from derrick.ops.push import push
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
+from derrick.store.cache import BlobStore
 from support.images import ImageInfo, LayoutImage, _skopeo, _tls_args
 from support.rawclient import RawClient
 from support.registry import RegistryProcess
 from support.seed import SEEDED_NAMES, SeededRegistries, derrick_client
+from support.transfers import pull, push
 
 FORMATS = ("oci", "oci-archive", "docker-archive", "docker-save")
 HOST_PLATFORM = "linux/amd64"  # every multi-platform test image has it
@@ -221,7 +220,7 @@ def check_registry(
 def pull_back(client: RegistryClient, ref: Reference, dest: Path, want: Expected) -> None:
     """Pull with derrick and compare the layout it writes with what was pushed."""
     is_index = mt.is_index(want.media_type)
-    result = pull(client, ref, dest, all_platforms=is_index, cache=BlobCache(dest.parent / "c"))
+    result = pull(client, ref, dest, all_platforms=is_index, cache=BlobStore(dest.parent / "c"))
     assert str(result.digest) == want.digest
     layout = OCILayout.open(dest)
     [entry] = layout.index().manifests
@@ -278,7 +277,7 @@ def test_push_each_image_from_each_format(
         assert result.media_type == want.media_type
         assert [str(d) for d in result.manifests][-1] == want.digest
         assert {str(d) for d in result.manifests} == set(want.manifests)
-        assert result.stats.uploaded == len(want.blobs) and result.stats.skipped == 0
+        assert result.stats.copied == len(want.blobs) and result.stats.skipped == 0
         check_registry(registry, repo, "pushed", want)
         pull_back(client, ref, tmp_path / "back", want)
         assert sha256(skopeo_raw(registry, str(ref), tmp_path / "sk")) == want.digest
@@ -286,7 +285,7 @@ def test_push_each_image_from_each_format(
             # pushing again uploads nothing: every blob is found by HEAD
             again = push(client, path, ref.with_tag("again"), jobs=3)
             assert str(again.digest) == want.digest
-            assert again.stats.uploaded == 0 and again.stats.skipped == len(want.blobs)
+            assert again.stats.copied == 0 and again.stats.skipped == len(want.blobs)
 
 
 @pytest.mark.parametrize("fmt", ["oci-archive", "docker-archive"])
@@ -369,7 +368,7 @@ def test_push_picks_the_image_by_name(
     with derrick_client(registry_open) as client:
         for name, tag in (("single", "one"), ("docker", "two")):
             src = Reference.parse(seeded_registries.open[f"test/{name}"].reference)
-            pull(client, src, layout_dir, cache=BlobCache(tmp_path / "cache"))
+            pull(client, src, layout_dir, cache=BlobStore(tmp_path / "cache"))
             # pull names the entry by the source tag; rename to tell them apart
             layout = OCILayout.open(layout_dir)
             entry = next(

@@ -26,7 +26,6 @@ import pytest
 
 from derrick import mediatypes as mt
 from derrick.manifest import ImageManifest
-from derrick.ops.push import push
 from derrick.reference import Reference
 from support.cli import Cli
 from support.dockersave import SHAPES, DockerSave, SavedImage, Shape, saved_image
@@ -35,6 +34,7 @@ from support.images import LayoutImage, _skopeo
 from support.rawclient import RawClient
 from support.registry import RegistryProcess
 from support.seed import derrick_client
+from support.transfers import push
 
 
 def sha256(data: bytes) -> str:

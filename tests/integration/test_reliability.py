@@ -23,21 +23,22 @@ from pathlib import Path
 
 import pytest
 
-from derrick.cache import BlobCache
-from derrick.ops.pull import pull
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
+from derrick.store.cache import BlobStore
 from support.cli import Cli, Isolation, Result
 from support.faultproxy import Fault, FaultProxy
 from support.images import LayoutImage, make_big_image
 from support.rawclient import RawClient
 from support.registry import RegistryProcess
+from support.transfers import pull
 
 MiB = 1024 * 1024
 REPO = "reliability/medium"
 TAG = "v1"
 KINDS = ("oci", "docker-archive", "blob")
 PARTIAL = {".image.tar.derrick-partial", ".image.tar.derrick-partial.json"}
+BLOB_PARTIAL = {".blob.derrick-partial"}
 CUT = 300 * 1024 + 7  # inside the victim layer
 MANIFESTS = rf"/v2/{REPO}/manifests/.*"
 
@@ -83,7 +84,7 @@ def medium(
             for fmt, name in [("oci", "image"), ("docker-archive", "image.tar")]:
                 dest = work / fmt / name
                 dest.parent.mkdir()
-                pull(client, ref, dest, format=fmt, cache=BlobCache(work / f"cache-{fmt}"))  # type: ignore[arg-type]
+                pull(client, ref, dest, format=fmt, cache=BlobStore(work / f"cache-{fmt}"))
                 clean[fmt] = tree_sha256(dest)
         victim = layout.image.layers[1].digest
         clean["blob"] = {".": victim.split(":")[1]}
@@ -124,11 +125,14 @@ def assert_identical(medium: Medium, kind: str, out: Path) -> None:
 
 
 def assert_nothing_final(kind: str, out: Path) -> None:
-    """Nothing under the final name; an archive keeps only its partial file and state."""
+    """Nothing under the final name; an archive keeps only its partial file and state, a blob
+    only its partial file."""
     names = {p.name for p in out.iterdir()}
     assert dest_of(kind, out).name not in names
     if kind == "docker-archive":
         assert names <= PARTIAL, names
+    elif kind == "blob":
+        assert names <= BLOB_PARTIAL, names
     else:
         assert names == set(), names
 
@@ -340,7 +344,18 @@ def test_flipped_byte_is_refused(
     proxy.add_fault(Fault(medium.victim, flip_at=CUT, times=None))
     line = fetch(cli, medium, kind, out).failed()
     assert f"blob {medium.victim} does not match its content" in line
-    assert "nothing was kept" in line
+    # the message says exactly what is left: the archive's partial file and its state, the
+    # cache's partial downloads of the other blobs (cancelled), or nothing
+    here = sorted(p.name for p in out.iterdir())
+    partials = sorted(env.cache.rglob("*.partial"))
+    if kind == "docker-archive":
+        assert here == sorted(PARTIAL)
+        assert f"{out / '.image.tar.derrick-partial'} (and its .json resume state)" in line
+    if here or partials:
+        assert "nothing was kept" not in line and "kept: run the same command again" in line
+        assert all(str(p) in line or str(p.parent) in line for p in partials), partials
+    else:
+        assert line.endswith("; nothing was kept")
     assert len(proxy.blob_gets(medium.victim)) == 1  # corrupt content is no transient failure
     assert_nothing_final(kind, out)
     if kind == "docker-archive":

@@ -8,15 +8,19 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
 
 from derrick.auth.credentials import Credential, CredentialStore
 from derrick.digest import Digest
-from derrick.ops.push import push
 from derrick.reference import Reference
 from derrick.registry import RegistryClient, push_scope
 from derrick.transport import Transport
+from support.cli import Cli
 from support.seed import SeededRegistries
 from support.tokenserver import TokenServer
+from support.transfers import push
 
 THREADS = 8
 
@@ -77,6 +81,28 @@ def test_push_asks_for_each_token_once(
     with _token_client(seeded) as client:
         result = push(client, image.path, ref, image.tag, jobs=THREADS)
     assert str(result.digest) == image.digest
+    counts = _scope_sets(token_log)
+    assert counts and set(counts.values()) == {1}, counts
+
+
+@pytest.mark.parametrize("to", ["registry", "layout"])
+def test_image_copy_asks_for_each_token_once(
+    cli: Cli,
+    seeded: SeededRegistries,
+    token_log: TokenServer,
+    unique_repo: Callable[..., str],
+    tmp_path: Path,
+    to: str,
+) -> None:
+    """``image copy`` with 8 blob workers, to another repository (mounts) or to disk: every
+    scope set is asked for once (the workers start without a request to warm up a token)."""
+    src = seeded.token["private/eight"]
+    host = src.registry.host
+    dest = f"{host}/{unique_repo('private/scratch')}:v1" if to == "registry" else tmp_path / "l"
+    login = ["--insecure", "--username", "alice", "--password-stdin"]
+    cli(
+        "image", "copy", "-q", "-j", str(THREADS), *login, src.reference, dest, stdin="alice-secret"
+    )
     counts = _scope_sets(token_log)
     assert counts and set(counts.values()) == {1}, counts
 

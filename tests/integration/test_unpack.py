@@ -194,7 +194,7 @@ def test_unpack_downloads_a_damaged_cache_blob_again(
     assert derrick("image", "unpack", image.reference, str(tmp_path / "a")).code == 0
     victim = image.layout.image.layers[3]
     cached = tmp_path / "cache" / "blobs" / "sha256" / victim.descriptor.hex
-    time.sleep(0.02)  # past the timestamp tick of its verification (see derrick.cache)
+    time.sleep(0.02)  # past the timestamp tick of its verification (see derrick.store.records)
     before = cached.stat()
     data = bytearray(cached.read_bytes())
     data[len(data) // 2] ^= 0xFF

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 from derrick.cli.main import main
-from derrick.cli.write import parse_size
+from derrick.cli.options import parse_size
 from derrick.errors import UsageError
-from derrick.ops.copy import copy_image
 from derrick.reference import Reference
 from support.images import LayoutImage
 from support.rawclient import RawClient
 from support.registry import RegistryProcess
 from support.seed import SeededRegistries, derrick_client
+from support.transfers import copy as copy_image
 
 
 def sha256(data: bytes) -> str:

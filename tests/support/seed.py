@@ -7,7 +7,8 @@ Seeded names (tag ``v1`` everywhere; digests preserved, equal to the layouts' di
 * ``token`` registry: the same five images under ``public/`` (anonymous pull allowed) and
   under ``private/`` (credentials needed), e.g. ``public/single`` and ``private/single``.
 
-The images are pushed with derrick's own push (:func:`derrick.ops.push.push`); each tag is then
+The images are pushed with derrick's own push (:func:`support.transfers.push`, a copy by
+the engine); each tag is then
 checked independently, with :class:`~support.rawclient.RawClient`, to name the layout's digest.
 """
 
@@ -17,13 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from derrick.auth.credentials import Credential
-from derrick.ops.push import push
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
 
 from .images import LayoutImage
 from .rawclient import RawClient
 from .registry import RegistryProcess
+from .transfers import push
 
 SEED_TAG = "v1"
 SEEDED_NAMES = ("single", "multi", "eight", "docker", "dockerlist")

@@ -20,6 +20,7 @@ from derrick.errors import (
     DerrickError,
     LayoutError,
     NotAnImageError,
+    Remedy,
     TransportError,
     UsageError,
 )
@@ -190,7 +191,7 @@ def test_docker_archive_refuses_an_index_and_an_artifact_before_writing(tmp_path
     with pytest.raises(UsageError, match="holds one platform per image") as e:
         copy(src, DockerArchiveSink(out), name="v1", selection=Selection(all=True), names=[NAME])
     assert "registry.example/team/app:v1 is an index of 2 images" in str(e.value)
-    assert "--format oci-archive" in str(e.value)
+    assert e.value.remedy == Remedy("oci-archive")  # the CLI says how to write one
     src.add_image([b"{}"], None, tag="art", config={}, config_type="application/vnd.example+json")
     with pytest.raises(NotAnImageError, match="a docker-archive holds container images only"):
         copy(src, DockerArchiveSink(out), name="art")

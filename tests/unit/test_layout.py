@@ -18,7 +18,6 @@ import pytest
 
 from derrick import mediatypes as mt
 from derrick.digest import Digest
-from derrick.download import Region, copy_range
 from derrick.errors import DigestMismatchError, LayoutError
 from derrick.layout.archive import ArchiveImage, BlobFile
 from derrick.layout.oci import (
@@ -28,6 +27,7 @@ from derrick.layout.oci import (
 )
 from derrick.layout.tarstream import RECORD_SIZE, TarStreamWriter
 from derrick.manifest import Descriptor, ImageManifest, Index, Platform, parse_manifest
+from derrick.store.files import Region, copy_range
 
 # -- builders ------------------------------------------------------------------
 

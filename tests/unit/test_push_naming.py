@@ -1,21 +1,28 @@
-"""How image push names its source image and its destination: null lists in index.json, SRC
-names with colons, and the tag a destination without one takes."""
+"""How a copy names its source image and its destination: null lists in index.json, source
+names with colons, and the tag a registry destination without one takes (image push)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from derrick import mediatypes as mt
-from derrick.cli.write import _split_source
 from derrick.digest import Digest
 from derrick.errors import LayoutError, ManifestError, UsageError
-from derrick.layout.oci import parse_index_json
-from derrick.layout.reader import SelectedImage, tag_in
+from derrick.images.layout import LayoutDir
+from derrick.images.locations import parse_location
+from derrick.images.open import copy_names
+from derrick.layout.oci import (
+    ANNOTATION_IMAGE_NAME,
+    ANNOTATION_REF_NAME,
+    empty_index_bytes,
+    layout_file_bytes,
+    parse_index_json,
+)
+from derrick.layout.reader import tag_in
 from derrick.manifest import Descriptor, Index, parse_manifest
-from derrick.ops.push import destination
-from derrick.reference import Reference
 
 
 def test_index_json_with_null_manifests_has_no_entries() -> None:
@@ -33,18 +40,21 @@ def test_source_names_may_hold_colons(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.chdir(tmp_path)
     (tmp_path / "app.tar").write_bytes(b"")
     (tmp_path / "a:b.tar").write_bytes(b"")
-    assert _split_source("app.tar", None) == ("app.tar", None)
-    assert _split_source("app.tar:app:1.0", None) == ("app.tar", "app:1.0")
-    assert _split_source("docker-archive:app.tar:reg.example:5000/app:1", None) == (
+
+    def split(text: str) -> tuple[str | None, str | None]:
+        loc = parse_location(text, local=True)
+        return loc.path, loc.name
+
+    assert split("app.tar") == ("app.tar", None)
+    assert split("app.tar:app:1.0") == ("app.tar", "app:1.0")
+    assert split("docker-archive:app.tar:reg.example:5000/app:1") == (
         "app.tar",
         "reg.example:5000/app:1",
     )
-    assert _split_source("a:b.tar", None) == ("a:b.tar", None)
-    assert _split_source("a:b.tar:x", None) == ("a:b.tar", "x")
-    assert _split_source("app.tar", "app:1.0") == ("app.tar", "app:1.0")
-    assert _split_source("missing.tar:app:1.0", None) == ("missing.tar:app:1.0", None)
-    with pytest.raises(UsageError, match="named twice"):
-        _split_source("app.tar:app:1.0", "app:2.0")
+    assert split("a:b.tar") == ("a:b.tar", None)
+    assert split("a:b.tar:x") == ("a:b.tar", "x")
+    with pytest.raises(UsageError, match=r"missing\.tar does not exist"):
+        split("missing.tar:app:1.0")
 
 
 @pytest.mark.parametrize(
@@ -63,23 +73,50 @@ def test_the_tag_a_name_carries(name: str, tag: str | None) -> None:
     assert tag_in(name) == tag
 
 
-def test_destination_takes_the_source_tag_or_asks_for_one() -> None:
-    desc = Descriptor(mt.OCI_MANIFEST, Digest.of(b"{}"), 2)
+def _layout(root: Path, entries: list[dict[str, str]]) -> tuple[LayoutDir, list[str]]:
+    """A layout whose index.json lists one manifest per entry of ``entries`` (its
+    annotations); the digests of those manifests."""
+    root.mkdir()
+    (root / "oci-layout").write_bytes(layout_file_bytes())
+    index = json.loads(empty_index_bytes())
+    digests = []
+    for n, ann in enumerate(entries):
+        digest = Digest.of(b"{}" + b" " * n)
+        desc = Descriptor(mt.OCI_MANIFEST, digest, 2 + n, annotations=ann or None)
+        index["manifests"].append(desc.to_json())
+        digests.append(str(digest))
+    (root / "index.json").write_text(json.dumps(index))
+    return LayoutDir(root), digests
 
-    def selected(*tags: str) -> SelectedImage:
-        return SelectedImage(desc, None, tags)
 
-    repo = Reference.parse("reg.example:5000/app", default_tag=None)
-    assert destination(repo, selected("v1"), "src") == repo.with_tag("v1")
-    tagged = Reference.parse("reg.example:5000/app:given")
-    assert destination(tagged, selected("v1", "v2"), "src") == tagged
-    pinned = repo.with_digest(desc.digest)
-    assert destination(pinned, selected(), "src") == pinned
+def test_a_registry_destination_takes_the_source_tag_or_asks_for_one(tmp_path: Path) -> None:
+    layout, (one, none, two) = _layout(
+        tmp_path / "layout",
+        [
+            {ANNOTATION_REF_NAME: "v1"},
+            {},
+            {ANNOTATION_REF_NAME: "v1", ANNOTATION_IMAGE_NAME: "reg.example:5000/app:v2"},
+        ],
+    )
+    repo = parse_location("reg.example:5000/app", destination=True)
+    names = copy_names(repo, layout, one, "src")
+    assert names is not None and [str(n) for n in names] == ["reg.example:5000/app:v1"]
+    tagged = parse_location("reg.example:5000/app:given", destination=True)
+    assert [str(n) for n in copy_names(tagged, layout, two, "src") or ()] == [
+        "reg.example:5000/app:given"
+    ]
+    pinned = parse_location(f"reg.example:5000/app@{one}", destination=True)
+    assert copy_names(pinned, layout, none, "src") == ()  # by digest: no tag
     with pytest.raises(UsageError) as info:
-        destination(repo, selected(), "app.tar")
+        copy_names(repo, layout, none, "app.tar")
     assert str(info.value) == (
-        "app.tar is not tagged, so reg.example:5000/app needs a tag to push it as; "
+        "app.tar is not tagged, so reg.example:5000/app needs a tag to copy it as; "
         "add one, e.g. reg.example:5000/app:latest"
     )
     with pytest.raises(UsageError, match=r"app.tar is tagged v1, v2, so .* needs the tag"):
-        destination(repo, selected("v1", "v2"), "app.tar")
+        copy_names(repo, layout, two, "app.tar")
+    # a local destination keeps the source's names
+    assert (
+        copy_names(parse_location(str(tmp_path / "x.tar"), destination=True), layout, one, "s")
+        is None
+    )

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from derrick.digest import Digest
-from derrick.errors import DerrickError, DigestMismatchError
+from derrick.errors import DerrickError, DigestMismatchError, Remedy
 from derrick.images.cachefeed import fill
 from derrick.manifest import Descriptor
 from derrick.store.cache import BlobStore, CacheDiskError
@@ -226,6 +226,7 @@ def test_a_store_that_cannot_be_written_is_named(tmp_path: Path) -> None:
     with pytest.raises(CacheDiskError) as info:
         fill(BlobStore(root), src, desc)
     assert f"writing the blob cache {root}" in str(info.value)
-    said = info.value.pulling_to("out", remedy="choose another")
+    said = info.value.pulling_to("out")
     assert f"writing the blob cache {root} (pulling to out)" in str(said)
-    assert str(said).endswith("; choose another")
+    assert said.remedy == Remedy("cache-dir")
+    assert str(said).endswith("; choose another blob cache")

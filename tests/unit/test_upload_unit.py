@@ -1,6 +1,7 @@
 """Blob uploads against a scripted registry (httpx.MockTransport): monolithic and chunked
 uploads, resuming from the registry's Range after a dropped connection, starting over, and
-content that fails its digest never being committed."""
+content that fails its digest never being committed -- also as the copy engine uploads (a
+registry repository as a sink, fed by the one verified, resumable blob stream)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,17 @@ import pytest
 from derrick.auth.credentials import Credential
 from derrick.digest import Digest
 from derrick.errors import DeniedError, DigestMismatchError, UnauthorizedError
+from derrick.images.feed import BytesBody, Feed
+from derrick.images.handover import BlobMover
+from derrick.images.model import BlobOutcome
+from derrick.images.plan import PlanItem, plan
+from derrick.images.remote import RegistryRepository
 from derrick.manifest import Descriptor
-from derrick.ops.copy import streaming_opener
-from derrick.ops.push import BlobSource, transfer_blobs, verified_opener
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
 from derrick.registry.uploads import _uploaded_bytes
 from derrick.transport import RetryPolicy, Transport
+from support.memory import MemorySource
 
 DST = Reference.parse("dst.test/team/app:v1")
 SRC = Reference.parse("src.test/team/app:v1")
@@ -213,39 +218,34 @@ def test_uploaded_bytes_reads_the_range_header() -> None:
     assert _uploaded_bytes("garbage") == 0
 
 
+class _Bytes:
+    """Bytes in memory as a blob source (what a feed reads from)."""
+
+    description = "test blob"
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def open_blob(self, desc: Descriptor, offset: int = 0) -> BytesBody:
+        return BytesBody(self.data, offset)
+
+
+NO_WAIT = RetryPolicy(retries=3, backoff=0)
+
+
 @pytest.mark.parametrize("chunk_size", [None, 3000])
 def test_content_failing_its_digest_is_never_committed(chunk_size: int | None) -> None:
     fake = FakeRegistry()
     bad = BLOB[:-1] + b"X"
     desc = Descriptor("application/octet-stream", DIGEST, len(BLOB))
     with make_client(fake) as client:
-
-        def opener(offset: int) -> Iterator[bytes]:
-            return verified_opener(lambda: _BytesFile(bad), desc, "test blob")(offset)
-
+        sink = RegistryRepository(client, DST, chunk_size=chunk_size)
         with pytest.raises(DigestMismatchError):
-            client.upload_blob(DST, DIGEST, len(BLOB), opener, chunk_size=chunk_size)
+            sink.put_blob(Feed(_Bytes(bad), desc, retry=NO_WAIT))
     assert fake.blobs == {}  # the body broke off before its last bytes: nothing committed
     assert fake.puts == 0
     assert fake.sessions == {}  # and the session was cancelled
     assert sum(1 for e in fake.log if e.startswith("POST")) == 1  # not retried
-
-
-class _BytesFile:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def read(self, n: int = -1) -> bytes:
-        out = self.data[self.pos : self.pos + n]
-        self.pos += len(out)
-        return out
-
-    def __enter__(self) -> _BytesFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
 
 
 @pytest.mark.parametrize("honour_range", [True, False])
@@ -254,10 +254,9 @@ def test_streaming_copy_resumes_and_verifies(honour_range: bool) -> None:
     fake.served[("src.test", str(DIGEST))] = BLOB
     desc = Descriptor("application/octet-stream", DIGEST, len(BLOB))
     with make_client(fake) as client:
-        stats = transfer_blobs(
-            client, DST, [BlobSource(desc, streaming_opener(client, SRC, desc))], chunk_size=4000
-        )
-    assert stats.uploaded == 1
+        feed = Feed(RegistryRepository(client, SRC), desc, retry=NO_WAIT)
+        RegistryRepository(client, DST, chunk_size=4000).put_blob(feed)
+    assert feed.verified
     assert fake.blobs == {str(DIGEST): BLOB}
 
 
@@ -268,12 +267,8 @@ def test_streaming_copy_of_wrong_content_is_refused(chunk_size: int | None, serv
     fake.served[("src.test", str(DIGEST))] = served
     desc = Descriptor("application/octet-stream", DIGEST, len(BLOB))
     with make_client(fake) as client, pytest.raises(DigestMismatchError):
-        transfer_blobs(
-            client,
-            DST,
-            [BlobSource(desc, streaming_opener(client, SRC, desc))],
-            chunk_size=chunk_size,
-        )
+        feed = Feed(RegistryRepository(client, SRC), desc, retry=NO_WAIT)
+        RegistryRepository(client, DST, chunk_size=chunk_size).put_blob(feed)
     assert fake.blobs == {}
     assert fake.sessions == {}
 
@@ -283,8 +278,7 @@ def test_existing_blobs_are_skipped() -> None:
     fake.blobs[str(DIGEST)] = BLOB
     desc = Descriptor("application/octet-stream", DIGEST, len(BLOB))
     with make_client(fake) as client:
-        stats = transfer_blobs(client, DST, [BlobSource(desc, Source(BLOB))])
-    assert (stats.uploaded, stats.skipped) == (0, 1)
+        assert RegistryRepository(client, DST).has_blob(desc)
     assert [e.split()[0] for e in fake.log] == ["HEAD"]
 
 
@@ -333,7 +327,7 @@ class RecordingProgress:
         self.total = 0
         self.advanced = 0
         self.started: list[Descriptor] = []
-        self.finished: list[Descriptor] = []
+        self.finished: list[tuple[Descriptor, BlobOutcome]] = []
 
     def planned(self, total_bytes: int) -> None:
         self.total = total_bytes
@@ -344,27 +338,30 @@ class RecordingProgress:
     def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
         self.advanced += nbytes
 
-    def blob_finished(self, desc: Descriptor) -> None:
-        self.finished.append(desc)
+    def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None:
+        self.finished.append((desc, outcome))
 
 
 def test_progress_covers_uploads_retries_and_skipped_blobs() -> None:
+    """The engine's blob step to a registry: an upload whose chunk breaks off goes back and
+    on, a blob the registry has is advanced whole; the sum is what was planned."""
     fake = FakeRegistry(drop_patch={2: 100})
     other = b"another blob" * 1000
     fake.blobs[str(Digest.of(other))] = other
-    descs = [
-        Descriptor("application/octet-stream", DIGEST, len(BLOB)),
-        Descriptor("application/octet-stream", Digest.of(other), len(other)),
-    ]
+    src = MemorySource(chunk_size=1000)
+    src.add_image([BLOB, other], tag="v1")
+    the_plan = plan([PlanItem(src, "v1")])
     progress = RecordingProgress()
     with make_client(fake) as client:
-        stats = transfer_blobs(
-            client,
-            DST,
-            [BlobSource(descs[0], Source(BLOB)), BlobSource(descs[1], Source(other))],
-            chunk_size=4096,
-            progress=progress,
-        )
-    assert (stats.uploaded, stats.skipped, stats.uploaded_bytes) == (1, 1, len(BLOB))
-    assert progress.total == progress.advanced == len(BLOB) + len(other)
-    assert progress.started == progress.finished == [descs[0]]
+        sink = RegistryRepository(client, DST, chunk_size=4096)
+        sink.begin(the_plan)
+        mover = BlobMover(the_plan, sink, jobs=2, progress=progress, retry=NO_WAIT)
+        mover.run()
+    layer, skipped = the_plan.blobs[1], the_plan.blobs[2]
+    assert (mover.stats.copied, mover.stats.skipped) == (2, 1)  # the config and BLOB
+    # the upload resumed at the registry's offset: the bytes before it were read again
+    assert mover.stats.copied_bytes > the_plan.blobs[0].size + len(BLOB)
+    assert progress.total == progress.advanced == sum(d.size for d in the_plan.blobs)
+    assert layer in progress.started and skipped not in progress.started
+    assert (skipped, "skipped") in progress.finished and (layer, "copied") in progress.finished
+    assert fake.blobs[str(DIGEST)] == BLOB

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -84,6 +85,24 @@ def certs_dir() -> Path:
     return Path(os.environ.get("DERRICK_CERTS_DIR") or "/etc/docker/certs.d")
 
 
+#: The longest ``--timeout`` taken: an hour per request.
+MAX_TIMEOUT = 3600.0
+
+
+def _timeout(ctx: click.Context, param: click.Parameter, value: str | float) -> float:
+    """``--timeout``: seconds, more than 0 and at most :data:`MAX_TIMEOUT`."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_TIMEOUT:  # also refuses nan
+        raise UsageError(
+            f"--timeout {value} is not a number of seconds more than 0 and at most {MAX_TIMEOUT:g}",
+            hint="e.g. --timeout 30",
+        )
+    return seconds
+
+
 def connection_options(f: F) -> F:
     """Options for reaching and authenticating to a registry, shared by every command."""
 
@@ -104,10 +123,11 @@ def connection_options(f: F) -> F:
     )
     @click.option(
         "--timeout",
-        type=float,
-        default=30.0,
+        default="30",
+        callback=_timeout,
+        metavar="SECONDS",
         show_default=True,
-        help="Seconds to wait for the registry on each request.",
+        help=f"Seconds to wait for the registry on each request (at most {MAX_TIMEOUT:g}).",
     )
     @click.option(
         "--retries",
@@ -141,6 +161,24 @@ def connection_options(f: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+if TYPE_CHECKING:
+    _Choice = click.Choice[str]
+else:
+    _Choice = click.Choice  # generic only from click 8.2 on
+
+
+class Formats(_Choice):
+    """Choices of which the first few are shown (the others are old spellings, or the
+    destination kinds ``--format`` of the copying commands still takes)."""
+
+    def __init__(self, shown: Sequence[str], hidden: Sequence[str]) -> None:
+        super().__init__([*shown, *hidden])
+        self.shown = list(shown)
+
+    def get_metavar(self, *args: Any, **kwargs: Any) -> str:
+        return "[" + "|".join(self.shown) + "]"
+
+
 def format_option(*choices: str) -> Callable[[F], F]:
     allowed = choices or FORMATS
     return click.option(
@@ -154,10 +192,13 @@ def format_option(*choices: str) -> Callable[[F], F]:
 
 
 def platform_option(f: F) -> F:
+    from derrick.manifest import Platform
+
     return click.option(
         "--platform",
-        help="Platform to pick from a multi-platform image, as os/arch[/variant] "
-        "(default: this machine's, linux); a single-platform image must be of it.",
+        help="Platform to pick from a multi-platform image, as os/arch[/variant] (default: "
+        f"this machine's, {Platform.host()}); an image that is not in an index must be of "
+        "the platform given.",
     )(f)
 
 

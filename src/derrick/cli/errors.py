@@ -23,10 +23,13 @@ REMEDIES: Mapping[str, str] = {
     "platform": "use --platform {platform}, or leave --platform out",
     "no-platform": "leave out --platform",
     "platforms": "choose one of those with --platform",
-    "not-an-image": "pull it to an OCI layout (-o DIR) or an OCI archive (--format oci-archive), "
+    "not-an-image": "pull it to an OCI layout (-o DIR) or an OCI archive (-o oci-archive:FILE), "
     "or copy it to a registry with derrick image copy",
     "saved-credentials": "log in with 'derrick login REGISTRY', or pass --username and "
     "--password-stdin",
+    "all-platforms": "pull or copy it with --all-platforms",
+    "oci-archive": "write an OCI archive instead (oci-archive:FILE, or --format oci-archive)",
+    "cache-dir": "--cache-dir or DERRICK_CACHE_DIR chooses another cache",
 }
 
 

@@ -21,7 +21,7 @@ from derrick.cli.common import (
 )
 from derrick.cli.groups import image_group
 from derrick.cli.images import image_location, opened_image
-from derrick.cli.progress import engine_bars, open_progress
+from derrick.cli.progress import open_progress
 from derrick.errors import UsageError
 from derrick.ops.analyze import diff_images, layer_report
 from derrick.ops.export import export_image
@@ -66,7 +66,7 @@ def _opened(
             opened_image(loc, opts, platform=platform, cache_dir=cache_dir, cache=True)
         )
         bar = open_progress(stack, quiet=quiet or not image.is_remote, label="download")
-        yield image, engine_bars(bar)
+        yield image, bar
 
 
 @image_group.command("unpack")
@@ -249,7 +249,7 @@ def image_diff(
         )
         remote = a.is_remote or b.is_remote
         bar = open_progress(stack, quiet=quiet or not remote, label="download")
-        data = diff_images(a, b, progress=engine_bars(bar))
+        data = diff_images(a, b, progress=bar)
     if fmt == "json":
         emit_json(data)
         return

@@ -77,7 +77,7 @@ class _TagGroup(LazyGroup):
             ) from None
 
 
-_READ, _WRITE, _PULL, _FS = (f"derrick.cli.{m}" for m in ("read", "write", "transfer", "fs"))
+_READ, _WRITE, _MOVE, _FS = (f"derrick.cli.{m}" for m in ("read", "write", "transfer", "fs"))
 
 #: group -> command -> (module, function, first sentence of its help)
 COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
@@ -122,16 +122,17 @@ COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
             "Show platforms, layers and configuration of REFERENCE.",
         ),
         "pull": (
-            _PULL,
+            _MOVE,
             "image_pull",
             "Pull REFERENCE to disk as an OCI layout, OCI archive or docker-archive.",
         ),
-        "push": (_WRITE, "image_push", "Push an image from SRC on disk to REFERENCE."),
+        "push": (_MOVE, "image_push", "Push an image from SRC on disk to REFERENCE."),
         "copy": (
-            _WRITE,
+            _MOVE,
             "image_copy",
-            "Copy SRC_REF to DST_REF, registry to registry, preserving digests.",
+            "Copy the image SRC to DST, between registries and places on disk, digests preserved.",
         ),
+        "save": (_MOVE, "image_save", 'Save IMAGES into one archive, as "docker save A B" does.'),
         "unpack": (
             _FS,
             "image_unpack",
@@ -194,7 +195,7 @@ def blob_group() -> None:
 
 @click.group("image", cls=LazyGroup, lazy=COMMANDS["image"])
 def image_group() -> None:
-    """Whole images: inspect, config, pull, push, copy."""
+    """Whole images: config, copy, diff, export, inspect, layers, pull, push, save, unpack."""
 
 
 GROUPS = (tag_group, repo_group, manifest_group, blob_group, image_group)

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 
 class BlobProgress:
-    """Implements the pull/push progress protocol with rich bars on stderr.
+    """The copy engine's progress (:class:`derrick.images.model.Progress`) as rich bars on
+    stderr: one per blob that streams, and a total.
 
     Sizes and speeds are in binary units (KiB, MiB/s).  Only the bytes of blobs that
     stream (those ``blob_started``) count towards a speed: a blob the destination had, or
@@ -89,7 +90,7 @@ class BlobProgress:
                 self._progress.advance(self._streamed, nbytes)
         self._progress.advance(self._total, nbytes)
 
-    def blob_finished(self, desc: Descriptor) -> None:
+    def blob_finished(self, desc: Descriptor, outcome: BlobOutcome = "copied") -> None:
         task = self._tasks.get(str(desc.digest))
         if task is not None:
             self._progress.update(task, completed=desc.size, visible=False)
@@ -148,27 +149,3 @@ def open_progress(stack: ExitStack, *, quiet: bool, label: str) -> BlobProgress 
     if not wants_progress(quiet):
         return None
     return stack.enter_context(BlobProgress(0, label=label))
-
-
-class EngineBars:
-    """The copy engine's progress (:class:`derrick.images.model.Progress`), shown on the
-    bars of a command."""
-
-    def __init__(self, bars: BlobProgress) -> None:
-        self._bars = bars
-
-    def planned(self, total_bytes: int) -> None:
-        self._bars.planned(total_bytes)
-
-    def blob_started(self, desc: Descriptor) -> None:
-        self._bars.blob_started(desc)
-
-    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
-        self._bars.blob_advanced(desc, nbytes)
-
-    def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None:
-        self._bars.blob_finished(desc)
-
-
-def engine_bars(bars: BlobProgress | None) -> EngineBars | None:
-    return EngineBars(bars) if bars is not None else None

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any
 
 import click
 
 from derrick.cli.common import (
+    Formats,
     Options,
     connection_options,
     emit_json,
@@ -23,13 +24,11 @@ from derrick.cli.common import (
 )
 from derrick.cli.groups import blob_group, image_group, manifest_group, repo_group, tag_group
 from derrick.cli.images import image_location, opened_image
-from derrick.digest import Digest, Verifier
-from derrick.download import Region, download
-from derrick.errors import TransportError, UsageError
-from derrick.manifest import Descriptor, ImageConfig, ImageManifest, Index
+from derrick.digest import Digest
+from derrick.errors import UsageError
+from derrick.manifest import ImageConfig, ImageManifest, Index
 from derrick.platform import config_platform
-from derrick.reference import Reference, parse_registry
-from derrick.registry import RegistryClient
+from derrick.reference import parse_registry
 
 
 @tag_group.command("ls")
@@ -81,7 +80,11 @@ def repo_ls(registry: str, limit: int | None, fmt: str, opts: Options) -> None:
 
 @manifest_group.command("get")
 @click.argument("reference")
-@platform_option
+@click.option(
+    "--platform",
+    help="Show that platform's manifest of a multi-platform index, as os/arch[/variant] "
+    "(default: the index itself).",
+)
 @format_option("text", "json", "raw")
 @connection_options
 def manifest_get(reference: str, platform: str | None, fmt: str, opts: Options) -> None:
@@ -164,7 +167,8 @@ def manifest_head(reference: str, fmt: str, opts: Options) -> None:
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write to FILE (written under a temporary name, renamed when verified).",
+    help="Write to FILE (as a hidden partial file beside it, renamed when verified; an "
+    "interrupted download resumes from it).",
 )
 @format_option()
 @connection_options
@@ -172,14 +176,17 @@ def blob_get(repository: str, digest: str, output: Path | None, fmt: str, opts: 
     """Download blob DIGEST of REPOSITORY, verified, to stdout or -o FILE.
 
     Nothing is written to stdout or FILE until the whole blob has matched its digest.
-    The blob is the data: --format json prints what was written (digest, size, file)
-    on stdout, and so needs -o FILE.
+    A body that breaks off is asked for again from where it stopped.  The blob is the
+    data: --format json prints what was written (digest, size, file) on stdout, and so
+    needs -o FILE.
 
     \b
     Examples:
       derrick blob get localhost:5000/app sha256:4f1c… > layer.tar.gz
       derrick blob get localhost:5000/app sha256:4f1c… -o layer.tar.gz --format json
     """
+    from derrick.ops.blobs import get_blob
+
     ref = parse_ref(repository)
     dg = Digest.parse(digest)
     if output is None and fmt == "json":
@@ -192,65 +199,24 @@ def blob_get(repository: str, digest: str, output: Path | None, fmt: str, opts: 
             "refusing to write a blob to a terminal",
             hint="redirect standard output to a file, or pass -o FILE",
         )
-    target_dir = (output.parent if output else Path(tempfile.gettempdir())) or Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=".derrick-blob-", dir=target_dir)
-    tmp = Path(tmp_name)
+    if output is not None:
+        with opts.client(ref.registry) as client:
+            got = get_blob(client, ref, dg, output)
+        if fmt == "json":
+            emit_json({"digest": str(dg), "size": got.descriptor.size, "file": str(output)})
+        return
+    # standard output: the blob is verified in a file of its own first, then copied out
+    spool = Path(tempfile.mkdtemp(prefix="derrick-blob-"))
     try:
-        with os.fdopen(fd, "wb") as f, opts.client(ref.registry) as client:
-            _download_blob(client, ref, dg, f)
-        if output is not None:
-            os.replace(tmp, output)
-            if fmt == "json":
-                emit_json({"digest": str(dg), "size": output.stat().st_size, "file": str(output)})
-            return
-        with tmp.open("rb") as src:
+        with opts.client(ref.registry) as client:
+            get_blob(client, ref, dg, spool / "blob", resume=False)
+        with (spool / "blob").open("rb") as src:
             out = sys.stdout.buffer
             while chunk := src.read(1 << 20):
                 out.write(chunk)
             out.flush()
     finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _download_blob(client: RegistryClient, ref: Reference, digest: Digest, f: BinaryIO) -> None:
-    """Write blob ``digest`` of ``ref`` to ``f``, verified.
-
-    A body that breaks off is resumed with ``Range`` requests (up to the retry
-    count more times) when the registry said how large the blob is.
-    """
-    v = Verifier(digest)
-    total: int | None = None
-    try:
-        with client.open_blob(ref, digest) as stream:
-            total = stream.total
-            for chunk in stream.chunks():
-                v.update(chunk)
-                f.write(chunk)
-    except TransportError:
-        if total is None or not client.transport.retry.retries:
-            raise
-        f.flush()
-        desc = Descriptor("application/octet-stream", digest, total)
-        download(client, ref, desc, Region(f.fileno(), 0, total), have=v.count)
-        return
-    v.verify()
-
-
-if TYPE_CHECKING:
-    _Choice = click.Choice[str]
-else:
-    _Choice = click.Choice  # generic only from click 8.2 on
-
-
-class _Formats(_Choice):
-    """Choices of which the first few are shown (the others are old spellings)."""
-
-    def __init__(self, shown: list[str], hidden: list[str]) -> None:
-        super().__init__([*shown, *hidden])
-        self.shown = shown
-
-    def get_metavar(self, *args: Any, **kwargs: Any) -> str:
-        return "[" + "|".join(self.shown) + "]"
+        shutil.rmtree(spool, ignore_errors=True)
 
 
 @image_group.command("config")
@@ -259,7 +225,7 @@ class _Formats(_Choice):
 @click.option(
     "--format",
     "fmt",
-    type=_Formats(["json", "text"], ["raw"]),
+    type=Formats(["json", "text"], ["raw"]),
     default="json",
     show_default=True,
     help="json: the config document; text: a summary to read.",

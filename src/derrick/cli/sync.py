@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -143,10 +144,7 @@ def sync_command(
             digest_tags=digest_tags,
         )
     the_shard = Shard.parse(shard) if shard else None
-    with opts.client(_login_registry(config, opts)) as client, contextlib.ExitStack() as stack:
-        display = None
-        if not quiet and sys.stderr.isatty():
-            display = stack.enter_context(_Display())
+    with opts.client(_login_registry(config, opts)) as client, sync_display(quiet) as display:
         report = sync(
             config,
             client=client,
@@ -160,11 +158,12 @@ def sync_command(
     if fmt == "json":
         emit_json(report.to_json(remedy_text))
     else:
-        _text(report)
-    _exit(report)
+        report_text(report)
+    report_exit(report)
 
 
 def _selection(platforms: tuple[str, ...], all_platforms: bool) -> Selection:
+    """Every platform of an index unless some are named: a mirror must not lose any."""
     if all_platforms and platforms:
         raise UsageError("--platform and --all-platforms exclude each other")
     if not platforms:
@@ -191,6 +190,16 @@ def _config_file(text: str) -> Path:
     )
 
 
+@contextlib.contextmanager
+def sync_display(quiet: bool) -> Iterator[_Display | None]:
+    """The progress display of a sync on stderr, when it is a terminal and not ``quiet``."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    with _Display() as display:
+        yield display
+
+
 def _login_registry(config: SyncConfig, opts: Options) -> str | None:
     """The registry --username is for: the one destination registry (or the source's,
     for a layout)."""
@@ -208,7 +217,7 @@ def _login_registry(config: SyncConfig, opts: Options) -> str | None:
 # -- output ------------------------------------------------------------------------------
 
 
-def _text(report: SyncReport) -> None:
+def report_text(report: SyncReport) -> None:
     out = click.echo
     shown = [*report.copied, *report.planned, *report.failed, *report.left]
     for item in shown:
@@ -239,7 +248,7 @@ def _text(report: SyncReport) -> None:
         out(f"{registry}: {state.describe()}")
 
 
-def _exit(report: SyncReport) -> None:
+def report_exit(report: SyncReport) -> None:
     failed = len(report.failed) + len(report.source_errors)
     if failed:
         click.echo(

@@ -1,43 +1,203 @@
-"""Commands that move whole images: pull (push and copy are in :mod:`derrick.cli.write`).
+"""Commands that move whole images: ``image copy``, and its spellings ``image pull``,
+``image push`` and ``image save``.
 
-A pull to an OCI layout is a copy by the engine (:func:`derrick.ops.transfer.copy`) from
-the registry repository to a :class:`~derrick.images.layout.LayoutDir`, through the blob
-cache; a pull to an archive is still :func:`derrick.ops.pull.pull`.
+Each is one copy by the engine (:func:`derrick.ops.transfer.copy_many`), run by
+:func:`derrick.cli.copying.run_copy`; they differ in how their arguments name the source
+and the destination, and in the summary they print.
 """
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
-from derrick.cache import BlobCache
-from derrick.cli.common import (
-    Options,
-    connection_options,
-    emit_json,
-    human_size,
-    parse_platform,
-    parse_ref,
-    platform_option,
+from derrick.cli.common import Options, connection_options, emit_json, human_size
+from derrick.cli.copying import (
+    KINDS,
+    Copied,
+    Request,
+    all_platforms_option,
+    cache_dir_option,
+    format_and_kind_option,
+    kind_of,
+    local_destination,
+    named_at,
+    platforms_option,
+    registry_location,
+    run_copy,
+    selection,
+    sources_of,
+    stats_json,
+    stats_text,
+    warn_same_tag,
 )
-from derrick.cli.errors import same_tag_warning
 from derrick.cli.groups import image_group
-from derrick.cli.progress import BlobProgress, engine_bars, open_progress
-from derrick.digest import Digest
+from derrick.cli.options import chunk_size_option, jobs_option, quiet_option
 from derrick.errors import UsageError
-from derrick.images.layout import LayoutDir
-from derrick.images.model import ImageName, Selection
-from derrick.images.remote import RegistryRepository
-from derrick.manifest import Platform
-from derrick.ops import transfer
-from derrick.ops.pull import CACHE_REMEDY, DEFAULT_JOBS, output_format, pull
-from derrick.reference import Reference
-from derrick.registry import RegistryClient
-from derrick.store.cache import CacheDiskError
+from derrick.images.locations import Location, parse_location
+from derrick.images.model import CopyResult
+
+
+def _output(fmt: str, as_json: bool = False) -> tuple[str, str | None]:
+    """``--format`` of a copying command: the output (text or json) and the destination
+    kind it names instead, when it is the hidden alias."""
+    if fmt in KINDS:
+        return ("json" if as_json else "text"), fmt
+    return ("json" if as_json else fmt), None
+
+
+@image_group.command("copy")
+@click.argument("src")
+@click.argument("dst")
+@click.option(
+    "--all-tags",
+    is_flag=True,
+    help="Copy every tag of the repository SRC to the repository DST, skipping tags whose "
+    "digest DST already has (HEAD requests only).",
+)
+@all_platforms_option
+@platforms_option
+@jobs_option
+@chunk_size_option
+@cache_dir_option
+@quiet_option
+@format_and_kind_option()
+@connection_options
+def image_copy(
+    src: str,
+    dst: str,
+    all_tags: bool,
+    all_platforms: bool,
+    platforms: tuple[str, ...],
+    jobs: int,
+    chunk_size: int | None,
+    cache_dir: Path | None,
+    quiet: bool,
+    fmt: str,
+    opts: Options,
+) -> None:
+    """Copy the image SRC to DST, between registries and places on disk, digests preserved.
+
+    \b
+    SRC and DST are each one of:
+      REF, docker://REF               a registry (DST without a tag keeps SRC's)
+      oci:DIR[:NAME], DIR             an OCI layout (NAME: tag, full name or digest)
+      oci-archive:FILE[:NAME]         an OCI archive
+      docker-archive:FILE[:NAME:TAG]  a docker-archive (docker save / docker load)
+      FILE.tar                        an archive (a new one: a docker-archive)
+      oci-archive:-, docker-archive:- standard output (DST only)
+
+    Blobs are verified on the way; between repositories of one registry they
+    are mounted; copies from a registry to disk go through the blob cache and
+    resume after an interruption.  Nothing appears under its final name until
+    complete.  To a registry an index is copied whole, to disk this machine's
+    platform is taken (see --platform).  Copying a tag onto itself with fewer
+    platforms is refused.  --username applies to DST's registry when it is
+    one, else to SRC's.
+
+    \b
+    Examples:
+      derrick image copy docker.io/library/alpine:3.20 localhost:5000/mirror/alpine
+      derrick image copy localhost:5000/app:1.0 oci-archive:app.tar --all-platforms
+      derrick image copy app.tar:app:1.0 localhost:5000/team/app
+      derrick image copy --all-tags reg-a:5000/app reg-b:5000/app
+    """
+    output, _ = _output(fmt)
+    if all_tags:
+        selected = (platforms, all_platforms)
+        _copy_all_tags(src, dst, selected, jobs, chunk_size, cache_dir, quiet, output, opts)
+        return
+    source = parse_location(src)
+    dest = parse_location(dst, destination=True)
+    req = Request(
+        sources=sources_of([src]),
+        dest=dest,
+        selection=selection(platforms, all_platforms, dest),
+        jobs=jobs,
+        chunk_size=chunk_size,
+        cache_dir=cache_dir,
+        quiet=quiet,
+        label=str(dest.reference.familiar()) if dest.reference else dest.text,
+    )
+    copied = run_copy(req, opts)
+    shown_src = str(source.reference) if source.reference else src
+    _copy_summary(shown_src, dest, copied, output, quiet)
+    warn_same_tag(copied, dest.path or dst)
+
+
+def _copy_summary(source: str, dest: Location, copied: Copied, output: str, quiet: bool) -> None:
+    result = copied.result
+    named = named_at(dest, copied)
+    upload = dest.is_registry
+    if output == "json":
+        emit_json(
+            {
+                "source": source,
+                "destination": named,
+                "digest": str(result.digest),
+                "mediaType": result.media_type,
+                "manifests": [str(d) for d in result.manifests],
+                **stats_json(result.stats, upload=upload),
+            }
+        )
+    elif not quiet and not dest.is_stream:
+        summary = stats_text(result.stats, upload=upload)
+        click.echo(f"Copied {source} to {named} ({result.digest}): {summary}", err=True)
+
+
+def _copy_all_tags(
+    src: str,
+    dst: str,
+    selected: tuple[tuple[str, ...], bool],
+    jobs: int,
+    chunk_size: int | None,
+    cache_dir: Path | None,
+    quiet: bool,
+    output: str,
+    opts: Options,
+) -> None:
+    """``image copy --all-tags``: the tags of one repository, as ``derrick sync`` mirrors them
+    (each tag's digest compared first; those the destination has are skipped)."""
+    from derrick.cli.sync import report_exit, report_text, sync_display
+    from derrick.ops.sync import sync
+    from derrick.ops.syncconfig import one_off
+    from derrick.store.cache import default_cache_dir
+
+    source, dest = parse_location(src, destination=True), parse_location(dst, destination=True)
+    for loc in (source, dest):
+        ref = loc.reference
+        if ref is None:
+            raise UsageError(
+                f"--all-tags copies a registry repository to one, and {loc} is not",
+                hint="copy the images of a repository to disk one by one",
+            )
+        if ref.tag is not None or ref.digest is not None:
+            raise UsageError(
+                f"--all-tags copies every tag of a repository: {loc} names one image",
+                hint=f"name the repository, {ref.name}",
+            )
+    assert source.reference is not None and dest.reference is not None
+    config = one_off(
+        source.reference.name,
+        dest.reference.name,
+        selection=selection(*selected, dest),
+    )
+    with opts.client(dest.reference.registry) as client, sync_display(quiet) as display:
+        report = sync(
+            config,
+            client=client,
+            jobs=jobs,
+            progress=display,
+            chunk_size=chunk_size,
+            cache_dir=cache_dir or default_cache_dir(),  # records of indexes narrowed
+        )
+    if output == "json":
+        emit_json(report.to_json())
+    elif not quiet:
+        report_text(report)
+    report_exit(report)
 
 
 @image_group.command("pull")
@@ -47,155 +207,233 @@ from derrick.store.cache import CacheDiskError
     "--output",
     "dest",
     required=True,
-    help="Destination: a directory (OCI layout), a .tar file, or - for stdout.",
+    help="Where: a directory (OCI layout), FILE.tar (docker-archive), oci:DIR, "
+    "oci-archive:FILE, docker-archive:FILE, or oci-archive:- / docker-archive:- for "
+    "standard output.",
 )
-@click.option(
-    "--format",
-    "out_format",
-    type=click.Choice(["oci", "oci-archive", "docker-archive"]),
-    help="Output format (default: a directory is an OCI layout, .tar a docker-archive).",
-)
-@platform_option
-@click.option("--all-platforms", is_flag=True, help="Keep every platform of an index (OCI only).")
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(1, 64),
-    default=DEFAULT_JOBS,
-    show_default=True,
-    help="Blobs to download at once.",
-)
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="DERRICK_CACHE_DIR",
-    help="Blob cache shared by pulls.",
-)
-@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@format_and_kind_option(*KINDS)
+@click.option("--json", "as_json", is_flag=True, hidden=True)
+@platforms_option
+@all_platforms_option
+@jobs_option
+@cache_dir_option
+@quiet_option
 @connection_options
 def image_pull(
     reference: str,
     dest: str,
-    out_format: str | None,
-    platform: str | None,
+    fmt: str,
+    as_json: bool,
+    platforms: tuple[str, ...],
     all_platforms: bool,
     jobs: int,
     cache_dir: Path | None,
     quiet: bool,
-    as_json: bool,
     opts: Options,
 ) -> None:
     """Pull REFERENCE to disk as an OCI layout, OCI archive or docker-archive.
 
-    Blobs are verified, downloaded in parallel, cached and resumed after an
-    interruption; the output appears under its final name only when complete.
+    The same as "image copy REFERENCE DEST".  Blobs are verified, downloaded
+    in parallel, cached and resumed after an interruption; the output appears
+    under its final name only when complete.  Without --platform, this
+    machine's platform is taken from a multi-platform index.
 
     \b
     Examples:
       derrick image pull localhost:5000/app:1.0 -o ./app-layout
       derrick image pull alpine:3.20 -o alpine.tar            # docker load -i alpine.tar
-      derrick image pull app:1.0 --format oci-archive -o - | gzip > app.oci.tgz
+      derrick image pull app:1.0 -o oci-archive:- | gzip > app.oci.tgz
     """
-    if dest == "-" and sys.stdout.isatty():  # before a byte is fetched or a bar is shown
-        raise UsageError(
-            "refusing to write an archive to a terminal",
-            hint="redirect standard output to a file or a pipe, or pass -o FILE",
-        )
-    ref = parse_ref(reference)
-    fmt = output_format(dest, out_format, all_platforms=all_platforms)
-    wanted = parse_platform(platform)
-    cache = BlobCache(cache_dir)
-    with opts.client(ref.registry) as client, contextlib.ExitStack() as stack:
-        # on stderr: data on stdout is not disturbed
-        bar = open_progress(stack, quiet=quiet, label=ref.familiar())
-        if fmt == "oci":
-            pulled = _pull_layout(client, ref, dest, wanted, all_platforms, jobs, cache, bar)
-        else:
-            result = pull(
-                client,
-                ref,
-                dest,
-                format=fmt,
-                platform=wanted,
-                all_platforms=all_platforms,
-                jobs=jobs,
-                cache=cache,
-                progress=bar,
-                stdout=sys.stdout.buffer,
-            )
-            pulled = _Pulled(
-                result.digest,
-                [p.descriptor.digest for p in result.images],
-                result.downloaded_bytes,
-                result.same_tag,
-            )
-    if as_json:
+    output, kind = _output(fmt, as_json)
+    source = registry_location(reference)
+    loc = local_destination(dest, kind)
+    assert source.reference is not None
+    req = Request(
+        sources=[(source, None)],
+        dest=loc,
+        selection=selection(platforms, all_platforms, loc),
+        jobs=jobs,
+        cache_dir=cache_dir,
+        quiet=quiet,
+        label=source.reference.familiar(),
+    )
+    copied = run_copy(req, opts)
+    result = copied.result
+    if output == "json":
         emit_json(
             {
-                "reference": str(ref),
+                "reference": str(source.reference),
                 "destination": dest,
-                "format": fmt,
-                "digest": str(pulled.digest),
-                "manifests": [str(d) for d in pulled.manifests],
-                "downloadedBytes": pulled.downloaded,
+                "format": kind_of(loc),
+                "digest": str(result.digest),
+                "manifests": [str(img.digest) for img in result.images],
+                "downloadedBytes": result.stats.copied_bytes,
             }
         )
-    elif dest != "-":
+    elif not loc.is_stream:
         click.echo(
-            f"Pulled {ref} ({pulled.digest}) to {dest} as {fmt}, "
-            f"{human_size(pulled.downloaded)} downloaded",
+            f"Pulled {source.reference} ({result.digest}) to {dest} as {kind_of(loc)}, "
+            f"{human_size(result.stats.copied_bytes)} downloaded",
             err=True,
         )
-    if pulled.same_tag and ref.tag is not None:
-        full = f"{ref.name}:{ref.tag}"
+    warn_same_tag(copied, loc.path or dest)
+
+
+@image_group.command("push")
+@click.argument("src")
+@click.argument("reference")
+@click.option(
+    "--tag",
+    "name",
+    help="Which image of SRC to push: its tag (ref name), RepoTag or image ID.",
+)
+@jobs_option
+@chunk_size_option
+@quiet_option
+@format_and_kind_option()
+@connection_options
+def image_push(
+    src: str,
+    reference: str,
+    name: str | None,
+    jobs: int,
+    chunk_size: int | None,
+    quiet: bool,
+    fmt: str,
+    opts: Options,
+) -> None:
+    """Push an image from SRC on disk to REFERENCE.
+
+    The same as "image copy SRC REFERENCE".  SRC is an OCI layout directory,
+    an OCI archive or a docker-archive (docker save, legacy or OCI style).
+    Pick one of several images with SRC:NAME or --tag: a tag (ref name) of a
+    layout, a RepoTag or image ID (12 or more hex digits) of a docker-archive;
+    the only one is the default.  An index is pushed whole.  REFERENCE
+    without a tag takes the image's tag in SRC (an untagged image needs one
+    given).  Digests are preserved.
+
+    \b
+    Examples:
+      derrick image push ./app-layout:1.0 localhost:5000/team/app
+      derrick image push app.tar:app:1.0 localhost:5000/team/app
+      derrick image push untagged.tar localhost:5000/team/app:1.0
+    """
+    output, _ = _output(fmt)
+    source = parse_location(src, local=True)
+    if name is not None and source.name is not None:
+        raise UsageError(f"the image is named twice: {source.name!r} in SRC and {name!r} by --tag")
+    dest = registry_location(reference, destination=True)
+    assert dest.reference is not None
+    req = Request(
+        sources=[(source, source.name if name is None else name)],
+        dest=dest,
+        selection=selection((), False, dest),
+        jobs=jobs,
+        chunk_size=chunk_size,
+        quiet=quiet,
+        label=dest.reference.familiar(),
+    )
+    result = run_copy(req, opts)
+    copied = result.result
+    named = named_at(dest, result)
+    if output == "json":
+        emit_json(_push_json(source.path or src, named, copied))
+    elif not quiet:
         click.echo(
-            same_tag_warning(dest, full, ref.tag, str(pulled.digest), pulled.same_tag), err=True
+            f"Pushed {source.path} to {named} ({copied.digest}): "
+            f"{stats_text(copied.stats, upload=True)}",
+            err=True,
         )
 
 
-@dataclass(frozen=True)
-class _Pulled:
-    """What a pull did, as the command shows it."""
+def _push_json(source: str, named: str, copied: Any) -> dict[str, Any]:
+    stats = stats_json(copied.stats, upload=True)
+    return {
+        "source": source,
+        "reference": named,
+        "digest": str(copied.digest),
+        "mediaType": copied.media_type,
+        "manifests": [str(d) for d in copied.manifests],
+        **{k: stats[k] for k in ("uploadedBlobs", "uploadedBytes", "mountedBlobs", "skippedBlobs")},
+    }
 
-    digest: Digest  # of what the destination names: the index, or the image manifest
-    manifests: list[Digest]  # the image manifests pulled
-    downloaded: int  # bytes received from the registry
-    same_tag: list[str]  # full names of the images that share the pull's tag in a layout
 
-
-def _pull_layout(
-    client: RegistryClient,
-    ref: Reference,
+@image_group.command("save")
+@click.argument("images", nargs=-1, required=True)
+@click.option(
+    "-o",
+    "--output",
+    "dest",
+    required=True,
+    help="The archive to write: FILE (a docker-archive), oci-archive:FILE, or - for "
+    "standard output.",
+)
+@format_and_kind_option("oci-archive", "docker-archive")
+@platforms_option
+@all_platforms_option
+@jobs_option
+@cache_dir_option
+@quiet_option
+@connection_options
+def image_save(
+    images: tuple[str, ...],
     dest: str,
-    platform: Platform | None,
+    fmt: str,
+    platforms: tuple[str, ...],
     all_platforms: bool,
     jobs: int,
-    cache: BlobCache,
-    bar: BlobProgress | None,
-) -> _Pulled:
-    """A copy from the registry to the OCI layout ``dest``, through the blob cache."""
-    if all_platforms:  # the index whole: --platform does not apply
-        selection = Selection(all=True)
-    else:
-        selection = Selection(platforms=(platform,) if platform is not None else ())
-    sink = LayoutDir(dest, store=cache)
-    try:
-        result = transfer.copy(
-            RegistryRepository(client, ref),
-            sink,
-            selection=selection,
-            names=(ImageName(ref.name, ref.tag),),
-            jobs=jobs,
-            progress=engine_bars(bar),
-            retry=client.transport.retry,
-            cache=cache,
-        )
-    except CacheDiskError as e:
-        raise e.pulling_to(dest, remedy=CACHE_REMEDY) from None
-    return _Pulled(
-        result.digest,
-        [img.digest for img in result.images],
-        result.stats.copied_bytes,
-        sink.same_tag,
+    cache_dir: Path | None,
+    quiet: bool,
+    opts: Options,
+) -> None:
+    """Save IMAGES into one archive, as "docker save A B" does.
+
+    Each image is any SRC "image copy" takes (a registry reference, an OCI
+    layout, an archive), named in the archive as in its source.  The archive
+    is a docker-archive (docker load, podman load), or an OCI archive with
+    oci-archive:FILE (or --format oci-archive), which also holds whole
+    multi-platform indexes (--all-platforms).  Each blob is stored once.
+
+    \b
+    Examples:
+      derrick image save alpine:3.20 busybox:1.36 -o base.tar
+      derrick image save app:1.0 app:1.1 -o oci-archive:app.tar --all-platforms
+      derrick image save app:1.0 -o - | ssh host docker load
+    """
+    output, kind = _output(fmt)
+    loc = local_destination(dest, kind, "docker-archive")
+    if loc.kind == "oci":
+        raise UsageError(f"{dest} is a directory: image save writes one archive file")
+    sources = sources_of(images)
+    req = Request(
+        sources=sources,
+        dest=loc,
+        selection=selection(platforms, all_platforms, loc),
+        jobs=jobs,
+        cache_dir=cache_dir,
+        quiet=quiet,
+        label=dest,
+        names=[None] * len(sources),
     )
+    result = run_copy(req, opts).result
+    if output == "json":
+        emit_json(_save_json(dest, kind_of(loc), images, result))
+    elif not loc.is_stream and not quiet:
+        n = len(result.plan.entries)
+        click.echo(
+            f"Saved {n} image{'s' if n != 1 else ''} to {dest} as {kind_of(loc)}, "
+            f"{human_size(result.stats.copied_bytes)} downloaded",
+            err=True,
+        )
+
+
+def _save_json(dest: str, kind: str, images: tuple[str, ...], result: CopyResult) -> dict[str, Any]:
+    return {
+        "destination": dest,
+        "format": kind,
+        "images": [
+            {"source": text, "digest": str(e.top.digest), "names": [str(n) for n in e.names]}
+            for text, e in zip(images, result.plan.entries, strict=True)
+        ],
+        "downloadedBytes": result.stats.copied_bytes,
+    }

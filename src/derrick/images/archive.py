@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 from derrick.errors import DerrickError
 from derrick.images.archivefile import ArchiveFile, Holes
-from derrick.images.model import BlobFeed, ImageName, ImageSource, Plan, PlannedEntry
+from derrick.images.model import BlobFeed, ImageName, ImageSource, Kept, Plan, PlannedEntry
 from derrick.layout.archive import image_platform
 from derrick.layout.oci import (
     ANNOTATION_IMAGE_NAME,
@@ -243,6 +243,11 @@ class ArchiveSink:
             self._file.abort()
         elif self._stream is not None:
             self._stream.abort()
+
+    def kept(self) -> list[Kept]:
+        """What an abort left for a later run to resume from (the partial file and its
+        state; nothing for a stream)."""
+        return self._file.kept() if self._file is not None else []
 
 
 def _write_with_holes(out: BinaryIO, members: Sequence[Member]) -> Holes:

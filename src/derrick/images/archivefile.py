@@ -26,12 +26,20 @@ from pathlib import Path
 from typing import BinaryIO
 
 from derrick.digest import Digest
-from derrick.download import CHUNK, Region, copy_range
-from derrick.errors import DerrickError, DigestMismatchError, DiskError
-from derrick.images.model import BlobFeed
+from derrick.errors import DerrickError, DigestMismatchError, DiskError, UsageError
+from derrick.images.model import BlobFeed, Kept
 from derrick.oserrors import writing_failed
+from derrick.store.files import CHUNK, Region, copy_range, lock_partial
 
-__all__ = ["ArchiveFile", "Holes", "ResumeState", "describe_os_error", "kept_hint", "lay_out"]
+__all__ = [
+    "ArchiveFile",
+    "Holes",
+    "ResumeState",
+    "check_target",
+    "describe_os_error",
+    "kept_hint",
+    "lay_out",
+]
 
 #: Where the content of each blob left as a hole starts in the archive.
 Holes = dict[Digest, int]
@@ -66,12 +74,14 @@ class ResumeState:
 
     SAVE_EVERY = 32 * 1024 * 1024
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, load: bool = True) -> None:
         self.path = path
         self.holes: dict[str, int] = {}
         self.done: dict[str, int] = {}
         self._lock = threading.Lock()
         self._unsaved = 0
+        if not load:
+            return
         try:
             data = json.loads(path.read_text())
             self.holes = {str(k): int(v) for k, v in data.get("holes", {}).items()}
@@ -164,9 +174,11 @@ def _read_back(region: Region, upto: int) -> Iterator[bytes]:
 class ArchiveFile:
     """The file ``target`` (named ``shown`` to users) written as described above.
 
-    :meth:`begin` lays the tar out; :meth:`put` fills one blob's hole (from worker threads);
-    :meth:`commit` renames the finished file into place; :meth:`abort` keeps what a later
-    run can resume from (or removes a partial file it created and never started).
+    :meth:`begin` checks the destination, takes the partial file (waiting, under an
+    exclusive ``flock``, while another writer has it) and lays the tar out; :meth:`put`
+    fills one blob's hole (from worker threads); :meth:`commit` renames the finished file
+    into place; :meth:`abort` keeps what a later run can resume from (or removes a partial
+    file it created and never started), and :meth:`kept` says what that is.
     """
 
     def __init__(self, target: Path, shown: str) -> None:
@@ -174,7 +186,7 @@ class ArchiveFile:
         self.shown = shown
         parent = target.parent if str(target.parent) else Path(".")
         self.part = parent / f".{target.name}.derrick-partial"
-        self.state = ResumeState(parent / f".{target.name}.derrick-partial.json")
+        self.state = ResumeState(parent / f".{target.name}.derrick-partial.json", load=False)
         self.holes: Holes = {}
         self._fd = -1
         self._created = self._started = False
@@ -182,10 +194,11 @@ class ArchiveFile:
         self._lock = threading.Lock()
 
     def begin(self, write: Callable[[BinaryIO], Holes]) -> None:
+        check_target(self.target, self.shown)
         try:
             self.part.parent.mkdir(parents=True, exist_ok=True)
-            self._created = not self.part.exists()
-            self._fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            self._fd, self._created = lock_partial(self.part)
+            self.state = ResumeState(self.state.path)  # read under the lock
             self.holes = lay_out(self._fd, write)
             have = {d: self.state.resumable(d, off) for d, off in self.holes.items()}
             self.state.start(self.holes, have)
@@ -246,12 +259,14 @@ class ArchiveFile:
         missing = [str(d) for d in self.holes if d not in self._filled]
         if missing:
             raise DerrickError(f"{self.shown}: blobs never written: {', '.join(missing)}")
+        # The state goes first (the lock is still held): a writer that takes the next
+        # partial file under this name must not find it.  abort() saves it again.
+        self.state.remove()
         try:
             os.replace(self.part, self.target)
         except OSError as e:
             raise self.disk_error(e) from None
         self._started = False
-        self.state.remove()
         self._close()
 
     def abort(self) -> None:
@@ -263,6 +278,14 @@ class ArchiveFile:
             with contextlib.suppress(OSError):
                 self.part.unlink()
         self._close()
+
+    def kept(self) -> list[Kept]:
+        """What an abort left for a later run: the partial file (and its resume state)."""
+        if self._fd >= 0 or not (self._started or not self._created) or not self.part.exists():
+            return []
+        if self.state.path.exists():
+            return [(f"{self.part} (and its .json resume state)", 2)]
+        return [(str(self.part), 1)]
 
     def _close(self) -> None:
         if self._fd >= 0:
@@ -280,3 +303,13 @@ class ArchiveFile:
         else:
             hint = f"nothing is left behind: {again}"
         return DiskError(writing_failed(e, self.shown), errno=e.errno, hint=hint)
+
+
+def check_target(target: Path, shown: str) -> None:
+    """Refuse a directory (or a link to one) as the destination of an archive file, before
+    anything is made beside it."""
+    if target.is_dir():
+        raise UsageError(
+            f"{shown} is a directory, not an archive file",
+            hint="name a file to write the archive to, or the directory as an OCI layout",
+        )

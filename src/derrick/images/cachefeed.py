@@ -111,23 +111,32 @@ def _write(partial: PartialBlob, feed: Feed) -> None:
 
 
 class _KeptBody:
-    """A body that serves the partial file's bytes first, then the source's."""
+    """A body that serves the partial file's bytes first, then the source's.
+
+    The source is opened here, where the partial file's bytes end (errors opening it are
+    not a body breaking off, and are not asked again), unless they hold the rest."""
 
     def __init__(self, tee: TeeFeed, desc: Descriptor, offset: int) -> None:
         self.offset = offset
         self._tee = tee
         self._desc = desc
+        self._kept = max(min(tee.partial.have, desc.size), offset)  # served from the file
         self._body: BlobBody | None = None
+        if self._kept < desc.size:
+            self._body = tee.source.open_blob(desc, self._kept)
 
     def chunks(self) -> Iterator[Chunk]:
         tee = self._tee
-        partial = tee.partial
         pos = self.offset
-        if pos < partial.have:
-            for piece in read_range(partial.fd, pos, partial.have, CHUNK):
+        if pos < self._kept:
+            for piece in read_range(tee.partial.fd, pos, self._kept, CHUNK):
                 pos += len(piece)
                 yield piece
-        self._body = body = tee.source.open_blob(self._desc, pos)
+            if pos < self._kept:
+                return  # the file ended early: the feed finds the body short
+        body = self._body
+        if body is None:
+            return
         skip = pos - body.offset  # a source that started before ``pos``: drop that much
         if skip < 0:
             raise DerrickError(

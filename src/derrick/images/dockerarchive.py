@@ -25,7 +25,7 @@ from the names the copy gives it), ``repositories``, the configs and layers (sto
 source serves them; loaders detect the compression) under ``blobs/sha256/``, and -- so the
 tar is a valid OCI layout too, as newer Docker writes -- ``oci-layout``, ``index.json`` and
 the manifests.  A docker-archive holds one platform per image and container images only:
-an index (``--all-platforms``) or an artifact is refused before anything is written.
+an index of several platforms or an artifact is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ import json
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from derrick import mediatypes as mt
 from derrick.digest import Digest, hash_file
-from derrick.errors import DerrickError, LayoutError, ManifestError, UsageError
+from derrick.errors import DerrickError, LayoutError, ManifestError, Remedy, UsageError
 from derrick.images.archive import ArchiveSink, Member
 from derrick.images.model import ImageName, Plan, PlannedEntry
 from derrick.images.ociarchive import OCIArchiveSource, oci_members
@@ -226,15 +226,21 @@ def open_archive(path: str | Path, *, jobs: int = DEFAULT_JOBS) -> TarSource:
 # -- the sink ----------------------------------------------------------------------------------
 
 
-def repo_tag(name: ImageName) -> str | None:
-    """The ``RepoTags`` entry of a name (``app:v1``, as Docker shows it), None without a tag."""
-    if not name.repository or not name.tag:
+def repo_tag(name: ImageName, digest: Digest | None = None) -> str | None:
+    """The ``RepoTags`` entry of a name (``app:v1``, as Docker shows it); an image named by
+    ``digest`` alone gets the tag ``sha256-<12 hex digits>`` (a RepoTag has no digest)."""
+    if not name.repository:
         return None
+    tag = name.tag
+    if tag is None:
+        if digest is None:
+            return None
+        tag = f"{digest.algorithm}-{digest.hex[:12]}"
     try:
         familiar = Reference.parse(name.repository, default_tag=None).familiar_name
     except DerrickError:
         familiar = name.repository
-    return f"{familiar}:{name.tag}"
+    return f"{familiar}:{tag}"
 
 
 def _docker_image(entry: PlannedEntry) -> ArchiveImage:
@@ -244,8 +250,8 @@ def _docker_image(entry: PlannedEntry) -> ArchiveImage:
         raise UsageError(
             f"{what} is an index of {len(entry.images)} images, and a docker-archive holds "
             "one platform per image",
-            hint="write an OCI archive (--format oci-archive) to keep them all, "
-            "or choose one platform",
+            hint="choose one platform",
+            remedy=Remedy("oci-archive"),
         )
     image = entry.images[0]
     require_image(what, image.manifest, "a docker-archive holds container images only")
@@ -255,16 +261,25 @@ def _docker_image(entry: PlannedEntry) -> ArchiveImage:
             raise LayoutError(
                 f"{what} has a foreign layer {d.digest}, which clients fetch from its URLs "
                 "and a docker-archive cannot hold",
-                hint="write an OCI archive (--format oci-archive)",
+                remedy=Remedy("oci-archive"),
             )
-    tags = tuple(dict.fromkeys(t for n in entry.names if (t := repo_tag(n)) is not None))
+    named = (entry.origin or entry.top).digest
+    tags = tuple(dict.fromkeys(t for n in entry.names if (t := repo_tag(n, named)) is not None))
     return ArchiveImage(image.manifest, image.config, None, None, tags)
 
 
 def docker_members(plan: Plan) -> list[Member]:
     """The members of the docker-archive of ``plan``, in order: those of its OCI archive,
-    then ``manifest.json`` and ``repositories``."""
-    images = [_docker_image(entry) for entry in plan.entries]
+    then ``manifest.json`` (one entry per image, with every name it was given) and
+    ``repositories``."""
+    by_top: dict[Digest, ArchiveImage] = {}
+    for entry in plan.entries:
+        image = _docker_image(entry)
+        have = by_top.get(entry.top.digest)
+        if have is not None:
+            image = replace(have, repo_tags=tuple(dict.fromkeys(have.repo_tags + image.repo_tags)))
+        by_top[entry.top.digest] = image
+    images = list(by_top.values())
     repositories = repositories_json(images)
     return [
         *oci_members(plan),

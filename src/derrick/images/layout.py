@@ -44,10 +44,17 @@ from pathlib import Path
 
 from derrick import mediatypes as mt
 from derrick.digest import Digest
-from derrick.errors import DerrickError, DigestMismatchError, DiskError, LayoutError, ManifestError
+from derrick.errors import (
+    DerrickError,
+    DigestMismatchError,
+    DiskError,
+    LayoutError,
+    ManifestError,
+    Remedy,
+)
 from derrick.images.feed import FileBody
 from derrick.images.layoutwrite import add_entries, disk_error, file_holds, temp_dir, write_stream
-from derrick.images.model import BlobFeed, ImageName, ImageSource, Plan, PlannedImage
+from derrick.images.model import BlobFeed, ImageName, ImageSource, Kept, Plan, PlannedImage
 from derrick.layout.oci import (
     ANNOTATION_IMAGE_NAME,
     ANNOTATION_REF_NAME,
@@ -110,6 +117,7 @@ class LayoutDir:
         self._existing: OCILayout | None = None
         self._work: OCILayout | None = None
         self._tops: dict[Digest, list[tuple[Descriptor, tuple[ImageName, ...]]]] = {}
+        self._placed = 0  # blobs put into an existing layout
 
     def __repr__(self) -> str:
         return f"LayoutDir({str(self.path)!r})"
@@ -167,7 +175,8 @@ class LayoutDir:
         if path is None:
             raise LayoutError(
                 f"manifest {desc.digest} is missing from {self.description}",
-                hint="a multi-platform image needs every platform: pull it with --all-platforms",
+                hint="a multi-platform image needs every platform",
+                remedy=Remedy("all-platforms"),
             )
         what = f"manifest {desc.digest} in {self.description}"
         if desc.size > MAX_MANIFEST_SIZE:
@@ -250,6 +259,7 @@ class LayoutDir:
                     _check_config(img, shown or (entry.source.description if entry.source else ""))
         self._plan = plan
         self._existing = None
+        self._placed = 0
         self._tops = {entry.top.digest: [] for entry in plan.entries}
         self.same_tag = []
         dest = self.path
@@ -307,6 +317,9 @@ class LayoutDir:
             raise self._disk_error(e) from None
         if self.store is not None:
             self.store.remember(placed, desc)
+        if self._existing is not None:
+            with self._lock:
+                self._placed += 1
 
     def put_manifest(self, desc: Descriptor, raw: bytes, names: Sequence[ImageName] = ()) -> None:
         try:
@@ -347,6 +360,12 @@ class LayoutDir:
         work, self._work = self._work, None
         if work is not None:
             shutil.rmtree(work.root, ignore_errors=True)
+
+    def kept(self) -> list[Kept]:
+        """After an abort: blobs put into an existing layout (a new one's directory is gone)."""
+        if self._existing is None or not self._placed:
+            return []
+        return [(f"the {self._placed} blobs copied into {self.shown} (unnamed in its index)", 2)]
 
     def _name(self, layout: OCILayout) -> None:
         """Add the index entries (the last step: until then the layout does not name the

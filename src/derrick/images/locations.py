@@ -83,6 +83,7 @@ def parse_location(
     *,
     destination: bool = False,
     stream_kind: Kind | None = None,
+    local: bool = False,
     exists: Callable[[str], bool] = os.path.exists,
     isdir: Callable[[str], bool] = os.path.isdir,
 ) -> Location:
@@ -90,11 +91,15 @@ def parse_location(
 
     ``destination`` changes two things: a reference without tag or digest keeps no
     default tag (the copy keeps the source's), and a path that does not exist yet is
-    fine.  ``stream_kind`` is the archive kind of a plain ``-``.
+    fine.  ``stream_kind`` is the archive kind of a plain ``-``.  ``local`` says the
+    location is on disk: without a prefix, ``text`` is then a path (``out`` is the
+    directory ``./out``, not the image ``docker.io/library/out``).
     """
     if not text:
         raise UsageError("an image location is empty", hint="give a reference or a path")
     if text.startswith("docker://"):
+        if local:
+            raise UsageError(f"{text} is a registry, and a place on disk is wanted here")
         return _registry(text, text.removeprefix("docker://"), destination)
     for prefix, kind in PREFIXES.items():
         if text.startswith(prefix):
@@ -106,7 +111,7 @@ def parse_location(
                 hint="write oci-archive:- or docker-archive:-",
             )
         return _local(text, stream_kind, text, destination, exists)
-    if _marked(text):
+    if local or _marked(text):
         return _plain(text, destination, exists, isdir)
     found = _split_existing(text, exists)
     if found is None:
@@ -190,6 +195,11 @@ def _plain(
     if not destination:
         raise UsageError(f"{_split_new(expanded)[0]} does not exist", hint="check the path")
     path, name = _split_new(expanded)
+    if path.endswith((".tar.gz", ".tgz")):
+        raise UsageError(
+            f"derrick writes uncompressed archives, not {os.path.basename(path)}",
+            hint="name it .tar, or compress a stream (-) of it",
+        )
     kind: Kind = "docker-archive" if path.endswith(".tar") else "oci"
     return Location(kind, text, path=path, name=name)
 

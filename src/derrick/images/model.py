@@ -214,6 +214,9 @@ class PlannedEntry:
     #: The index the image was chosen from, when one platform of an index was taken (the
     #: entry's top is then that image): its descriptor and the index parsed.
     parent: tuple[Descriptor, Index] | None = field(default=None, compare=False, repr=False)
+    #: What the entry's name resolved to in its source: ``top`` itself, or the index a
+    #: selection took part of (a sink may refuse to put that part over the whole).
+    origin: Descriptor | None = None
 
 
 @dataclass(frozen=True)
@@ -279,6 +282,20 @@ class ImageSink(Protocol):
 
     def abort(self) -> None:
         """Drop what was written (keeping what a later run can resume from)."""
+        ...
+
+
+#: Something an aborted sink left for a later run: how it is called, and how many files.
+Kept = tuple[str, int]
+
+
+@runtime_checkable
+class KeepsPartials(Protocol):
+    """A sink that may leave files behind when it is aborted, for a later run to resume
+    from (an archive's partial file and its state)."""
+
+    def kept(self) -> list[Kept]:
+        """What the last :meth:`ImageSink.abort` left behind (nothing: empty)."""
         ...
 
 

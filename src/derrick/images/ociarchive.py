@@ -8,7 +8,7 @@ its ``index.json`` entry's ``org.opencontainers.image.ref.name``, its full name
 As a sink (:class:`OCIArchiveSink`), the archive is the layout of the copy's plan:
 ``oci-layout``, ``index.json`` (an entry per name of each image: the tag as
 ``org.opencontainers.image.ref.name``, ``repository:tag`` as ``io.containerd.image.name``;
-a whole index, with ``--all-platforms``, is one entry), the directories, every manifest,
+a whole index, copied with every platform, is one entry), the directories, every manifest,
 then every blob, in plan order.  It is written to a file in one pass with holes, or to a
 stream in order (see :mod:`derrick.images.archive`).
 """

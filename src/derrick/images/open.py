@@ -18,11 +18,19 @@ from derrick.images.locations import Location
 from derrick.images.model import ImageName, ImageSink, ImageSource
 from derrick.images.ociarchive import OCIArchiveSink
 from derrick.images.remote import DEFAULT_CHUNK_SIZE, RegistryRepository
+from derrick.images.tarsource import TarSource
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
 from derrick.store.cache import BlobStore
 
-__all__ = ["destination_names", "open_sink", "open_source", "source_name"]
+__all__ = [
+    "copy_names",
+    "destination_names",
+    "open_sink",
+    "open_source",
+    "source_name",
+    "source_tags",
+]
 
 DEFAULT_JOBS = 4
 
@@ -61,23 +69,25 @@ def open_sink(
     store: BlobStore | None = None,
     stdout: BinaryIO | None = None,
     chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+    shown: str | None = None,
 ) -> ImageSink:
     """The image sink at ``loc``.  A stream (``-``) writes to ``stdout``, which the caller
-    must give: the library writes only where it is told to."""
+    must give: the library writes only where it is told to.  ``shown`` is how messages
+    name a local destination (default: its path)."""
     if loc.is_registry:
         assert loc.reference is not None
         return RegistryRepository(_client(client, loc), loc.reference, chunk_size=chunk_size)
     assert loc.path is not None
     if loc.kind == "oci":
-        return LayoutDir(loc.path, store=store)
+        return LayoutDir(loc.path, store=store, shown=shown)
     dest: str | BinaryIO = loc.path
     if loc.is_stream:
         if stdout is None:
             raise UsageError(f"{loc}: no stream to write to was given")
         dest = stdout
     if loc.kind == "oci-archive":
-        return OCIArchiveSink(dest)
-    return DockerArchiveSink(dest)  # docker-archive, or a plain existing file
+        return OCIArchiveSink(dest, shown=shown)
+    return DockerArchiveSink(dest, shown=shown)  # docker-archive, or a plain existing file
 
 
 def destination_names(loc: Location) -> tuple[ImageName, ...] | None:
@@ -107,6 +117,43 @@ def destination_names(loc: Location) -> tuple[ImageName, ...] | None:
     if ref.digest is not None:
         raise UsageError(f"{loc}: an image is named here by a tag, not by a digest")
     return (ImageName(ref.name, ref.tag),)
+
+
+def source_tags(source: ImageSource, name: str | None) -> tuple[str, ...]:
+    """The tags the image ``name`` of ``source`` carries there (a layout's ref names, an
+    archive's RepoTags, a registry reference's tag), each once."""
+    if isinstance(source, LayoutDir):
+        return source.tags(name)
+    if isinstance(source, TarSource):
+        return source.select(name).tags
+    tag = source.image_name(name).tag
+    return (tag,) if tag else ()
+
+
+def copy_names(
+    loc: Location, source: ImageSource, name: str | None, shown: str
+) -> tuple[ImageName, ...] | None:
+    """What a copy of the image ``name`` of ``source`` is called at ``loc``: as
+    :func:`destination_names` says, except that a registry destination without tag or
+    digest takes the one tag the image has in its source (``shown`` names the source in
+    errors): an image without one, or with several, needs the tag named.  None keeps the
+    source's names."""
+    names = destination_names(loc)
+    ref = loc.reference
+    if not loc.is_registry or names is not None or ref is None:
+        return names
+    tags = source_tags(source, name)
+    if len(tags) == 1:
+        return (ImageName(ref.name, tags[0]),)
+    if not tags:
+        raise UsageError(
+            f"{shown} is not tagged, so {ref} needs a tag to copy it as",
+            hint=f"add one, e.g. {ref.name}:latest",
+        )
+    raise UsageError(
+        f"{shown} is tagged {', '.join(tags)}, so {ref} needs the tag to copy it as",
+        hint=f"add one, e.g. {ref.name}:{tags[0]}",
+    )
 
 
 def _client(client: RegistryClient | None, loc: Location) -> RegistryClient:

@@ -156,7 +156,7 @@ class _Planner:
         names = item.names if item.names is not None else _default_names(source, item.name)
         top = source.resolve(item.name)
         raw, m = self._fetch(source, top)
-        top = _typed(top, m)
+        top = origin = _typed(top, m)
         selection = item.selection
         if isinstance(m, ImageManifest):
             image = self._image(source, top, raw, m)
@@ -166,18 +166,20 @@ class _Planner:
                     image,
                     selection.platforms,
                 )
-            self.entries.append(PlannedEntry(top, names, (image,), None, source))
+            self.entries.append(PlannedEntry(top, names, (image,), None, source, origin=origin))
             return
         what = f"index {top.digest} of {source.description}"
         if selection.all:
             images = self._walk(source, top, raw, m, 0)
-            self.entries.append(PlannedEntry(top, names, tuple(images), m, source))
+            self.entries.append(PlannedEntry(top, names, tuple(images), m, source, origin=origin))
             return
         positions = choose(m, selection.platforms or (Platform.host(),), what)
         if len(selection.platforms) < 2:
             child = m.manifests[positions[0]].with_annotations(None)
             image = self._image(source, child)
-            entry = PlannedEntry(image.descriptor, names, (image,), None, source, (top, m))
+            entry = PlannedEntry(
+                image.descriptor, names, (image,), None, source, (top, m), origin=origin
+            )
             self.entries.append(entry)
             return
         images = [self._image(source, m.manifests[i]) for i in positions]
@@ -186,7 +188,8 @@ class _Planner:
             m = _parse(raw, top.media_type, f"the new index of {what}")
             top = Descriptor(m.media_type, Digest.of(raw), len(raw))
         self.manifests.setdefault(top.digest, (top, raw))
-        self.entries.append(PlannedEntry(top, names, tuple(images), _as_index(m), source))
+        entry = PlannedEntry(top, names, tuple(images), _as_index(m), source, origin=origin)
+        self.entries.append(entry)
 
     def _fetch(self, source: ImageSource, desc: Descriptor) -> tuple[bytes, Manifest]:
         got = self._fetched.get(desc.digest)

@@ -23,13 +23,14 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 
 from derrick.digest import Digest, Verifier
-from derrick.errors import ManifestError, UsageError
+from derrick.errors import ManifestError, NotFoundError, UsageError
 from derrick.images.model import (
     BlobFeed,
     Chunk,
     ImageName,
     ImageSource,
     Plan,
+    PlannedEntry,
 )
 from derrick.manifest import MAX_MANIFEST_SIZE, Descriptor
 from derrick.reference import Reference, validate_tag
@@ -94,7 +95,6 @@ class RegistryRepository:
         self.mount = mount
         self._lock = threading.Lock()
         self._resolved: dict[Digest, bytes] = {}  # manifest bytes resolve fetched
-        self._heads: dict[Digest, bool] = {}  # HEAD answers had before they were asked
         self._mount_from: frozenset[str] = frozenset()
         self._scopes: list[str] | None = None  # set by begin: this is a sink
 
@@ -152,10 +152,6 @@ class RegistryRepository:
         return raw
 
     def has_blob(self, desc: Descriptor) -> bool:
-        with self._lock:
-            known = self._heads.pop(desc.digest, None)
-        if known is not None:
-            return known
         return self.client.head_blob(self.ref, desc.digest, scopes=self._scopes) is not None
 
     def open_blob(self, desc: Descriptor, offset: int = 0) -> _RemoteBody:
@@ -172,7 +168,9 @@ class RegistryRepository:
     # -- sink ----------------------------------------------------------------------------
 
     def begin(self, plan: Plan) -> None:
-        """Check a digest destination, choose the token scopes, and get the token once."""
+        """Check a digest destination and that no image is put over the index it was taken
+        from; choose the token scopes (the token itself is asked for once, by whichever
+        worker needs it first)."""
         if self.ref.digest is not None:
             tops = {e.top.digest for e in plan.entries}
             if tops != {self.ref.digest}:
@@ -181,6 +179,8 @@ class RegistryRepository:
                     f"cannot copy to {self.ref}: the image's digest is {shown}",
                     hint="name the destination by tag, or by the image's own digest",
                 )
+        for entry in plan.entries:
+            self._refuse_part_over_whole(entry)
         mount_from: set[str] = set()
         if self.mount:
             for entry in plan.entries:
@@ -194,12 +194,34 @@ class RegistryRepository:
         self._mount_from = frozenset(mount_from)
         # One token grants push here and pull on the repositories blobs are mounted from.
         self._scopes = [push_scope(self.ref.repository), *map(pull_scope, sorted(mount_from))]
-        if plan.blobs:
-            # One request first, so the workers find the token (or basic auth) known.
-            first = plan.blobs[0].digest
-            have = self.client.head_blob(self.ref, first, scopes=self._scopes) is not None
-            with self._lock:
-                self._heads[first] = have
+
+    def _refuse_part_over_whole(self, entry: PlannedEntry) -> None:
+        """Refuse to put some platforms of an index over a tag of this repository that holds
+        that very index (a copy of a tag onto itself with a platform selection): the
+        other platforms would be lost.  Only then is the destination asked (``HEAD``)."""
+        src, origin = entry.source, entry.origin
+        if (
+            not isinstance(src, RegistryRepository)
+            or (src.ref.registry, src.ref.repository) != (self.ref.registry, self.ref.repository)
+            or origin is None
+            or origin.digest == entry.top.digest
+            or self.ref.digest is not None
+        ):
+            return
+        for tag in dict.fromkeys(n.tag for n in entry.names if n.tag):
+            target = self.ref.with_tag(tag)
+            try:
+                there = self.client.head_manifest(target).descriptor.digest
+            except NotFoundError:
+                continue
+            if there == origin.digest:
+                kept = len(entry.images)
+                raise UsageError(
+                    f"{target} is the index {origin.digest} this copy takes {kept} "
+                    f"platform{'s' if kept != 1 else ''} of: copying it onto itself would "
+                    "replace it and lose the others",
+                    hint="copy every platform (a no-op here), or name another tag",
+                )
 
     def mount_blob(self, desc: Descriptor, source: ImageSource) -> bool:
         if not isinstance(source, RegistryRepository):

@@ -21,14 +21,14 @@ from collections.abc import Iterator
 from typing import Self
 
 from derrick.digest import Digest, Verifier
-from derrick.download import CHUNK
-from derrick.errors import DerrickError, LayoutError, ManifestError
+from derrick.errors import DerrickError, LayoutError, ManifestError, Remedy
 from derrick.images.model import Chunk, ImageName
 from derrick.layout.oci import ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, blob_member
 from derrick.layout.reader import ImageSource as Archive
 from derrick.layout.reader import SelectedImage, tag_in
 from derrick.manifest import MAX_MANIFEST_SIZE, Descriptor, ImageManifest, parse_manifest
 from derrick.reference import Reference
+from derrick.store.files import CHUNK
 
 __all__ = ["MemberBody", "TarSource", "image_name_of"]
 
@@ -135,8 +135,8 @@ class TarSource(_Closing):
             if not self.archive.has_blob(desc.digest):
                 raise LayoutError(
                     f"manifest {desc.digest} is missing from {self.description}",
-                    hint="a multi-platform image needs every platform: "
-                    "pull it with --all-platforms",
+                    hint="a multi-platform image needs every platform",
+                    remedy=Remedy("all-platforms"),
                 )
             if desc.size > MAX_MANIFEST_SIZE:
                 raise ManifestError(

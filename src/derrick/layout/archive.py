@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 
 from derrick import mediatypes as mt
 from derrick.digest import Digest, verify_bytes
-from derrick.errors import DerrickError, LayoutError
+from derrick.errors import DerrickError, LayoutError, ManifestError
 from derrick.layout.oci import (
     ANNOTATION_IMAGE_NAME,
     ANNOTATION_REF_NAME,
@@ -124,7 +124,7 @@ def check_docker_image(what: str, manifest: ImageManifest, config: bytes) -> Non
     try:
         cfg = ImageConfig.parse(config)
     except DerrickError as e:
-        raise LayoutError(f"{what} cannot be written as a docker-archive: {e.message}") from None
+        raise ManifestError(f"config {manifest.config.digest} of {what}: {e.message}") from None
     if len(manifest.layers) != len(cfg.diff_ids):
         raise LayoutError(
             f"{what} cannot be written as a docker-archive: its manifest "

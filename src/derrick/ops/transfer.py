@@ -29,20 +29,23 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from derrick.digest import Digest
-from derrick.errors import Cancelled, DerrickError
+from derrick.errors import Cancelled, DerrickError, DigestMismatchError, DiskError
+from derrick.images.archivefile import kept_hint
 from derrick.images.handover import BlobMover
 from derrick.images.model import (
     CopyResult,
     ImageName,
     ImageSink,
     ImageSource,
+    KeepsPartials,
+    Kept,
     Plan,
     Progress,
     Selection,
 )
 from derrick.images.plan import LocalBlobs, PlanItem, plan
 from derrick.manifest import Descriptor
-from derrick.store.cache import BlobStore, CacheDiskError
+from derrick.store.cache import BlobStore, CacheDiskError, partials_phrase
 from derrick.transport import RetryPolicy
 
 __all__ = ["DEFAULT_JOBS", "PlanItem", "copy", "copy_many"]
@@ -111,8 +114,10 @@ def copy_many(
     store = cache if sink.local else None  # a copy to a registry keeps nothing locally
     the_plan = plan(items, retry=retry, cancel=cancel, local=_local_copies(sink, store))
     mover = BlobMover(the_plan, sink, jobs=jobs, progress=progress, cancel=cancel, retry=retry)
+    began = False
     try:
         sink.begin(the_plan)
+        began = True
         mover.run(store)
         _manifests(the_plan, sink, cancel)
         sink.commit()
@@ -122,6 +127,8 @@ def copy_many(
             sink.abort()  # best effort: the error that stopped the copy is the one to see
         if isinstance(e, CacheDiskError) and store is not None:
             raise e.with_partials(store.partials(the_plan.blobs)) from e.error
+        if began and isinstance(e, DerrickError) and not isinstance(e, DiskError):
+            _say_kept(e, _kept(sink, store, the_plan))
         raise
     sources = list(dict.fromkeys(item.source.description for item in items))
     return CopyResult(
@@ -130,6 +137,34 @@ def copy_many(
         plan=the_plan,
         stats=mover.stats,
     )
+
+
+def _kept(sink: ImageSink, store: BlobStore | None, the_plan: Plan) -> list[Kept]:
+    """What a failed copy left behind for a later run: the sink's partial files, and the
+    partial downloads of the plan's blobs in the cache."""
+    kept: list[Kept] = []
+    with contextlib.suppress(OSError):
+        if isinstance(sink, KeepsPartials):
+            kept.extend(sink.kept())
+        if store is not None:
+            partials = store.partials(the_plan.blobs)
+            phrase = partials_phrase(partials, store.root)
+            if phrase is not None:
+                kept.append((phrase, len(partials)))
+    return kept
+
+
+def _say_kept(e: DerrickError, kept: Sequence[Kept]) -> None:
+    """Add to the error's hint what is left behind (and, for content that did not match
+    its digest, that nothing is when nothing is)."""
+    said: str | None = None
+    if kept:
+        again = "run the same command again"
+        said = kept_hint([k for k, _ in kept], sum(n for _, n in kept), again)
+    elif isinstance(e, DigestMismatchError):
+        said = "nothing was kept"
+    if said is not None:
+        e.hint = f"{e.hint}; {said}" if e.hint else said
 
 
 def _local_copies(sink: ImageSink, store: BlobStore | None) -> LocalBlobs | None:

@@ -29,12 +29,12 @@ from pathlib import Path
 from types import TracebackType
 
 from derrick.digest import Digest
-from derrick.errors import DerrickError, DiskError
+from derrick.errors import DerrickError, DiskError, Remedy
 from derrick.manifest import Descriptor
 from derrick.store.files import CHUNK, Region, read_range
 from derrick.store.records import Records
 
-__all__ = ["BlobStore", "CacheDiskError", "PartialBlob", "default_cache_dir"]
+__all__ = ["BlobStore", "CacheDiskError", "PartialBlob", "default_cache_dir", "partials_phrase"]
 
 
 def default_cache_dir() -> Path:
@@ -294,6 +294,18 @@ class PartialBlob:
             self._release()
 
 
+def partials_phrase(partials: Sequence[Path], root: Path) -> str | None:
+    """The partial files ``partials`` of the store at ``root`` in words: ``the partial
+    download P``, or ``N partial downloads in DIR (*.partial)``; None for none."""
+    if not partials:
+        return None
+    if len(partials) == 1:
+        return f"the partial download {partials[0]}"
+    dirs = {p.parent for p in partials}
+    where = partials[0].parent if len(dirs) == 1 else root
+    return f"{len(partials)} partial downloads in {where} (*.partial)"
+
+
 class CacheDiskError(DiskError):
     """Writing the blob cache failed (no space left, permission denied, …).
 
@@ -317,33 +329,29 @@ class CacheDiskError(DiskError):
             if error.errno in (errno.ENOSPC, errno.EDQUOT)
             else "fix that and run the same command again"
         )
-        if len(self.partials) == 1:
-            hint = (
-                f"the partial download {self.partials[0]} is kept: {again} to resume, or delete it"
-            )
-        elif self.partials:
-            dirs = {p.parent for p in self.partials}
-            where = self.partials[0].parent if len(dirs) == 1 else root
-            hint = (
-                f"{len(self.partials)} partial downloads in {where} (*.partial) are kept: "
-                f"{again} to resume, or delete them"
-            )
-        else:
+        phrase = partials_phrase(self.partials, root)
+        if phrase is None:
             hint = again
+        else:
+            them = "them" if len(self.partials) > 1 else "it"
+            are = "are" if len(self.partials) > 1 else "is"
+            hint = f"{phrase} {are} kept: {again} to resume, or delete {them}"
         super().__init__(
-            f"{self.reason} writing the blob cache {root}", errno=error.errno, hint=hint
+            f"{self.reason} writing the blob cache {root}",
+            errno=error.errno,
+            hint=hint,
+            remedy=Remedy("cache-dir"),
         )
 
     def with_partials(self, partials: Sequence[Path]) -> CacheDiskError:
         """The same error, saying which partial files are kept."""
         return CacheDiskError(self.root, self.error, partials)
 
-    def pulling_to(self, destination: str, *, remedy: str | None = None) -> DiskError:
-        """The error as said of a pull to ``destination`` (as the user named it), with
-        ``remedy`` (e.g. how to choose another cache) after the hint."""
-        hint = f"{self.hint}; {remedy}" if remedy else self.hint
+    def pulling_to(self, destination: str) -> DiskError:
+        """The error as said of a pull to ``destination`` (as the user named it)."""
         return DiskError(
             f"{self.reason} writing the blob cache {self.root} (pulling to {destination})",
             errno=self.errno,
-            hint=hint,
+            hint=self.hint,
+            remedy=self.remedy,
         )

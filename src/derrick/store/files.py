@@ -12,13 +12,15 @@ interrupted write left before it is resumed.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Protocol
 
 from derrick.digest import Verifier
 
-__all__ = ["CHUNK", "Region", "Sink", "Tee", "copy_range", "read_range"]
+__all__ = ["CHUNK", "Region", "Sink", "Tee", "copy_range", "lock_partial", "read_range"]
 
 #: Bytes read or written at once.
 CHUNK = 1 << 20
@@ -113,3 +115,29 @@ def copy_range(src: Region, dst: Region, start: int, end: int) -> None:
         pos += len(piece)
     if pos < end:
         raise OSError(errno.EIO, f"{end - pos} bytes missing from the source file")
+
+
+def lock_partial(path: Path) -> tuple[int, bool]:
+    """Open the partial file ``path`` (made if need be, with the umask's mode) holding an
+    exclusive ``flock`` on it, waiting while another writer holds it; the descriptor and
+    whether this call made the file.
+
+    A writer that finished meanwhile renamed the file it locked into place, so once the
+    lock is had the path is looked at again (and a new file made when it is gone).
+    """
+    while True:
+        created = not path.exists()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            st = os.fstat(fd)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+            if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                return fd, created and st.st_size == 0
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)

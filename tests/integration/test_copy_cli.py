@@ -1,0 +1,349 @@
+"""``derrick image copy`` and its spellings (pull, push, save) on the command line: the
+defaults that keep a registry's indexes whole, a tag copied onto itself, locations as pull's
+destination, archives written by two processes at once, a directory given as an archive,
+a full cache named as the cache, ``--all-tags``, ``--timeout`` checked, ``blob get`` files,
+and the help texts."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from derrick.cli.groups import COMMANDS
+from derrick.manifest import Platform
+from support.cli import Cli
+from support.disk import grow, small_tmpfs
+from support.faultproxy import Fault, FaultProxy
+from support.images import LayoutImage
+from support.rawclient import RawClient
+from support.registry import RegistryProcess
+from support.seed import SeededRegistries
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def reg(seeded: SeededRegistries) -> RegistryProcess:
+    return seeded.open.registry
+
+
+def tar_names(path: Path) -> list[str]:
+    with tarfile.open(path) as tar:
+        return tar.getnames()
+
+
+def index_of_tar(path: Path) -> dict:  # type: ignore[type-arg]
+    with tarfile.open(path) as tar:
+        member = tar.extractfile("index.json")
+        assert member is not None
+        return json.loads(member.read())  # type: ignore[no-any-return]
+
+
+# -- a tag copied onto itself ------------------------------------------------------------------
+
+
+def test_copying_a_tag_onto_itself_never_loses_platforms(
+    cli: Cli,
+    seeded: SeededRegistries,
+    reg: RegistryProcess,
+    test_images: dict[str, LayoutImage],
+    unique_repo: Callable[..., str],
+) -> None:
+    multi = test_images["multi"]
+    repo = unique_repo()
+    ref = f"{reg.host}/{repo}:multi"
+    cli("image", "copy", "-q", seeded.open["test/multi"].reference, ref).ok()
+    with RawClient(reg) as raw:
+        assert raw.manifest_digest(repo, "multi") == multi.digest  # the index: the default
+
+        # onto itself: nothing changes, and nothing is uploaded
+        r = cli("image", "copy", ref, ref, "--format", "json").ok()
+        assert json.loads(r.out)["uploadedBlobs"] == 0
+        assert raw.manifest_digest(repo, "multi") == multi.digest
+
+        # with fewer platforms: refused before anything is written
+        line = cli("image", "copy", ref, ref, "--platform", "linux/amd64").failed()
+        assert f"{ref} is the index {multi.digest}" in line and "lose the others" in line
+        assert raw.manifest_digest(repo, "multi") == multi.digest
+
+        # sync of the repository onto itself: unchanged, whatever the platforms asked for
+        for extra in ([], ["--platform", "linux/arm64"]):
+            r = cli("sync", f"{reg.host}/{repo}", f"{reg.host}/{repo}", "--format", "json", *extra)
+            assert json.loads(r.ok().out)["unchanged"] == 1
+        assert raw.manifest_digest(repo, "multi") == multi.digest
+
+        # another tag of the same repository may take one platform
+        cli("image", "copy", "-q", ref, f"{reg.host}/{repo}:amd64", "--platform", "linux/amd64")
+        assert raw.manifest_digest(repo, "amd64") == multi.image_for("linux/amd64").digest
+
+
+def test_to_disk_this_machines_platform_to_a_registry_every_one(
+    cli: Cli,
+    seeded: SeededRegistries,
+    reg: RegistryProcess,
+    test_images: dict[str, LayoutImage],
+    unique_repo: Callable[..., str],
+    tmp_path: Path,
+) -> None:
+    multi = test_images["multi"]
+    src = seeded.open["test/multi"].reference
+    host = multi.image_for(str(Platform.host()))
+    cli("image", "copy", "-q", src, tmp_path / "layout").ok()
+    index = json.loads((tmp_path / "layout" / "index.json").read_text())
+    assert [m["digest"] for m in index["manifests"]] == [host.digest]
+    # --platform repeated takes several: both of multi's are the index as it is
+    both = ["--platform", "linux/arm64", "--platform", "linux/amd64"]
+    r = cli("image", "copy", src, f"oci:{tmp_path / 'two'}", *both, "--format", "json")
+    two = json.loads(r.ok().out)
+    assert two["digest"] == multi.digest and len(two["manifests"]) == 3
+    # and from the layout to a registry, the whole index is the default
+    repo = unique_repo()
+    cli("image", "copy", "-q", f"oci:{tmp_path / 'two'}", f"{reg.host}/{repo}:two").ok()
+    with RawClient(reg) as raw:
+        assert raw.manifest_digest(repo, "two") == multi.digest
+
+
+# -- pull's destination is a location ---------------------------------------------------------
+
+
+def test_pull_destinations_take_the_location_prefixes(
+    cli: Cli, seeded: SeededRegistries, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    img = seeded.open["test/single"]
+    monkeypatch.chdir(tmp_path)
+    r = cli("image", "pull", img.reference, "-o", "oci-archive:y.tar", "--format", "json").ok()
+    assert json.loads(r.out)["format"] == "oci-archive"
+    assert "manifest.json" not in tar_names(tmp_path / "y.tar")
+    assert index_of_tar(tmp_path / "y.tar")["manifests"][0]["digest"] == img.digest
+    cli("image", "pull", "-q", img.reference, "-o", f"oci:{tmp_path / 'dir'}").ok()
+    assert json.loads((tmp_path / "dir" / "index.json").read_text())["manifests"]
+    cli("image", "pull", "-q", img.reference, "-o", "docker-archive:z").ok()
+    assert "manifest.json" in tar_names(tmp_path / "z")
+    # the hidden --format alias says the same; saying two different kinds is refused
+    cli("image", "pull", "-q", img.reference, "-o", "w", "--format", "oci-archive").ok()
+    assert "manifest.json" not in tar_names(tmp_path / "w")
+    line = cli("image", "pull", img.reference, "-o", "oci:v", "--format", "oci-archive").failed()
+    assert "oci:v" in line and "--format says oci-archive" in line
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == sorted(
+        ["cache", "dir", "docker-config", "home", "w", "y.tar", "z"]
+    )
+
+
+def test_a_directory_is_no_archive_and_nothing_is_made_beside_it(
+    cli: Cli, seeded: SeededRegistries, reg: RegistryProcess, tmp_path: Path
+) -> None:
+    img = seeded.open["test/single"]
+    good = tmp_path / "good-oci"
+    cli("image", "pull", "-q", img.reference, "-o", good).ok()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    offset = reg.log_size()
+    for argv in (
+        ["image", "pull", img.reference, "-o", good, "--format", "oci-archive"],
+        ["image", "copy", img.reference, f"docker-archive:{good}"],
+        ["image", "save", img.reference, "-o", good],
+    ):
+        line = cli(*argv).failed()
+        assert f"{good} is a directory, not an archive file" in line, argv
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no partial files
+    assert "/v2/" not in reg.log_since(offset)  # refused before the registry was asked
+
+
+# -- two writers of one archive ------------------------------------------------------------------
+
+
+def _waits_for_lock(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` waits for a ``flock`` on the file ``path``."""
+    try:
+        ino = path.stat().st_ino
+    except FileNotFoundError:
+        return False
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields and "FLOCK" in fields:
+            i = fields.index("FLOCK")
+            if int(fields[i + 3]) == pid and int(fields[i + 4].rsplit(":", 1)[1]) == ino:
+                return True
+    return False
+
+
+def test_two_pulls_into_one_archive_file_take_turns(
+    seeded: SeededRegistries, test_images: dict[str, LayoutImage], tmp_path: Path
+) -> None:
+    """The second waits for the first's lock on the partial file, then writes the archive
+    again (from the cache); both succeed and nothing is left beside it."""
+    eight = test_images["eight"]
+    out = tmp_path / "c5.tar"
+    part = tmp_path / ".c5.tar.derrick-partial"
+    victim = eight.image.layers[3]
+    with FaultProxy(seeded.open.registry.url) as proxy:
+        proxy.add_fault(Fault(victim.digest, stall_after=victim.size // 2))
+        ref = f"{proxy.host}/test/eight:v1"
+
+        def start() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                [sys.executable, "-m", "derrick.cli.main", "image", "pull", ref, "-o", str(out)],
+                env=dict(os.environ),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+
+        first = start()
+        procs = [first]
+        try:
+            proxy.wait_stalled(1)
+            procs.append(start())
+            deadline = time.monotonic() + 30
+            while not _waits_for_lock(procs[1].pid, part):
+                assert procs[1].poll() is None, procs[1].communicate()[1].decode()
+                assert time.monotonic() < deadline, "the second pull never waited for the lock"
+                time.sleep(0.02)
+            proxy.release()
+            for p in procs:
+                _, err = p.communicate(timeout=60)
+                assert p.returncode == 0, err.decode()
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+    assert sorted(p.name for p in tmp_path.iterdir() if "c5" in p.name) == ["c5.tar"]
+    assert index_of_tar(out)["manifests"][0]["digest"] == eight.digest
+
+
+# -- the cache, full ------------------------------------------------------------------------------
+
+
+def test_a_full_cache_is_named_when_pulling_an_archive(
+    cli: Cli, medium: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with small_tmpfs(tmp_path / "small") as cache:
+        monkeypatch.setenv("DERRICK_CACHE_DIR", str(cache))
+        out = tmp_path / "fd.tar"
+        line = cli("image", "pull", medium, "-o", out, "-q").failed()
+        assert line.startswith(
+            f"derrick: error: no space left on device writing the blob cache {cache} "
+            f"(pulling to {out}); "
+        )
+        assert line.endswith("; --cache-dir or DERRICK_CACHE_DIR chooses another cache")
+        assert f"{tmp_path / '.fd.tar.derrick-partial'} (and its .json resume state)" not in line
+        grow(cache)
+        cli("image", "pull", medium, "-o", out, "-q").ok()
+    assert not out.with_name(".fd.tar.derrick-partial").exists()
+
+
+# -- --all-tags ------------------------------------------------------------------------------------
+
+
+def test_copy_all_tags_skips_the_tags_already_there(
+    cli: Cli,
+    seeded: SeededRegistries,
+    reg: RegistryProcess,
+    test_images: dict[str, LayoutImage],
+    unique_repo: Callable[..., str],
+) -> None:
+    src, dst = unique_repo(), unique_repo()
+    for name, tag in (("single", "v1"), ("docker", "v2"), ("multi", "multi")):
+        cli("image", "copy", "-q", seeded.open[f"test/{name}"].reference, f"{reg.host}/{src}:{tag}")
+    args = ["image", "copy", "--all-tags", f"{reg.host}/{src}", f"{reg.host}/{dst}"]
+    first = json.loads(cli(*args, "--format", "json").ok().out)
+    assert (first["copied"], first["unchanged"]) == (3, 0)
+    with RawClient(reg) as raw:
+        for name, tag in (("single", "v1"), ("docker", "v2"), ("multi", "multi")):
+            assert raw.manifest_digest(dst, tag) == test_images[name].digest  # indexes whole
+    # a new tag and a moved one: only those are copied; the check is HEADs, no body
+    cli("image", "copy", "-q", f"{reg.host}/{src}:v1", f"{reg.host}/{src}:v3").ok()
+    cli("image", "copy", "-q", f"{reg.host}/{src}:v2", f"{reg.host}/{src}:v1").ok()
+    offset = reg.log_size()
+    second = json.loads(cli(*args, "--format", "json").ok().out)
+    assert (second["copied"], second["unchanged"]) == (2, 2)
+    log = reg.log_since(offset)
+    assert f"GET /v2/{src}/manifests/multi" not in log
+    with RawClient(reg) as raw:
+        assert raw.manifest_digest(dst, "v1") == test_images["docker"].digest
+        assert raw.manifest_digest(dst, "v3") == test_images["single"].digest
+    for bad, said in (
+        (f"{reg.host}/{src}:v1", "names one image"),
+        ("oci:./somewhere", "is not"),
+    ):
+        line = cli("image", "copy", "--all-tags", bad, f"{reg.host}/{dst}").failed()
+        assert said in line
+
+
+# -- --timeout ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "1e308", "0", "soon", "3601"])
+def test_timeout_must_be_a_sane_number_of_seconds(
+    cli: Cli, seeded: SeededRegistries, value: str
+) -> None:
+    r = cli("tag", "ls", f"{seeded.open.registry.host}/test/single", "--timeout", value)
+    line = r.failed()
+    assert r.code == 2
+    assert f"--timeout {value} is not a number of seconds more than 0 and at most 3600" in line
+    assert math.isfinite(float(cli("tag", "ls", "x/y", "--timeout", "0.5", "--retries", "0").code))
+
+
+# -- blob get --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def umask() -> Iterator[int]:
+    old = os.umask(0o027)
+    try:
+        yield 0o027
+    finally:
+        os.umask(old)
+
+
+def test_blob_get_makes_files_with_the_umask_and_resumes_across_runs(
+    cli: Cli, medium: str, reg: RegistryProcess, tmp_path: Path, umask: int
+) -> None:
+    repo = medium.rsplit(":", 1)[0].split("/", 1)[1]
+    with RawClient(reg) as raw:
+        manifest = json.loads(raw.get_manifest(repo, "v1").content)
+    layer = manifest["layers"][1]
+    out = tmp_path / "layer"
+    cut = 300 * 1024 + 11
+    with FaultProxy(reg.url) as proxy:
+        proxy.add_fault(Fault(layer["digest"], cut_after=cut))
+        source = f"{proxy.host}/{repo}"
+        line = cli("blob", "get", source, layer["digest"], "-o", out, "--retries", "0").failed()
+        part = tmp_path / ".layer.derrick-partial"
+        assert f"{part} is kept: run the same command again to resume" in line
+        assert part.stat().st_size == cut
+        proxy.clear()
+        cli("blob", "get", source, layer["digest"], "-o", out).ok()
+        assert [g.range for g in proxy.blob_gets(layer["digest"])] == [f"bytes={cut}-"]
+    assert sorted(p.name for p in tmp_path.iterdir() if "layer" in p.name) == ["layer"]
+    assert out.stat().st_size == layer["size"]
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# -- help ------------------------------------------------------------------------------------------
+
+
+def test_help_lists_every_image_command_and_says_the_platform_defaults(cli: Cli) -> None:
+    said = cli("image", "--help").ok().out
+    description = said.split("Commands:")[0]
+    for name in COMMANDS["image"]:
+        assert name in description, name  # the group's own sentence names each
+        assert f"\n  {name} " in said, name  # and each is listed
+    host = str(Platform.host())
+    pull = " ".join(cli("image", "pull", "--help").ok().out.split())
+    assert f"every platform to a registry, this machine's ({host}) to disk" in pull
+    assert "(default: the index itself)" in " ".join(
+        cli("manifest", "get", "--help").ok().out.split()
+    )
+    assert f"this machine's, {host}" in " ".join(cli("image", "config", "--help").ok().out.split())
+    for command in ("pull", "push", "copy", "save"):
+        text = cli("image", command, "--help").ok().out
+        assert "[text|json]" in text and "oci-archive|" not in text, command
