@@ -13,10 +13,11 @@ alternates from run to run, and ``sync`` flushes dirty pages before every measur
   manifest ``PUT`` -- each copy into a fresh, empty registry.
 
 It prints, per case and tool, the median and min-max wall time, the throughput, the ratio
-of derrick's median to skopeo's and to the limit's, and the peak RSS (measured with GNU
-time).  Every derrick run starts with an empty blob cache, so each pull really downloads
-every byte.  ``benchmarks/bench_startup.py`` measures start-up; ``--startup`` runs it at
-the end of this run too.
+of derrick's median to skopeo's and to the limit's, the median and min-max CPU time (user
++ system) and the peak RSS (both measured with GNU time), and the load average before and
+after (the machine may be shared).  Every derrick run starts with an empty blob cache, so
+each pull really downloads every byte.  ``benchmarks/bench_startup.py`` measures start-up;
+``--startup`` runs it at the end of this run too.
 
 Usage:  python benchmarks/bench.py [--runs 5] [--layers 4] [--layer-mib 256]
                                    [--only pull|copy] [--startup]
@@ -51,6 +52,7 @@ GNU_TIME = "/usr/bin/time"
 class Sample:
     seconds: float
     max_rss_kib: int
+    cpu_seconds: float  # user + system time of the command and its children
 
 
 @dataclass
@@ -69,12 +71,22 @@ class Case:
         return f"{min(times):.2f}-{max(times):.2f}"
 
     @property
+    def cpu_median(self) -> float:
+        return statistics.median(s.cpu_seconds for s in self.samples)
+
+    @property
+    def cpu_spread(self) -> str:
+        times = [s.cpu_seconds for s in self.samples]
+        return f"{min(times):.2f}-{max(times):.2f}"
+
+    @property
     def peak_rss_mib(self) -> float:
         return max(s.max_rss_kib for s in self.samples) / 1024
 
 
 def run_measured(cmd: list[str], env: dict[str, str]) -> Sample:
-    """Run ``cmd`` (a list, or ``["sh", "-c", script]``); its wall time and peak RSS.
+    """Run ``cmd`` (a list, or ``["sh", "-c", script]``); its wall time, peak RSS and CPU
+    time (user + system, steadier than wall time on a shared machine).
 
     The command runs under GNU time: a child forked straight from this (large) Python
     process would inherit its resident size as a starting high-water mark.
@@ -82,7 +94,7 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> Sample:
     rss_file = Path(tempfile.mkstemp(prefix="derrick-bench-rss-")[1])
     start = time.perf_counter()
     proc = subprocess.run(
-        [GNU_TIME, "-f", "%M", "-o", str(rss_file), *cmd],
+        [GNU_TIME, "-f", "%M %U %S", "-o", str(rss_file), *cmd],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -94,7 +106,13 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> Sample:
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace")
         raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{err}")
-    return Sample(elapsed, int(rss[-1]))
+    rss_kib, user, system = rss[-1].split()
+    return Sample(elapsed, int(rss_kib), float(user) + float(system))
+
+
+def load() -> str:
+    """The 1, 5 and 15 minute load averages."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def settle() -> None:
@@ -165,6 +183,7 @@ def main() -> None:
         if shutil.which(tool) is None and not Path(tool).exists():
             raise SystemExit(f"{tool} is needed (apt-get install time skopeo curl)")
 
+    load_before = load()
     work = Path(tempfile.mkdtemp(prefix="derrick-bench-", dir=args.workdir or "/var/tmp"))
     regs: list[RegistryProcess] = []
     try:
@@ -289,11 +308,11 @@ def main() -> None:
         print()
         print(
             f"image: {args.layers} layers, {total / MiB:.0f} MiB; runs: {args.runs}; "
-            f"cores: {os.cpu_count()}"
+            f"cores: {os.cpu_count()}; load average before {load_before}, after {load()}"
         )
         header = (
             f"{'case':26} {'tool':8} {'median s':>9} {'min-max s':>11} {'MB/s':>6} "
-            f"{'RSS MiB':>8} {'÷skopeo':>8} {'÷limit':>7}"
+            f"{'RSS MiB':>8} {'÷skopeo':>8} {'÷limit':>7} {'CPU s':>6} {'min-max CPU':>11}"
         )
         print(header)
         print("-" * len(header))
@@ -305,7 +324,7 @@ def main() -> None:
                 print(
                     f"{name:26} {tool:8} {case.median:9.2f} {case.spread:>11} "
                     f"{total / case.median / 1e6:6.0f} {case.peak_rss_mib:8.1f} "
-                    f"{r_sk:>8} {r_lim:>7}"
+                    f"{r_sk:>8} {r_lim:>7} {case.cpu_median:6.2f} {case.cpu_spread:>11}"
                 )
     finally:
         for r in regs:
