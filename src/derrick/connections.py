@@ -1,4 +1,5 @@
-"""derrick's own HTTP/1.1 connections, under httpx: large socket reads, a race-free expiry check.
+"""derrick's own HTTP/1.1 connections, under httpx: bodies without copies, large socket
+reads, a race-free expiry check, requests a cancel can cut short.
 
 :func:`http_client` builds the ``httpx.Client`` the :class:`~derrick.transport.Transport`
 sends through.  Its connection pool is derrick's (:class:`ConnectionTransport`): direct,
@@ -11,14 +12,18 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import socket
 import ssl
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import h11
 import httpcore
 import httpx
 from httpx._utils import get_environment_proxies
+
+from derrick.interrupt import Interrupter, track, untrack
+from derrick.rawio import RAW_BODY, RawBody, content_length, raw_socket, send_body
 
 #: Bytes asked of the socket per read.  httpcore reads 64 KiB at a time; for blob bodies
 #: that means thousands of trips through its parser per 100 MiB, and that per-read Python
@@ -31,18 +36,63 @@ _Headers = list[tuple[bytes, bytes]]
 
 
 class DerrickHTTP11Connection(httpcore.HTTP11Connection):
-    """httpcore's HTTP/1.1 connection with large reads and an atomic expiry check.
+    """httpcore's HTTP/1.1 connection with bodies moved without copies, large reads, an
+    atomic expiry check, and its socket registered while a request is in flight.
 
-    httpcore (1.0.9) decides a pooled connection is dead when it is idle and its socket
-    is readable, reading the state and polling the socket apart.  With many threads on
-    one pool, a request handed that connection can start in between and get its answer
-    back: the socket is readable, the connection is closed under the request, and the
-    request hangs until its read timeout (seen as 30 s stalls when 20 copies share 4
-    connections).  Taking the lock a request takes to start makes the check see one
-    state or the other.
+    * The answer to a ``GET`` whose body has a ``Content-Length`` offers a
+      :class:`~derrick.rawio.RawBody` (extension :data:`~derrick.rawio.RAW_BODY`), which
+      a blob download reads straight into its buffer (:func:`~derrick.rawio.raw_chunks`);
+      request bodies are sent from the caller's chunks (:func:`~derrick.rawio.send_body`).
+      Other bodies are read :data:`SOCKET_READ_SIZE` bytes at a time.
+    * While a request is in flight its socket is known to the thread's
+      :class:`~derrick.interrupt.Interrupter`, if any, which can shut it down.
+    * httpcore (1.0.9) decides a pooled connection is dead when it is idle and its socket
+      is readable, reading the state and polling the socket apart.  With many threads on
+      one pool, a request handed that connection can start in between and get its answer
+      back: the socket is readable, the connection is closed under the request, and the
+      request hangs until its read timeout (seen as 30 s stalls when 20 copies share 4
+      connections).  Taking the lock a request takes to start makes the check see one
+      state or the other.
     """
 
     READ_NUM_BYTES = SOCKET_READ_SIZE
+
+    def __init__(
+        self,
+        origin: httpcore.Origin,
+        stream: httpcore.NetworkStream,
+        keepalive_expiry: float | None = None,
+    ) -> None:
+        super().__init__(origin, stream, keepalive_expiry)
+        self._socket = raw_socket(stream)
+        self._tracked: tuple[Interrupter | None, socket.socket] | None = None
+
+    def handle_request(self, request: httpcore.Request) -> httpcore.Response:
+        response = super().handle_request(request)
+        length = content_length(response.headers)
+        if request.method == b"GET" and self._socket is not None and length is not None:
+            timeout = request.extensions.get("timeout", {}).get("read")
+            raw = RawBody(self._h11_state, self._socket, length, timeout)
+            response.extensions[RAW_BODY] = raw
+        return response
+
+    def _send_request_headers(self, request: httpcore.Request) -> None:
+        # The first step of a request, once the connection is this request's.
+        sock = self._network_stream.get_extra_info("socket")
+        if isinstance(sock, socket.socket):
+            self._tracked = (track(sock), sock)
+        super()._send_request_headers(request)
+
+    def _send_request_body(self, request: httpcore.Request) -> None:
+        timeout = request.extensions.get("timeout", {}).get("write")
+        assert isinstance(request.stream, Iterable)
+        send_body(self._h11_state, self._network_stream, request.stream, timeout)
+
+    def _response_closed(self) -> None:
+        tracked, self._tracked = self._tracked, None
+        if tracked is not None:
+            untrack(*tracked)
+        super()._response_closed()
 
     def has_expired(self) -> bool:
         with self._state_lock:

@@ -9,9 +9,11 @@ from dataclasses import replace
 
 import httpx
 
+from derrick.connections import SOCKET_READ_SIZE
 from derrick.digest import Digest, Verifier
 from derrick.errors import ManifestError, NotFoundError, ProtocolError
 from derrick.manifest import MAX_MANIFEST_SIZE, Descriptor
+from derrick.rawio import raw_chunks
 from derrick.reference import Reference
 from derrick.registry.scopes import delete_scope, pull_scope
 from derrick.registry.session import Call, Session, stream_error
@@ -29,10 +31,16 @@ class BlobStream:
         self.offset = offset
         self.total = total
 
-    def chunks(self, size: int | None = None) -> Iterator[bytes]:
-        """The body as it arrives (re-chunking to ``size`` costs a copy; None avoids it)."""
+    def chunks(self, size: int | None = None) -> Iterator[bytes | memoryview]:
+        """The body as it arrives, in pieces of up to ``size`` bytes (None: as they come).
+
+        A body of known length on derrick's own connections is read straight from the
+        socket into one buffer (:func:`derrick.rawio.raw_chunks`): its pieces are views
+        of that buffer, each valid until the next is asked for.
+        """
+        raw = raw_chunks(self._resp, size or SOCKET_READ_SIZE)
         try:
-            yield from self._resp.iter_raw(size)
+            yield from raw if raw is not None else self._resp.iter_raw(size)
         except httpx.HTTPError as e:
             raise stream_error(e, self._resp) from None
 
@@ -111,7 +119,7 @@ def get_blob_bytes(
             v.update(chunk)
             if v.count > max_size:
                 raise ManifestError(f"blob {digest} is larger than the {max_size} byte limit")
-            parts.append(chunk)
+            parts.append(bytes(chunk))
     v.verify()
     return b"".join(parts)
 

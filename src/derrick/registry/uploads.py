@@ -17,6 +17,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
+from typing import cast
 
 import httpx
 
@@ -109,7 +110,7 @@ class _Upload:
         while True:
             location = self.start()
             headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-            content = functools.partial(cursor.read, 0, size)
+            content = _body(cursor, 0, size)
             url = with_digest(location, digest)
             put = replace(
                 self.base,
@@ -172,7 +173,7 @@ class _Upload:
             "Content-Range": f"{offset}-{end - 1}",
             "Content-Length": str(end - offset),
         }
-        content = functools.partial(cursor.read, offset, end - offset)
+        content = _body(cursor, offset, end - offset)
         patch = replace(
             self.base, method="PATCH", url=location, headers=headers, content=content, ok=(202,)
         )
@@ -206,6 +207,12 @@ def upload_location(resp: httpx.Response, what: str) -> str:
     return str(resp.request.url.join(loc))
 
 
+def _body(cursor: _UploadCursor, offset: int, length: int) -> Callable[[], Iterable[bytes]]:
+    """A request body of ``length`` bytes of the content from ``offset``, read anew for
+    each try (memoryviews pass through the connection as bytes do)."""
+    return cast(Callable[[], Iterable[bytes]], functools.partial(cursor.read, offset, length))
+
+
 def _retry_after(e: Exception) -> float | None:
     return e.retry_after if isinstance(e, TooManyRequestsError) else None
 
@@ -227,7 +234,9 @@ class _UploadCursor:
 
     ``read(offset, length)`` yields the next ``length`` bytes from ``offset``:
     when ``offset`` is where the last piece ended the open iterator continues;
-    otherwise (a retry, a resume) the content is opened again at ``offset``.
+    otherwise (a retry, a resume) the content is opened again at ``offset``.  Pieces are
+    passed on as they come, not copied: the request sends each before asking for the
+    next, so a view of a buffer the content reuses is sent before it changes.
     """
 
     def __init__(
@@ -242,10 +251,10 @@ class _UploadCursor:
         self._progress = progress
         self._what = what
         self._it: Iterator[bytes | memoryview] | None = None
-        self._rest = b""  # read from the iterator but not yet sent
+        self._rest: bytes | memoryview = b""  # read from the iterator but not yet sent
         self.pos = 0  # offset of the next byte to send
 
-    def read(self, offset: int, length: int) -> Iterator[bytes]:
+    def read(self, offset: int, length: int) -> Iterator[bytes | memoryview]:
         if self._it is None or offset != self.pos:
             self._reopen(offset)
         left = length
@@ -259,14 +268,14 @@ class _UploadCursor:
                 self._progress(len(chunk))
             yield chunk
 
-    def _next(self) -> bytes:
+    def _next(self) -> bytes | memoryview:
         if self._rest:
             chunk, self._rest = self._rest, b""
             return chunk
         assert self._it is not None
         for piece in self._it:
             if piece:
-                return bytes(piece)
+                return piece
         raise DigestMismatchError(
             f"{self._what}: the content ended after {self.pos} of {self._size} bytes",
             hint="the source is truncated; nothing was committed",
