@@ -22,6 +22,7 @@ import httpcore
 import httpx
 from httpx._utils import get_environment_proxies
 
+from derrick.errors import Cancelled
 from derrick.interrupt import Interrupter, track, untrack
 from derrick.rawio import RAW_BODY, RawBody, content_length, raw_socket, send_body
 
@@ -72,9 +73,14 @@ class DerrickHTTP11Connection(httpcore.HTTP11Connection):
         length = content_length(response.headers)
         if request.method == b"GET" and self._socket is not None and length is not None:
             timeout = request.extensions.get("timeout", {}).get("read")
-            raw = RawBody(self._h11_state, self._socket, length, timeout)
+            raw = RawBody(self._h11_state, self._socket, length, timeout, self._was_cut)
             response.extensions[RAW_BODY] = raw
         return response
+
+    def _was_cut(self) -> bool:
+        """Whether the interrupter of the request in flight shut its socket down."""
+        tracked = self._tracked
+        return tracked is not None and tracked[0] is not None and tracked[0].cut(tracked[1])
 
     def _send_request_headers(self, request: httpcore.Request) -> None:
         # The first step of a request, once the connection is this request's.
@@ -102,10 +108,15 @@ class DerrickHTTP11Connection(httpcore.HTTP11Connection):
         """httpcore's, except that a server that sent bytes which are not the head of an
         HTTP answer and closed the connection is said to send something that is not HTTP
         (httpcore calls it "disconnected without sending a response", as for a server
-        that closed an idle connection, which is worth another try; this is not)."""
+        that closed an idle connection, which is worth another try; this is not), and that
+        a read an interrupter cut short raises :class:`~derrick.errors.Cancelled`."""
         try:
             return super()._receive_event(timeout)
-        except httpcore.RemoteProtocolError as e:
+        except (httpcore.NetworkError, httpcore.TimeoutException, httpcore.ProtocolError) as e:
+            if self._was_cut():  # not a broken connection, to be tried again
+                raise Cancelled("cancelled: the request was cut short") from e
+            if not isinstance(e, httpcore.RemoteProtocolError):
+                raise
             received, _ = self._h11_state.trailing_data
             if received and str(e).startswith("Server disconnected"):
                 raise httpcore.RemoteProtocolError(

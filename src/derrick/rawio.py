@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import cast
 
 import h11
 import httpcore
 import httpx
+
+from derrick.errors import Cancelled
 
 __all__ = ["RAW_BODY", "RawBody", "raw_chunks", "raw_socket", "send_body"]
 
@@ -63,7 +65,8 @@ def content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
 
 class RawBody:
     """The body of one response on ``state`` (h11's connection), ``length`` bytes, read
-    from ``sock``; ``close`` closes the connection (after a body that broke off)."""
+    from ``sock``; ``cut`` says whether a failed read was the socket shut down by an
+    :class:`~derrick.interrupt.Interrupter` (then :class:`Cancelled` is raised)."""
 
     def __init__(
         self,
@@ -71,9 +74,11 @@ class RawBody:
         sock: socket.socket,
         length: int,
         timeout: float | None,
+        cut: Callable[[], bool],
     ) -> None:
         self._state = state
         self._sock = sock
+        self._cut = cut
         self.length = length
         self.remaining = length
         self._timeout = timeout
@@ -84,7 +89,8 @@ class RawBody:
         """Read up to ``len(view)`` bytes of the body into ``view``; 0 once it is all read.
 
         Raises ``httpcore.ReadTimeout``, ``httpcore.ReadError`` or
-        ``httpcore.RemoteProtocolError`` (the peer closed the connection early).
+        ``httpcore.RemoteProtocolError`` (the peer closed the connection early), and
+        :class:`Cancelled` when the socket was shut down by an interrupter.
         """
         if not self.remaining or not len(view):
             return 0
@@ -97,17 +103,22 @@ class RawBody:
             self._sock.settimeout(self._timeout)
             n = self._sock.recv_into(view, want)
         except TimeoutError as e:
-            raise httpcore.ReadTimeout(str(e) or "timed out") from e
+            raise self._failed(httpcore.ReadTimeout(str(e) or "timed out")) from e
         except OSError as e:
-            raise httpcore.ReadError(str(e) or type(e).__name__) from e
+            raise self._failed(httpcore.ReadError(str(e) or type(e).__name__)) from e
         if not n:
             got = self.length - self.remaining
-            raise httpcore.RemoteProtocolError(
-                "peer closed connection without sending complete message body "
-                f"(received {got} bytes, expected {self.length})"
+            raise self._failed(
+                httpcore.RemoteProtocolError(
+                    "peer closed connection without sending complete message body "
+                    f"(received {got} bytes, expected {self.length})"
+                )
             )
         self._took(n)
         return n
+
+    def _failed(self, e: Exception) -> Exception:
+        return Cancelled("cancelled: the download was cut short") if self._cut() else e
 
     def _from_h11(self, view: memoryview) -> int:
         """Bytes h11 received with the head (at most ``len(view)``; the rest is kept)."""
@@ -163,7 +174,7 @@ def _fill(raw: RawBody, size: int, request: httpx.Request) -> Iterator[memoryvie
     size = len(buffer)
     while raw.remaining:
         filled = 0
-        error: httpx.TransportError | None = None
+        error: Exception | None = None
         while filled < size and raw.remaining:
             try:
                 filled += raw.readinto(buffer[filled:])
@@ -173,6 +184,8 @@ def _fill(raw: RawBody, size: int, request: httpx.Request) -> Iterator[memoryvie
                 error = httpx.ReadError(str(e), request=request)
             except httpcore.ProtocolError as e:
                 error = httpx.RemoteProtocolError(str(e), request=request)
+            except Cancelled as e:
+                error = e
             if error is not None:
                 break
         if filled:

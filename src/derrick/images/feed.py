@@ -8,8 +8,8 @@ asked for again from where it stopped, up to the retry limit, with the backoff o
 :class:`~derrick.transport.RetryPolicy`; a source that cannot start at that offset
 starts at 0, and the bytes already given out are then hashed again but not given out
 twice.  Content that does not match its digest is never retried.  A cancel event is
-checked between chunks (and during a backoff): the stream then raises
-:class:`~derrick.errors.Cancelled`.
+checked between chunks, once the bytes that came have been given out (and during a
+backoff): the stream then raises :class:`~derrick.errors.Cancelled`.
 """
 
 from __future__ import annotations
@@ -157,22 +157,22 @@ class Feed:
                     pos = 0
                 try:
                     for chunk in body.chunks():
-                        self._check_cancel()
                         n = len(chunk)
-                        if not n:
-                            continue
-                        self.received += n
-                        verifier.update(chunk)
-                        end = pos + n
-                        if end == size:
-                            verifier.verify()  # before the last bytes go out
-                            self.verified = True
-                        piece = chunk if pos >= given else chunk[given - pos :]
-                        pos = end
-                        self._report(n)
-                        if end > given:
-                            given = end
-                            yield piece
+                        if n:
+                            self.received += n
+                            verifier.update(chunk)
+                            end = pos + n
+                            if end == size:
+                                verifier.verify()  # before the last bytes go out
+                                self.verified = True
+                            piece = chunk if pos >= given else chunk[given - pos :]
+                            pos = end
+                            self._report(n)
+                            if end > given:
+                                given = end
+                                yield piece
+                        # after the bytes that came were given out: a sink keeps them
+                        self._check_cancel()
                 except TransportError:
                     failures += 1
                     if failures > self._retry.retries:

@@ -32,6 +32,7 @@ from derrick.images.cachefeed import fill, store_errors
 from derrick.images.feed import BlobOpener, Feed, FileOpener
 from derrick.images.model import Chunk, Progress
 from derrick.images.pool import ReadAhead
+from derrick.interrupt import Interrupter
 from derrick.layout.tarread import TarReader
 from derrick.manifest import Descriptor, ImageConfig, ImageManifest
 from derrick.store.cache import BlobStore
@@ -265,6 +266,7 @@ def _prefetch(chunks: Iterable[bytes], depth: int = 4) -> Iterator[bytes]:
     """
     q: queue.Queue[tuple[bytes | None, BaseException | None]] = queue.Queue(depth)
     stop = threading.Event()
+    interrupter = Interrupter()  # a consumer that stops early cuts a stalled read short
 
     def put(item: tuple[bytes | None, BaseException | None]) -> bool:
         while not stop.is_set():
@@ -277,9 +279,10 @@ def _prefetch(chunks: Iterable[bytes], depth: int = 4) -> Iterator[bytes]:
 
     def produce() -> None:
         try:
-            for chunk in chunks:
-                if not put((chunk, None)):
-                    return
+            with interrupter.active():
+                for chunk in chunks:
+                    if not put((chunk, None)):
+                        return
             put((None, None))
         except BaseException as e:  # handed to the consumer
             put((None, e))
@@ -296,6 +299,7 @@ def _prefetch(chunks: Iterable[bytes], depth: int = 4) -> Iterator[bytes]:
             yield chunk
     finally:
         stop.set()
+        interrupter.interrupt()
         with contextlib.suppress(queue.Empty):
             while True:
                 q.get_nowait()

@@ -3,9 +3,13 @@
 :class:`BlobPool` runs one task per item on at most ``jobs`` threads.  The first failure
 cancels everything: the cancel event is set, tasks not started never start, and running
 ones stop at their next chunk (the :class:`~derrick.images.feed.Feed` they read checks
-the same event).  :meth:`BlobPool.run` returns, or raises, only once every worker has
-stopped, so a sink may close its files right after it.  The error raised is the first
-real one, not the :class:`~derrick.errors.Cancelled` of the tasks it stopped.
+the same event).  A worker blocked on the network (a stalled download, an upload the peer
+stopped reading) does not wait for its timeout: once the event is set (by a failure, an
+interrupt, or whoever holds it), the pool's :class:`~derrick.interrupt.Interrupter` shuts
+down the sockets of the requests its workers have in flight.  :meth:`BlobPool.run`
+returns, or raises, only once every worker has stopped, so a sink may close its files
+right after it.  The error raised is the first real one, not the
+:class:`~derrick.errors.Cancelled` of the tasks it stopped.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 from derrick.errors import Cancelled
+from derrick.interrupt import Interrupter
 
 __all__ = ["BlobPool", "ReadAhead"]
 
@@ -38,55 +43,101 @@ class BlobPool:
         Returns the bytes of this run.  Raises the first error a task raised (after every
         worker stopped), or :class:`Cancelled` when the cancel event was set from outside
         before every item ran.  A :class:`KeyboardInterrupt` in the calling thread cancels
-        the tasks, waits for the workers, and is raised again.
+        the tasks, cuts their network waits short, waits for the workers, and is raised
+        again.
         """
         pending: Sequence[T] = list(items)
         if not pending:
             return 0
-        it = iter(pending)
-        errors: list[BaseException] = []
-        total = [0, 0]  # bytes, items finished
-
-        def worker() -> None:
-            while not self.cancel.is_set():
-                with self._lock:
-                    try:
-                        item = next(it)
-                    except StopIteration:
-                        return
-                try:
-                    n = task(item)
-                except BaseException as e:
-                    with self._lock:
-                        errors.append(e)
-                    self.cancel.set()
-                    return
-                with self._lock:
-                    total[0] += n
-                    total[1] += 1
-                    self.bytes += n
-
-        threads = [
-            threading.Thread(target=worker, name=f"derrick-blob-{i}", daemon=True)
-            for i in range(min(self.jobs, len(pending)))
-        ]
-        for t in threads:
-            t.start()
+        run = _Run(self, pending, task)
         try:
-            for t in threads:
-                t.join()
+            run.start(min(self.jobs, len(pending)))
+            run.wait()
         except BaseException:
             # Interrupted while waiting: stop the workers, wait for them, raise again.
             self.cancel.set()
-            for t in threads:
-                t.join()
+            run.wait()
             raise
-        if errors:
-            real = [e for e in errors if not isinstance(e, Cancelled)]
-            raise (real or errors)[0]
-        if total[1] < len(pending):
-            raise Cancelled(f"cancelled after {total[1]} of {len(pending)} blobs")
-        return total[0]
+        if run.errors:
+            real = [e for e in run.errors if not isinstance(e, Cancelled)]
+            raise (real or run.errors)[0]
+        if run.finished < len(pending):
+            raise Cancelled(f"cancelled after {run.finished} of {len(pending)} blobs")
+        return run.bytes
+
+
+#: How often a pool's waiting thread looks at the cancel event (seconds).
+_POLL = 0.1
+
+
+class _Run(Generic[T]):
+    """One :meth:`BlobPool.run`: its items, its workers, what they did.
+
+    Workers are waited for with a condition, not ``Thread.join``: a join that a
+    ``KeyboardInterrupt`` breaks may take the thread for stopped (Python 3.11), and the
+    workers must have stopped when :meth:`BlobPool.run` returns or raises.
+    """
+
+    def __init__(self, pool: BlobPool, items: Sequence[T], task: Callable[[T], int]) -> None:
+        self.pool = pool
+        self.task = task
+        self.errors: list[BaseException] = []
+        self.bytes = 0
+        self.finished = 0  # items done
+        self.running = 0  # workers started and not stopped
+        self.interrupter = Interrupter()
+        self._items = iter(items)
+        self._cond = threading.Condition(pool._lock)
+
+    def _next(self) -> tuple[T] | None:
+        with self._cond:
+            try:
+                return (next(self._items),)
+            except StopIteration:
+                return None
+
+    def start(self, workers: int) -> None:
+        for i in range(workers):
+            with self._cond:
+                self.running += 1
+            try:
+                threading.Thread(target=self.work, name=f"derrick-blob-{i}", daemon=True).start()
+            except BaseException:
+                with self._cond:
+                    self.running -= 1
+                raise
+
+    def work(self) -> None:
+        """A worker: items until there are none, or the pool is cancelled."""
+        pool = self.pool
+        try:
+            with self.interrupter.active():
+                while not pool.cancel.is_set() and (got := self._next()) is not None:
+                    try:
+                        n = self.task(got[0])
+                    except BaseException as e:
+                        with self._cond:
+                            self.errors.append(e)
+                        pool.cancel.set()
+                        self.interrupter.interrupt()
+                        return
+                    with self._cond:
+                        self.bytes += n
+                        self.finished += 1
+                        pool.bytes += n
+        finally:
+            with self._cond:
+                self.running -= 1
+                self._cond.notify_all()
+
+    def wait(self) -> None:
+        """Until every worker stopped; once the cancel event is set, cut their network
+        waits short."""
+        with self._cond:
+            while self.running:
+                if self.pool.cancel.is_set():
+                    self.interrupter.interrupt()
+                self._cond.wait(_POLL)
 
 
 class ReadAhead(Generic[T, R]):
