@@ -4,6 +4,7 @@ an outbound proxy, while httpx and httpcore stay as they are for everyone else."
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import shutil
 import ssl
@@ -168,3 +169,40 @@ def test_insecure_still_presents_the_client_certificate(
             no_cert.head_manifest(ref)
     finally:
         reg.stop()
+
+
+def _read_twice(client: RegistryClient, ref: Reference, digest: Digest) -> set[int]:
+    """Read the blob twice, checking its digest; the ids of the buffers its chunks were
+    views of."""
+    buffers: set[int] = set()
+    for _ in range(2):
+        with client.open_blob(ref, digest) as stream:
+            h = hashlib.sha256()
+            for chunk in stream.chunks():
+                assert isinstance(chunk, memoryview)
+                buffers.add(id(chunk.obj))
+                h.update(chunk)
+        assert f"sha256:{h.hexdigest()}" == str(digest)
+    return buffers
+
+
+def test_blob_bodies_go_straight_into_one_buffer(big_blob: tuple[Reference, Digest]) -> None:
+    """A blob body is read from the socket into one reused buffer (no copy through h11),
+    and its connection then serves the next request."""
+    ref, digest = big_blob
+    with RegistryClient(insecure=True) as client:
+        buffers = _read_twice(client, ref, digest)
+        conns = _open_connections(DerrickHTTP11Connection, ref.registry)
+        assert len(conns) == 1
+        assert "IDLE, Request Count: 2" in conns[0].info()
+    assert len(buffers) == 2  # one per download
+
+
+def test_blob_bodies_over_tls_go_straight_into_one_buffer(seeded: SeededRegistries) -> None:
+    img = seeded.tls["test/eight"]
+    ref = Reference.parse(img.reference)
+    layer = max(img.layout.image.layers, key=lambda d: d.size)
+    with RegistryClient(ca_cert=img.registry.ca_cert) as client:
+        _read_twice(client, ref, Digest.parse(layer.digest))
+        conns = _open_connections(DerrickHTTP11Connection, img.registry.host)
+        assert [c.info().rpartition(", ")[2] for c in conns] == ["Request Count: 2"]
