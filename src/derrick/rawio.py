@@ -85,8 +85,9 @@ class RawBody:
         self._buffered = True  # h11 may hold body bytes that came with the head
         self._pending = memoryview(b"")  # taken from h11, not yet given out
 
-    def readinto(self, view: memoryview) -> int:
-        """Read up to ``len(view)`` bytes of the body into ``view``; 0 once it is all read.
+    def readinto(self, view: memoryview, *, wait: bool = True) -> int:
+        """Read up to ``len(view)`` bytes of the body into ``view``; 0 once it is all read,
+        or (``wait`` false) when nothing more has arrived yet.
 
         Raises ``httpcore.ReadTimeout``, ``httpcore.ReadError`` or
         ``httpcore.RemoteProtocolError`` (the peer closed the connection early), and
@@ -100,8 +101,11 @@ class RawBody:
                 return n
         want = min(len(view), self.remaining)
         try:
-            self._sock.settimeout(self._timeout)
+            # A timeout of 0 takes what has arrived (and no poll before the read).
+            self._sock.settimeout(self._timeout if wait else 0.0)
             n = self._sock.recv_into(view, want)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return 0  # not waiting, and nothing (no whole TLS record) there yet
         except TimeoutError as e:
             raise self._failed(httpcore.ReadTimeout(str(e) or "timed out")) from e
         except OSError as e:
@@ -168,26 +172,29 @@ def raw_chunks(resp: httpx.Response, size: int) -> Iterator[memoryview] | None:
 
 
 def _fill(raw: RawBody, size: int, request: httpx.Request) -> Iterator[memoryview]:
-    """Views of one buffer, each filled as far as the body goes; what was read before a
-    read failed is given out before the error is raised (a resume starts after it)."""
+    """Views of one buffer, each holding what had arrived once the first bytes did (up to
+    the buffer's size: fewer, larger pieces to hash and write, without holding back bytes
+    that came while the rest is late).  What was read before a read failed is given out
+    before the error is raised (a resume starts after it)."""
     buffer = memoryview(bytearray(min(size, raw.remaining) or 1))
     size = len(buffer)
     while raw.remaining:
         filled = 0
         error: Exception | None = None
-        while filled < size and raw.remaining:
-            try:
-                filled += raw.readinto(buffer[filled:])
-            except httpcore.ReadTimeout as e:
-                error = httpx.ReadTimeout(str(e), request=request)
-            except httpcore.ReadError as e:
-                error = httpx.ReadError(str(e), request=request)
-            except httpcore.ProtocolError as e:
-                error = httpx.RemoteProtocolError(str(e), request=request)
-            except Cancelled as e:
-                error = e
-            if error is not None:
-                break
+        try:
+            while filled < size and raw.remaining:
+                n = raw.readinto(buffer[filled:], wait=not filled)
+                if not n:
+                    break  # nothing more yet: give out what there is
+                filled += n
+        except httpcore.ReadTimeout as e:
+            error = httpx.ReadTimeout(str(e), request=request)
+        except httpcore.ReadError as e:
+            error = httpx.ReadError(str(e), request=request)
+        except httpcore.ProtocolError as e:
+            error = httpx.RemoteProtocolError(str(e), request=request)
+        except Cancelled as e:
+            error = e
         if filled:
             yield buffer[:filled]
         if error is not None:
