@@ -338,6 +338,12 @@ def main() -> None:
                     f"{total / case.median / 1e6:6.0f} {case.peak_rss_mib:8.1f} "
                     f"{r_sk:>8} {r_lim:>7} {case.cpu_median:6.2f} {case.cpu_spread:>11}"
                 )
+        print()
+        print("each run, in order: wall s / CPU s")
+        for name, tools in cases.items():
+            for tool, case in tools.items():
+                runs = " ".join(f"{x.seconds:.2f}/{x.cpu_seconds:.2f}" for x in case.samples)
+                print(f"{name:26} {tool:8} {runs}")
     finally:
         for r in regs:
             r.stop()
