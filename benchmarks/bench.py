@@ -52,7 +52,12 @@ GNU_TIME = "/usr/bin/time"
 class Sample:
     seconds: float
     max_rss_kib: int
-    cpu_seconds: float  # user + system time of the command and its children
+    user_seconds: float  # CPU time of the command and its children, in user space
+    system_seconds: float  # and in the kernel
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.user_seconds + self.system_seconds
 
 
 @dataclass
@@ -107,7 +112,7 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> Sample:
         err = proc.stderr.decode(errors="replace")
         raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{err}")
     rss_kib, user, system = rss[-1].split()
-    return Sample(elapsed, int(rss_kib), float(user) + float(system))
+    return Sample(elapsed, int(rss_kib), float(user), float(system))
 
 
 def compile_derrick() -> None:
@@ -339,10 +344,13 @@ def main() -> None:
                     f"{r_sk:>8} {r_lim:>7} {case.cpu_median:6.2f} {case.cpu_spread:>11}"
                 )
         print()
-        print("each run, in order: wall s / CPU s")
+        print("each run, in order: wall s / user s + system s")
         for name, tools in cases.items():
             for tool, case in tools.items():
-                runs = " ".join(f"{x.seconds:.2f}/{x.cpu_seconds:.2f}" for x in case.samples)
+                runs = " ".join(
+                    f"{x.seconds:.2f}/{x.user_seconds:.2f}+{x.system_seconds:.2f}"
+                    for x in case.samples
+                )
                 print(f"{name:26} {tool:8} {runs}")
     finally:
         for r in regs:
