@@ -19,8 +19,12 @@ after (the machine may be shared).  Every derrick run starts with an empty blob 
 each pull really downloads every byte.  ``benchmarks/bench_startup.py`` measures start-up;
 ``--startup`` runs it at the end of this run too.
 
+``--baseline SRC`` times another derrick too (its package in ``SRC/derrick``, e.g. ``git
+archive OLD src | tar -x -C /tmp/old`` then ``--baseline /tmp/old/src``), as the tool
+``before``, taking turns with the others.
+
 Usage:  python benchmarks/bench.py [--runs 5] [--layers 4] [--layer-mib 256]
-                                   [--only pull|copy] [--startup]
+                                   [--only pull|copy] [--startup] [--baseline SRC]
 """
 
 from __future__ import annotations
@@ -115,15 +119,16 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> Sample:
     return Sample(elapsed, int(rss_kib), float(user), float(system))
 
 
-def compile_derrick() -> None:
-    """Write derrick's bytecode once, as installing it does: each run then loads it instead
-    of compiling every module it imports (which ``PYTHONDONTWRITEBYTECODE`` would otherwise
-    make it do every time)."""
+def compile_derrick(src: Path | None = None) -> None:
+    """Write derrick's bytecode once (the package in ``src``, else the one imported), as
+    installing it does: each run then loads it instead of compiling every module it imports
+    (which ``PYTHONDONTWRITEBYTECODE`` would otherwise make it do every time)."""
     import compileall
 
     import derrick
 
-    compileall.compile_dir(Path(derrick.__file__).parent, quiet=1)
+    package = src / "derrick" if src is not None else Path(derrick.__file__).parent
+    compileall.compile_dir(package, quiet=1)
 
 
 def load() -> str:
@@ -185,6 +190,23 @@ def curl_copy_script(
     return ["sh", "-c", "\n".join(lines)]
 
 
+def _with_before(
+    tools: dict[str, Callable[[Path], list[str]]], derrick: list[str], before: list[str]
+) -> dict[str, Callable[[Path], list[str]]]:
+    """``tools`` with 'before' after 'derrick': its command, run by the baseline."""
+    ours = tools["derrick"]
+
+    def baseline(d: Path) -> list[str]:
+        return [*before, *ours(d)[len(derrick) :]]
+
+    out: dict[str, Callable[[Path], list[str]]] = {}
+    for tool, make in tools.items():
+        out[tool] = make
+        if tool == "derrick":
+            out["before"] = baseline
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
@@ -194,12 +216,22 @@ def main() -> None:
     ap.add_argument("--only", choices=["pull", "copy"], default=None)
     ap.add_argument("--startup", action="store_true", help="also run bench_startup.py")
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temp dir under /var/tmp")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="SRC",
+        help="also time the derrick whose package is in SRC/derrick (e.g. an older version's "
+        "src directory from git archive), as the tool 'before', in the same turns",
+    )
     args = ap.parse_args()
     for tool in (GNU_TIME, "skopeo", "curl"):
         if shutil.which(tool) is None and not Path(tool).exists():
             raise SystemExit(f"{tool} is needed (apt-get install time skopeo curl)")
 
     compile_derrick()
+    if args.baseline is not None:
+        compile_derrick(args.baseline.resolve())
     load_before = load()
     work = Path(tempfile.mkdtemp(prefix="derrick-bench-", dir=args.workdir or "/var/tmp"))
     regs: list[RegistryProcess] = []
@@ -222,6 +254,9 @@ def main() -> None:
 
         jobs = ["--jobs", str(args.jobs)] if args.jobs else []
         derrick = derrick_command()
+        before = (
+            ["env", f"PYTHONPATH={args.baseline.resolve()}", *derrick] if args.baseline else None
+        )
         cases: dict[str, dict[str, Case]] = {}
 
         def measure(name: str, tool: str, make_cmd: Callable[[Path], list[str]]) -> None:
@@ -276,20 +311,28 @@ def main() -> None:
             },
         }
 
+        if before is not None:
+            for name, tools in pulls.items():
+                pulls[name] = _with_before(tools, derrick, before)
+
         def copies(n: int) -> dict[str, Callable[[Path], list[str]]]:
             def to(label: str) -> RegistryProcess:
                 return fresh_destination(f"{label}{n}")
 
-            return {
-                "derrick": lambda d: [
-                    *derrick,
+            def copy_with(cmd: list[str], label: str) -> Callable[[Path], list[str]]:
+                return lambda d: [
+                    *cmd,
                     "image",
                     "copy",
                     "-q",
                     *jobs,
                     src_ref,
-                    f"{to('d').host}/bench/big:big",
-                ],
+                    f"{to(label).host}/bench/big:big",
+                ]
+
+            return {
+                "derrick": copy_with(derrick, "d"),
+                **({"before": copy_with(before, "b")} if before is not None else {}),
                 "skopeo": lambda d: [
                     *from_src,
                     "--dest-tls-verify=false",
@@ -336,8 +379,9 @@ def main() -> None:
         for name, tools in cases.items():
             sko, lim = tools.get("skopeo"), tools.get("curl")
             for tool, case in tools.items():
-                r_sk = f"{case.median / sko.median:.2f}" if sko and tool == "derrick" else ""
-                r_lim = f"{case.median / lim.median:.2f}" if lim and tool == "derrick" else ""
+                ours = tool in ("derrick", "before")
+                r_sk = f"{case.median / sko.median:.2f}" if sko and ours else ""
+                r_lim = f"{case.median / lim.median:.2f}" if lim and ours else ""
                 print(
                     f"{name:26} {tool:8} {case.median:9.2f} {case.spread:>11} "
                     f"{total / case.median / 1e6:6.0f} {case.peak_rss_mib:8.1f} "
