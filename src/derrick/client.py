@@ -16,9 +16,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
 
 from derrick.auth.credentials import Credential, CredentialStore
+from derrick.closing import Closing
 from derrick.digest import Digest
 from derrick.errors import UsageError
 from derrick.images.locations import Location, parse_location
@@ -43,7 +43,7 @@ Credentials = CredentialStore | Callable[[str], Credential | None] | None
 Platforms = Platform | str | Sequence[Platform | str] | None
 
 
-class Client:
+class Client(Closing):
     """A long-lived client for registries: connections, tokens and the scheme each
     registry speaks are kept across calls.  Use as a context manager, or :meth:`close`.
 
@@ -79,17 +79,6 @@ class Client:
 
     def __repr__(self) -> str:
         return f"Client(cache={self.cache!r})"
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         self.registry.close()

@@ -40,10 +40,10 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from derrick import mediatypes as mt
+from derrick.closing import Closing
 from derrick.digest import Digest, Verifier
 from derrick.errors import DerrickError, LayoutError
 from derrick.layout.oci import (
@@ -383,7 +383,7 @@ class _TarStore(_Store):
 # -- the image source ----------------------------------------------------------
 
 
-class ImageSource:
+class ImageSource(Closing):
     """Images stored in an OCI layout, OCI archive or docker-archive."""
 
     def __init__(self, kind: SourceKind, path: Path, store: _Store) -> None:
@@ -400,17 +400,6 @@ class ImageSource:
 
     def __repr__(self) -> str:
         return f"ImageSource({self.kind!r}, {str(self.path)!r})"
-
-    def __enter__(self) -> ImageSource:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         self._store.close()
