@@ -23,7 +23,7 @@ from derrick.digest import Digest
 from derrick.errors import UsageError
 from derrick.images.locations import Location, parse_location
 from derrick.images.model import CopyResult, ImageSource, Progress, Selection
-from derrick.images.open import DEFAULT_JOBS, destination_names, open_sink, open_source
+from derrick.images.open import DEFAULT_JOBS, copy_names, copy_selection, open_sink, open_source
 from derrick.images.open import source_name as name_in
 from derrick.images.remote import RegistryRepository
 from derrick.images.view import Image, open_image
@@ -120,13 +120,14 @@ class Client(Closing):
         dst = _location(destination, destination=True)
         with contextlib.ExitStack() as stack:
             src, name, selection = self._source(stack, source, platform, all_platforms, dst)
+            names = copy_names(dst, src, name, str(source))
             sink = open_sink(dst, client=self.registry, store=self.cache)
             return transfer.copy(
                 src,
                 sink,
                 name=name,
                 selection=selection,
-                names=destination_names(dst),
+                names=names,
                 jobs=jobs,
                 progress=progress,
                 retry=self.registry.transport.retry,
@@ -151,7 +152,9 @@ class Client(Closing):
         loc = _location(source)
         opened = open_source(loc, client=self.registry, store=self.cache)
         stack.callback(opened.close)
-        return opened, name_in(loc), _selection(platform, all_platforms, dst)
+        wanted = [platform] if isinstance(platform, Platform | str) else list(platform or ())
+        selection = copy_selection(wanted, all_platforms, to_registry=dst.is_registry)
+        return opened, name_in(loc), selection
 
 
 class Repository:
@@ -226,22 +229,6 @@ def _location(text: str | Location, *, destination: bool = False) -> Location:
     return parse_location(text, destination=destination) if isinstance(text, str) else text
 
 
-def _selection(platform: Platforms, all_platforms: bool, dst: Location) -> Selection:
-    """What a copy takes of an index: the platforms named; else everything when asked, or
-    when the destination is a registry (a mirror keeps every platform); else this
-    machine's (as a pull does)."""
-    if platform is not None:
-        if all_platforms:
-            raise UsageError("a copy takes all platforms, or the ones named: not both")
-        wanted = [platform] if isinstance(platform, Platform | str) else list(platform)
-        return Selection(platforms=tuple(_platform(p) for p in wanted))
-    return Selection(all=all_platforms or dst.is_registry)
-
-
-def _platform(value: Platform | str) -> Platform:
-    return Platform.parse(value) if isinstance(value, str) else value
-
-
 @contextlib.contextmanager
 def _client(client: Client | None, cache: str | Path | BlobStore | None) -> Iterator[Client]:
     """``client``, or one made for the call (credentials from the usual sources)."""
@@ -300,8 +287,10 @@ def copy(
 
     From an index, the platforms named in ``platform`` are taken (several make a new index
     of just those), or with ``all_platforms`` the index whole; by default a registry
-    destination gets the index whole and a local one this machine's platform.  A
-    destination without a tag keeps the source's.  Registries are reached through
+    destination gets the index whole and a local one this machine's platform.  A registry
+    destination without a tag takes the image's one tag in the source (one without a tag,
+    or with several, needs the tag named: :func:`~derrick.images.open.copy_names`, the
+    command line's rule too).  Registries are reached through
     ``client`` (or a client made for the call, with ``cache``).
     """
     with _client(client, cache) as c:

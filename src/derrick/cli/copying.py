@@ -37,7 +37,13 @@ from derrick.images.model import (
     Selection,
     TransferStats,
 )
-from derrick.images.open import copy_names, open_sink, open_source, source_name
+from derrick.images.open import (
+    copy_names,
+    copy_selection,
+    open_sink,
+    open_source,
+    source_name,
+)
 from derrick.manifest import Platform
 from derrick.ops import transfer
 from derrick.reference import Reference
@@ -96,9 +102,7 @@ def selection(platforms: Sequence[str], all_platforms: bool, dest: Location) -> 
     """The platforms a copy to ``dest`` takes (see the module docstring)."""
     if all_platforms and platforms:
         raise UsageError("--platform and --all-platforms exclude each other")
-    if platforms:
-        return Selection(platforms=tuple(dict.fromkeys(Platform.parse(p) for p in platforms)))
-    return Selection(all=all_platforms or dest.is_registry)
+    return copy_selection(platforms, all_platforms, to_registry=dest.is_registry)
 
 
 def registry_location(text: str, *, destination: bool = False) -> Location:

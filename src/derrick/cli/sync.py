@@ -7,15 +7,15 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 
 import click
 
 from derrick.cli.common import Options, connection_options, emit_json, human_size
 from derrick.cli.errors import remedy_text
+from derrick.cli.progress import Display, wants_progress
 from derrick.errors import UsageError
 from derrick.images.model import Selection
-from derrick.manifest import Platform
+from derrick.images.open import copy_selection
 from derrick.ops.sync import DEFAULT_JOBS, sync
 from derrick.ops.syncconfig import SyncConfig, load_config, one_off
 from derrick.ops.syncplan import Shard
@@ -166,9 +166,7 @@ def _selection(platforms: tuple[str, ...], all_platforms: bool) -> Selection:
     """Every platform of an index unless some are named: a mirror must not lose any."""
     if all_platforms and platforms:
         raise UsageError("--platform and --all-platforms exclude each other")
-    if not platforms:
-        return Selection(all=True)  # a mirror keeps every platform
-    return Selection(platforms=tuple(Platform.parse(p) for p in platforms))
+    return copy_selection(platforms, all_platforms, to_registry=True)
 
 
 def _config_file(text: str) -> Path:
@@ -193,7 +191,7 @@ def _config_file(text: str) -> Path:
 @contextlib.contextmanager
 def sync_display(quiet: bool) -> Iterator[_Display | None]:
     """The progress display of a sync on stderr, when it is a terminal and not ``quiet``."""
-    if quiet or not sys.stderr.isatty():
+    if not wants_progress(quiet):
         yield None
         return
     with _Display() as display:
@@ -266,7 +264,7 @@ def report_exit(report: SyncReport) -> None:
         raise click.exceptions.Exit(report.exit_code)
 
 
-class _Display:
+class _Display(Display):
     """Images done / total and bytes moved, on stderr."""
 
     def __init__(self) -> None:
@@ -292,18 +290,6 @@ class _Display:
         self._task = self._progress.add_task("images", total=None, moved="0 B")
         self._moved = 0
         self._lock = threading.Lock()
-
-    def __enter__(self) -> _Display:
-        self._progress.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._progress.stop()
 
     def planned(self, images: int) -> None:
         self._progress.update(self._task, total=images)
