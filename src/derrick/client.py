@@ -5,7 +5,7 @@ A location is what the command line takes (see :mod:`derrick.images.locations`):
 registry reference (``registry.example/team/app:1.0``, ``docker://…``), ``oci:DIR[:TAG]``,
 ``oci-archive:FILE[:TAG]``, ``docker-archive:FILE[:NAME:TAG]``, or a plain path where that
 is unambiguous.  An image is read through the lazy :class:`~derrick.images.view.Image`
-view; :func:`copy` is the one engine (:func:`derrick.ops.transfer.copy`), which pulls,
+view; :func:`copy` is the one engine (:func:`derrick.images.engine.copy`), which pulls,
 pushes and copies.  The library writes only where it is told to, and keeps blobs in a
 cache only when given one (``cache=``).  Every error is a
 :class:`~derrick.errors.DerrickError`.

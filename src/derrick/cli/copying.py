@@ -1,5 +1,5 @@
 """What ``image copy``, ``image pull``, ``image push`` and ``image save`` share: one copy by
-the engine (:func:`derrick.ops.transfer.copy_many`) from locations as the user wrote them.
+the engine (:func:`derrick.images.engine.copy_many`) from locations as the user wrote them.
 
 :func:`run_copy` checks what can be checked before anything is asked of a registry (a
 stream to a terminal, a docker-archive asked for every platform, an archive file over a

@@ -1,7 +1,7 @@
 """Commands that move whole images: ``image copy``, and its spellings ``image pull``,
 ``image push`` and ``image save``.
 
-Each is one copy by the engine (:func:`derrick.ops.transfer.copy_many`), run by
+Each is one copy by the engine (:func:`derrick.images.engine.copy_many`), run by
 :func:`derrick.cli.copying.run_copy`; they differ in how their arguments name the source
 and the destination, and in the summary they print.
 """

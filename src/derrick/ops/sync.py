@@ -13,7 +13,7 @@ For every item of the plan (:mod:`derrick.ops.syncplan`), ``jobs`` at a time:
    either would run out the sync stops starting copies, checks the rest, and reports what
    is left undone and the registry's window.  A 429 the transport could not wait out
    stops it the same way.
-3. **Copy**: :func:`derrick.ops.transfer.copy` of the digest the check found (so a tag
+3. **Copy**: :func:`derrick.images.engine.copy` of the digest the check found (so a tag
    that moves meanwhile is not half-copied), the destination tag put last.  Into a
    registry: blobs the destination has are skipped, blobs another repository of the
    destination registry holds are mounted, and the rest stream through verified.  Into an
@@ -329,7 +329,7 @@ class _Runner:
         self._copy(item, found, out)
 
     def _copy(self, item: SyncItem, found: Found, out: ImageOutcome) -> None:
-        from derrick.ops import transfer  # the engine: loaded when a sync copies
+        from derrick.images import engine  # loaded when a sync copies
 
         sink, names = self._sink(item)
         event = threading.Event()
@@ -338,7 +338,7 @@ class _Runner:
                 raise Cancelled("cancelled")
             self._copies.add(event)
         try:
-            result = transfer.copy(
+            result = engine.copy(
                 found.source,
                 sink,
                 name=str(found.head.digest),
