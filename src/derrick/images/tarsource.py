@@ -23,7 +23,7 @@ from derrick.closing import Closing
 from derrick.digest import Digest, Verifier
 from derrick.errors import DerrickError, LayoutError, ManifestError, Remedy
 from derrick.images.model import Chunk, ImageName
-from derrick.layout.oci import ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, blob_member
+from derrick.layout.ociindex import ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, blob_member
 from derrick.layout.reader import ImageSource as Archive
 from derrick.layout.reader import SelectedImage, tag_in
 from derrick.manifest import MAX_MANIFEST_SIZE, Descriptor, ImageManifest, parse_manifest

@@ -17,7 +17,7 @@ from pathlib import Path
 from derrick.digest import Digest
 from derrick.errors import LayoutError
 from derrick.layout.members import normalize_path
-from derrick.layout.oci import blob_member
+from derrick.layout.ociindex import blob_member
 from derrick.manifest import ImageManifest
 
 __all__ = [

@@ -48,7 +48,7 @@ from derrick.layout.dockermanifest import (
     same_layers,
 )
 from derrick.layout.members import READ_BUFFER, DirStore, FileStore, TarStore, bounded_reader
-from derrick.layout.oci import (
+from derrick.layout.ociindex import (
     ANNOTATION_IMAGE_NAME,
     ANNOTATION_REF_NAME,
     INDEX_FILE,
