@@ -14,6 +14,7 @@ platform (as a pull does); ``--platform`` (repeatable) narrows, ``--all-platform
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import click
 
 from derrick.cli.common import Formats, Options, human_size
 from derrick.cli.errors import same_tag_warning
+from derrick.cli.options import DEFAULT_JOBS, chunk_size_option, jobs_option, quiet_option
 from derrick.cli.progress import open_progress
 from derrick.errors import Remedy, UsageError
 from derrick.images.archivefile import check_target
@@ -96,6 +98,67 @@ def cache_dir_option(f: F) -> F:
         envvar="DERRICK_CACHE_DIR",
         help="Blob cache of copies from a registry to disk (default: ~/.cache/derrick).",
     )(f)
+
+
+@dataclass(frozen=True)
+class CopyFlags:
+    """The options of a copying command about how it copies (see :func:`copy_flags`)."""
+
+    platforms: tuple[str, ...] = ()
+    all_platforms: bool = False
+    jobs: int = DEFAULT_JOBS
+    chunk_size: int | None = None
+    cache_dir: Path | None = None
+    quiet: bool = False
+
+    def request(
+        self,
+        sources: list[tuple[Location, str | None]],
+        dest: Location,
+        label: str,
+        names: list[tuple[ImageName, ...] | None] | None = None,
+    ) -> Request:
+        """The copy of ``sources`` to ``dest`` these options ask for."""
+        return Request(
+            sources=sources,
+            dest=dest,
+            selection=selection(self.platforms, self.all_platforms, dest),
+            jobs=self.jobs,
+            chunk_size=self.chunk_size,
+            cache_dir=self.cache_dir,
+            quiet=self.quiet,
+            label=label,
+            names=names,
+        )
+
+
+def copy_flags(
+    *, platforms: bool = True, chunk_size: bool = False, cache: bool = True
+) -> Callable[[F], F]:
+    """``--platform`` and ``--all-platforms`` (with ``platforms``), ``--jobs``,
+    ``--chunk-size`` (with ``chunk_size``), ``--cache-dir`` (with ``cache``) and ``--quiet``,
+    given to the command as one :class:`CopyFlags` argument, ``flags``."""
+    names = ("platforms", "all_platforms", "jobs", "chunk_size", "cache_dir", "quiet")
+
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            given = {n: kwargs.pop(n) for n in names if n in kwargs}
+            return f(*args, flags=CopyFlags(**given), **kwargs)
+
+        options = [
+            *((platforms_option, all_platforms_option) if platforms else ()),
+            jobs_option,
+            *((chunk_size_option,) if chunk_size else ()),
+            *((cache_dir_option,) if cache else ()),
+            quiet_option,
+        ]
+        decorated: Any = wrapper
+        for option in reversed(options):
+            decorated = option(decorated)
+        return decorated  # type: ignore[no-any-return]
+
+    return decorate
 
 
 def selection(platforms: Sequence[str], all_platforms: bool, dest: Location) -> Selection:

@@ -1,4 +1,5 @@
-"""``derrick sync``: mirror many images (see :mod:`derrick.ops.sync`)."""
+"""``derrick sync``: mirror many images (see :mod:`derrick.ops.sync`); and ``image copy
+--all-tags``, a one-off sync of one repository."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from pathlib import Path
 import click
 
 from derrick.cli.common import Options, connection_options, emit_json, human_size
+from derrick.cli.copying import CopyFlags, selection
 from derrick.cli.errors import remedy_text
 from derrick.cli.progress import Display, wants_progress
 from derrick.errors import UsageError
+from derrick.images.locations import parse_location
 from derrick.images.model import Selection
 from derrick.images.open import copy_selection
 from derrick.ops.sync import DEFAULT_JOBS, sync
@@ -186,6 +189,44 @@ def _config_file(text: str) -> Path:
         hint=f"write 'derrick sync {text} DST' with DST a repository or oci:DIR, "
         "or give CONFIG.yaml",
     )
+
+
+def copy_all_tags(src: str, dst: str, flags: CopyFlags, output: str, opts: Options) -> None:
+    """``image copy --all-tags``: the tags of one repository, as a sync mirrors them (each
+    tag's digest compared first; those the destination has are skipped)."""
+    source, dest = parse_location(src, destination=True), parse_location(dst, destination=True)
+    for loc in (source, dest):
+        ref = loc.reference
+        if ref is None:
+            raise UsageError(
+                f"--all-tags copies a registry repository to one, and {loc} is not",
+                hint="copy the images of a repository to disk one by one",
+            )
+        if ref.tag is not None or ref.digest is not None:
+            raise UsageError(
+                f"--all-tags copies every tag of a repository: {loc} names one image",
+                hint=f"name the repository, {ref.name}",
+            )
+    assert source.reference is not None and dest.reference is not None
+    config = one_off(
+        source.reference.name,
+        dest.reference.name,
+        selection=selection(flags.platforms, flags.all_platforms, dest),
+    )
+    with opts.client(dest.reference.registry) as client, sync_display(flags.quiet) as display:
+        report = sync(
+            config,
+            client=client,
+            jobs=flags.jobs,
+            progress=display,
+            chunk_size=flags.chunk_size,
+            cache_dir=flags.cache_dir or default_cache_dir(),  # records of indexes narrowed
+        )
+    if output == "json":
+        emit_json(report.to_json())
+    elif not flags.quiet:
+        report_text(report)
+    report_exit(report)
 
 
 @contextlib.contextmanager
