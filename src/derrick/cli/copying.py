@@ -25,7 +25,13 @@ import click
 
 from derrick.cli.common import Formats, Options, human_size
 from derrick.cli.errors import same_tag_warning
-from derrick.cli.options import DEFAULT_JOBS, chunk_size_option, jobs_option, quiet_option
+from derrick.cli.options import (
+    DEFAULT_JOBS,
+    cache_dir_option,
+    chunk_size_option,
+    jobs_option,
+    quiet_option,
+)
 from derrick.cli.progress import open_progress
 from derrick.errors import Remedy, UsageError
 from derrick.images.archivefile import check_target
@@ -91,15 +97,6 @@ def all_platforms_option(f: F) -> F:
     )(f)
 
 
-def cache_dir_option(f: F) -> F:
-    return click.option(
-        "--cache-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        envvar="DERRICK_CACHE_DIR",
-        help="Blob cache of copies from a registry to disk (default: ~/.cache/derrick).",
-    )(f)
-
-
 @dataclass(frozen=True)
 class CopyFlags:
     """The options of a copying command about how it copies (see :func:`copy_flags`)."""
@@ -132,6 +129,11 @@ class CopyFlags:
         )
 
 
+_cache_dir = cache_dir_option(
+    "Blob cache of copies from a registry to disk (default: ~/.cache/derrick)."
+)
+
+
 def copy_flags(
     *, platforms: bool = True, chunk_size: bool = False, cache: bool = True
 ) -> Callable[[F], F]:
@@ -150,7 +152,7 @@ def copy_flags(
             *((platforms_option, all_platforms_option) if platforms else ()),
             jobs_option,
             *((chunk_size_option,) if chunk_size else ()),
-            *((cache_dir_option,) if cache else ()),
+            *((_cache_dir,) if cache else ()),
             quiet_option,
         ]
         decorated: Any = wrapper

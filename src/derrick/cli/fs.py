@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from derrick.cli.common import (
 )
 from derrick.cli.groups import image_group
 from derrick.cli.images import image_location, opened_image
+from derrick.cli.options import cache_dir_option, quiet_option
 from derrick.cli.progress import open_progress
 from derrick.errors import UsageError
 from derrick.ops.analyze import diff_images, layer_report
@@ -33,13 +34,9 @@ if TYPE_CHECKING:
     from derrick.images.view import Image
 
 
-def _cache_option(f: Any) -> Any:
-    return click.option(
-        "--cache-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        envvar="DERRICK_CACHE_DIR",
-        help="Blob cache that layers of registry images go through (default: derrick's).",
-    )(f)
+_cache_option = cache_dir_option(
+    "Blob cache that layers of registry images go through (default: derrick's)."
+)
 
 
 def _json_alias(f: Any) -> Any:
@@ -53,20 +50,24 @@ def _warn(message: str) -> None:
 
 @contextlib.contextmanager
 def _opened(
-    loc: Location,
+    locs: Sequence[Location],
     opts: Options,
     platform: str | None,
     cache_dir: Path | None,
     quiet: bool,
-) -> Iterator[tuple[Image, Progress | None]]:
-    """The image at ``loc``, layers of a registry image through the blob cache, and a
-    download progress display for it on a terminal."""
+) -> Iterator[tuple[list[Image], Progress | None]]:
+    """The images at ``locs``, layers of registry images through the blob cache, and a
+    download progress display for them on a terminal when one is from a registry."""
     with contextlib.ExitStack() as stack:
-        image = stack.enter_context(
-            opened_image(loc, opts, platform=platform, cache_dir=cache_dir, cache=True)
-        )
-        bar = open_progress(stack, quiet=quiet or not image.is_remote, label="download")
-        yield image, bar
+        images = [
+            stack.enter_context(
+                opened_image(loc, opts, platform=platform, cache_dir=cache_dir, cache=True)
+            )
+            for loc in locs
+        ]
+        remote = any(image.is_remote for image in images)
+        bar = open_progress(stack, quiet=quiet or not remote, label="download")
+        yield images, bar
 
 
 @image_group.command("unpack")
@@ -79,7 +80,7 @@ def _opened(
     help="Do not apply the layers' file owners (they are applied when running as root).",
 )
 @_cache_option
-@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@quiet_option
 @format_option()
 @_json_alias
 @connection_options
@@ -113,7 +114,7 @@ def image_unpack(
     """
     loc = image_location(image)
     check_destination(directory)  # before any download
-    with _opened(loc, opts, platform, cache_dir, quiet) as (img, progress):
+    with _opened([loc], opts, platform, cache_dir, quiet) as ([img], progress):
         result = unpack_image(
             img,
             directory,
@@ -152,7 +153,7 @@ def image_unpack(
 )
 @platform_option
 @_cache_option
-@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@quiet_option
 @format_option()
 @connection_options
 def image_export(
@@ -189,7 +190,7 @@ def image_export(
             hint="redirect standard output, or pass -o FILE",
         )
     loc = image_location(image)
-    with _opened(loc, opts, platform, cache_dir, quiet or output == "-") as (img, progress):
+    with _opened([loc], opts, platform, cache_dir, quiet or output == "-") as ([img], progress):
         dest = sys.stdout.buffer if output == "-" else output
         result = export_image(img, dest, progress=progress)
     if fmt == "json":
@@ -216,7 +217,7 @@ def image_export(
 @platform_option
 @format_option()
 @_cache_option
-@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@quiet_option
 @connection_options
 def image_diff(
     image1: str,
@@ -239,17 +240,9 @@ def image_diff(
       derrick image diff localhost:5000/app:1.0 localhost:5000/app:1.1
       derrick image diff ./old-layout:v1 ./new-layout:v1 --format json
     """
-    first, second = image_location(image1), image_location(image2)  # both before a read
-    with contextlib.ExitStack() as stack:
-        a = stack.enter_context(
-            opened_image(first, opts, platform=platform, cache_dir=cache_dir, cache=True)
-        )
-        b = stack.enter_context(
-            opened_image(second, opts, platform=platform, cache_dir=cache_dir, cache=True)
-        )
-        remote = a.is_remote or b.is_remote
-        bar = open_progress(stack, quiet=quiet or not remote, label="download")
-        data = diff_images(a, b, progress=bar)
+    locs = [image_location(image1), image_location(image2)]  # both before a read
+    with _opened(locs, opts, platform, cache_dir, quiet) as ([a, b], progress):
+        data = diff_images(a, b, progress=progress)
     if fmt == "json":
         emit_json(data)
         return
@@ -297,7 +290,7 @@ def _print_diff(data: dict[str, Any]) -> None:
 @platform_option
 @format_option()
 @_cache_option
-@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@quiet_option
 @connection_options
 def image_layers(
     image: str,
@@ -322,7 +315,7 @@ def image_layers(
       derrick image layers ./app-layout:v1 --top 10 --format json
     """
     loc = image_location(image)
-    with _opened(loc, opts, platform, cache_dir, quiet) as (img, progress):
+    with _opened([loc], opts, platform, cache_dir, quiet) as ([img], progress):
         report = layer_report(img, top=top, progress=progress)
     if fmt == "json":
         emit_json(

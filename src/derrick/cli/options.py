@@ -1,10 +1,11 @@
 """Options of the commands that move blobs: how many at once, how large an upload request
-is, quiet."""
+is, which blob cache, quiet."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -64,3 +65,13 @@ def jobs_option(f: F) -> F:
 
 def quiet_option(f: F) -> F:
     return click.option("-q", "--quiet", is_flag=True, help="No progress display.")(f)
+
+
+def cache_dir_option(what: str) -> Callable[[F], F]:
+    """``--cache-dir`` (or ``DERRICK_CACHE_DIR``): the blob cache, which holds ``what``."""
+    return click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="DERRICK_CACHE_DIR",
+        help=what,
+    )

@@ -14,6 +14,7 @@ import click
 from derrick.cli.common import Options, connection_options, emit_json, human_size
 from derrick.cli.copying import CopyFlags, selection
 from derrick.cli.errors import remedy_text
+from derrick.cli.options import cache_dir_option, quiet_option
 from derrick.cli.progress import Display, wants_progress
 from derrick.errors import UsageError
 from derrick.images.locations import parse_location
@@ -77,13 +78,8 @@ from derrick.store.cache import default_cache_dir
     show_default=True,
     help="Report format (on stdout).",
 )
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="DERRICK_CACHE_DIR",
-    help="derrick's blob cache: blobs of copies into oci:DIR, records of earlier runs.",
-)
-@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@cache_dir_option("derrick's blob cache: blobs of copies into oci:DIR, records of earlier runs.")
+@quiet_option
 @connection_options
 def sync_command(
     source: str,
