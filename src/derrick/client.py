@@ -97,12 +97,22 @@ class Client(Closing):
     def open(self, location: str | Location, *, platform: Platform | str | None = None) -> Image:
         """The image at ``location``, for ``platform`` (None: this machine's, from an
         index; a single image whatever its platform)."""
+        return self._open(location, platform)
+
+    def _open(
+        self,
+        location: str | Location,
+        platform: Platform | str | None,
+        closers: Sequence[Callable[[], None]] = (),
+    ) -> Image:
+        """:meth:`open`; ``closers`` are called when the image is closed."""
         return open_image(
             location,
             client=self.registry,
             store=self.cache,
             platform=platform,
             retry=self.registry.transport.retry,
+            closers=closers,
         )
 
     def copy(
@@ -257,14 +267,7 @@ def open(
         return open_image(loc, store=_store(cache), platform=platform)
     made = Client(cache=cache)
     try:
-        return open_image(
-            loc,
-            client=made.registry,
-            store=made.cache,
-            platform=platform,
-            retry=made.registry.transport.retry,
-            closers=[made.close],
-        )
+        return made._open(loc, platform, [made.close])
     except BaseException:
         made.close()
         raise

@@ -52,15 +52,19 @@ def chunk_size_option(f: F) -> F:
     )(f)
 
 
-def jobs_option(f: F) -> F:
+def jobs_option_of(what: str, default: int = DEFAULT_JOBS) -> Callable[[F], F]:
+    """``-j``/``--jobs``: how many ``what`` at once (1 to 64)."""
     return click.option(
         "-j",
         "--jobs",
         type=click.IntRange(1, 64),
-        default=DEFAULT_JOBS,
+        default=default,
         show_default=True,
-        help="Blobs to move at once.",
-    )(f)
+        help=f"{what} at once.",
+    )
+
+
+jobs_option = jobs_option_of("Blobs to move")
 
 
 def quiet_option(f: F) -> F:

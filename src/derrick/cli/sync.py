@@ -14,7 +14,7 @@ import click
 from derrick.cli.common import Options, connection_options, emit_json, human_size
 from derrick.cli.copying import CopyFlags, selection
 from derrick.cli.errors import remedy_text
-from derrick.cli.options import cache_dir_option, quiet_option
+from derrick.cli.options import cache_dir_option, jobs_option_of, quiet_option
 from derrick.cli.progress import Display, wants_progress
 from derrick.errors import UsageError
 from derrick.images.locations import parse_location
@@ -54,14 +54,7 @@ from derrick.store.cache import default_cache_dir
     is_flag=True,
     help="Also copy the cosign tags (sha256-<hex>.sig, .att, .sbom) of every copied digest.",
 )
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(1, 64),
-    default=DEFAULT_JOBS,
-    show_default=True,
-    help="Images to copy at once.",
-)
+@jobs_option_of("Images to copy", DEFAULT_JOBS)
 @click.option(
     "--max-pulls",
     type=click.IntRange(0),
