@@ -62,8 +62,9 @@ from derrick.layout.ociindex import (
 )
 from derrick.manifest import MAX_MANIFEST_SIZE, Descriptor, Index
 
-#: The layout's own class and helpers; the names of :mod:`derrick.layout.ociindex` and
-#: :mod:`derrick.layout.atomic` it is built on are here too, for its readers.
+#: The layout's own class and :func:`blob_file`; the names of
+#: :mod:`derrick.layout.ociindex` and :mod:`derrick.layout.atomic` it is built on are here
+#: too, for code that imports them from this module, where they were defined before.
 __all__ = [
     "ANNOTATION_IMAGE_NAME",
     "ANNOTATION_REF_NAME",
