@@ -13,6 +13,7 @@ share lives in a lower layer (the copy engine in ``images``).
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import derrick
@@ -154,3 +155,12 @@ def test_the_check_finds_each_kind_of_wrong_import(tmp_path: Path) -> None:
 
 def test_no_module_imports_a_higher_layer_or_another_op() -> None:
     assert violations() == []
+
+
+def test_the_module_map_names_every_module_once() -> None:
+    """``ARCHITECTURE.md`` has one line per module of ``src/derrick``, and none for a
+    module that is gone."""
+    text = (SRC.parents[1] / "ARCHITECTURE.md").read_text()
+    mapped = re.findall(r"^\* `([\w/]+\.py)`", text[text.index("## Module map") :], re.M)
+    modules = sorted(str(p.relative_to(SRC)) for p in SRC.rglob("*.py"))
+    assert sorted(mapped) == modules
