@@ -5,7 +5,7 @@ A location is what the command line takes (see :mod:`derrick.images.locations`):
 registry reference (``registry.example/team/app:1.0``, ``docker://…``), ``oci:DIR[:TAG]``,
 ``oci-archive:FILE[:TAG]``, ``docker-archive:FILE[:NAME:TAG]``, or a plain path where that
 is unambiguous.  An image is read through the lazy :class:`~derrick.images.view.Image`
-view; :func:`copy` is the one engine (:func:`derrick.ops.transfer.copy`), which pulls,
+view; :func:`copy` is the one engine (:func:`derrick.images.engine.copy`), which pulls,
 pushes and copies.  The library writes only where it is told to, and keeps blobs in a
 cache only when given one (``cache=``).  Every error is a
 :class:`~derrick.errors.DerrickError`.
@@ -16,14 +16,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
 
 from derrick.auth.credentials import Credential, CredentialStore
+from derrick.closing import Closing
 from derrick.digest import Digest
 from derrick.errors import UsageError
 from derrick.images.locations import Location, parse_location
 from derrick.images.model import CopyResult, ImageSource, Progress, Selection
-from derrick.images.open import DEFAULT_JOBS, destination_names, open_sink, open_source
+from derrick.images.open import DEFAULT_JOBS, copy_names, copy_selection, open_sink, open_source
 from derrick.images.open import source_name as name_in
 from derrick.images.remote import RegistryRepository
 from derrick.images.view import Image, open_image
@@ -43,7 +43,7 @@ Credentials = CredentialStore | Callable[[str], Credential | None] | None
 Platforms = Platform | str | Sequence[Platform | str] | None
 
 
-class Client:
+class Client(Closing):
     """A long-lived client for registries: connections, tokens and the scheme each
     registry speaks are kept across calls.  Use as a context manager, or :meth:`close`.
 
@@ -80,17 +80,6 @@ class Client:
     def __repr__(self) -> str:
         return f"Client(cache={self.cache!r})"
 
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def close(self) -> None:
         self.registry.close()
 
@@ -108,12 +97,22 @@ class Client:
     def open(self, location: str | Location, *, platform: Platform | str | None = None) -> Image:
         """The image at ``location``, for ``platform`` (None: this machine's, from an
         index; a single image whatever its platform)."""
+        return self._open(location, platform)
+
+    def _open(
+        self,
+        location: str | Location,
+        platform: Platform | str | None,
+        closers: Sequence[Callable[[], None]] = (),
+    ) -> Image:
+        """:meth:`open`; ``closers`` are called when the image is closed."""
         return open_image(
             location,
             client=self.registry,
             store=self.cache,
             platform=platform,
             retry=self.registry.transport.retry,
+            closers=closers,
         )
 
     def copy(
@@ -131,13 +130,14 @@ class Client:
         dst = _location(destination, destination=True)
         with contextlib.ExitStack() as stack:
             src, name, selection = self._source(stack, source, platform, all_platforms, dst)
+            names = copy_names(dst, src, name, str(source))
             sink = open_sink(dst, client=self.registry, store=self.cache)
             return transfer.copy(
                 src,
                 sink,
                 name=name,
                 selection=selection,
-                names=destination_names(dst),
+                names=names,
                 jobs=jobs,
                 progress=progress,
                 retry=self.registry.transport.retry,
@@ -162,7 +162,9 @@ class Client:
         loc = _location(source)
         opened = open_source(loc, client=self.registry, store=self.cache)
         stack.callback(opened.close)
-        return opened, name_in(loc), _selection(platform, all_platforms, dst)
+        wanted = [platform] if isinstance(platform, Platform | str) else list(platform or ())
+        selection = copy_selection(wanted, all_platforms, to_registry=dst.is_registry)
+        return opened, name_in(loc), selection
 
 
 class Repository:
@@ -237,22 +239,6 @@ def _location(text: str | Location, *, destination: bool = False) -> Location:
     return parse_location(text, destination=destination) if isinstance(text, str) else text
 
 
-def _selection(platform: Platforms, all_platforms: bool, dst: Location) -> Selection:
-    """What a copy takes of an index: the platforms named; else everything when asked, or
-    when the destination is a registry (a mirror keeps every platform); else this
-    machine's (as a pull does)."""
-    if platform is not None:
-        if all_platforms:
-            raise UsageError("a copy takes all platforms, or the ones named: not both")
-        wanted = [platform] if isinstance(platform, Platform | str) else list(platform)
-        return Selection(platforms=tuple(_platform(p) for p in wanted))
-    return Selection(all=all_platforms or dst.is_registry)
-
-
-def _platform(value: Platform | str) -> Platform:
-    return Platform.parse(value) if isinstance(value, str) else value
-
-
 @contextlib.contextmanager
 def _client(client: Client | None, cache: str | Path | BlobStore | None) -> Iterator[Client]:
     """``client``, or one made for the call (credentials from the usual sources)."""
@@ -281,14 +267,7 @@ def open(
         return open_image(loc, store=_store(cache), platform=platform)
     made = Client(cache=cache)
     try:
-        return open_image(
-            loc,
-            client=made.registry,
-            store=made.cache,
-            platform=platform,
-            retry=made.registry.transport.retry,
-            closers=[made.close],
-        )
+        return made._open(loc, platform, [made.close])
     except BaseException:
         made.close()
         raise
@@ -311,8 +290,10 @@ def copy(
 
     From an index, the platforms named in ``platform`` are taken (several make a new index
     of just those), or with ``all_platforms`` the index whole; by default a registry
-    destination gets the index whole and a local one this machine's platform.  A
-    destination without a tag keeps the source's.  Registries are reached through
+    destination gets the index whole and a local one this machine's platform.  A registry
+    destination without a tag takes the image's one tag in the source (one without a tag,
+    or with several, needs the tag named: :func:`~derrick.images.open.copy_names`, the
+    command line's rule too).  Registries are reached through
     ``client`` (or a client made for the call, with ``cache``).
     """
     with _client(client, cache) as c:

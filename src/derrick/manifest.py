@@ -266,6 +266,27 @@ def _load_json(raw: bytes, what: str) -> Any:
         raise ManifestError(f"{what} is not valid JSON: {str(e)[:200]}") from None
 
 
+def _media_type(obj: dict[str, Any], content_type: str | None, what: str) -> str:
+    """A document's media type: its ``mediaType`` field, else the Content-Type it was
+    served with, else what its shape says ("" when nothing does)."""
+    field_type = obj.get("mediaType")
+    if field_type is not None and not isinstance(field_type, str):
+        raise ManifestError(f"{what}: field 'mediaType' has the wrong type")
+    if field_type:
+        return field_type
+    if content_type:
+        ct = content_type.split(";")[0].strip()
+        if ct in mt.MANIFESTS or ct in (mt.DOCKER_SCHEMA1, mt.DOCKER_SCHEMA1_SIGNED):
+            return ct
+    if "manifests" in obj:
+        return mt.OCI_INDEX
+    if "config" in obj and "layers" in obj:
+        return mt.OCI_MANIFEST
+    if obj.get("schemaVersion") == 1:
+        return mt.DOCKER_SCHEMA1
+    return ""
+
+
 def parse_manifest(
     raw: bytes,
     content_type: str | None = None,
@@ -285,21 +306,7 @@ def parse_manifest(
     obj = _load_json(raw, what)
     if not isinstance(obj, dict):
         raise ManifestError(f"{what}: the document must be a JSON object")
-    field_type = obj.get("mediaType")
-    if field_type is not None and not isinstance(field_type, str):
-        raise ManifestError(f"{what}: field 'mediaType' has the wrong type")
-    media_type: str = field_type or ""
-    if not media_type and content_type:
-        ct = content_type.split(";")[0].strip()
-        if ct in mt.MANIFESTS or ct in (mt.DOCKER_SCHEMA1, mt.DOCKER_SCHEMA1_SIGNED):
-            media_type = ct
-    if not media_type:
-        if "manifests" in obj:
-            media_type = mt.OCI_INDEX
-        elif "config" in obj and "layers" in obj:
-            media_type = mt.OCI_MANIFEST
-        elif obj.get("schemaVersion") == 1:
-            media_type = mt.DOCKER_SCHEMA1
+    media_type = _media_type(obj, content_type, what)
     if media_type in (mt.DOCKER_SCHEMA1, mt.DOCKER_SCHEMA1_SIGNED):
         raise ManifestError(
             "manifest is Docker schema 1, which derrick does not support",

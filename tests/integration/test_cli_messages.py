@@ -22,7 +22,7 @@ from support.cli import Cli, Isolation, run_subprocess
 from support.faultproxy import Fault, FaultProxy
 from support.registry import RegistryProcess
 from support.seed import SeededRegistries
-from support.terminal import Terminal
+from support.terminal import Terminal, interruptible
 from support.tools import require
 
 # -- login without a terminal ----------------------------------------------------------------
@@ -116,6 +116,7 @@ def test_an_interrupt_is_one_line(slow_tags: FaultProxy) -> None:
         [sys.executable, "-m", "derrick.cli.main", "tag", "ls", f"{slow_tags.host}/test/single"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=interruptible,
     )
     try:
         _wait_for(slow_tags, route)

@@ -20,7 +20,7 @@ import pytest
 import derrick
 from derrick.ops.export import export_image
 from derrick.registry import RegistryClient
-from support.images import LayoutImage, make_multi
+from support.images import LayoutImage, make_multi, make_single
 from support.rawclient import RawClient
 from support.registry import RegistryProcess
 from support.seed import SeededRegistries
@@ -137,6 +137,43 @@ def test_copy_and_unpack_take_locations_and_keep_blobs_only_in_a_cache_given(
     assert (tmp_path / "rootfs2" / "bin" / "hello").read_bytes() == (
         tmp_path / "rootfs" / "bin" / "hello"
     ).read_bytes()
+
+
+def test_copy_to_a_repository_takes_the_tag_as_image_copy_does(
+    registry_open: RegistryProcess, tmp_path: Path, unique_repo: Callable[..., str]
+) -> None:
+    """A registry destination without a tag takes the source's one tag; a source without
+    a tag, or with several, needs the tag named, and nothing is copied."""
+    repo = unique_repo("api-tag")
+    dest = f"{registry_open.host}/{repo}"
+    single = make_single(tmp_path / "single", tag="1.0")
+    assert str(derrick.copy(f"oci:{single.path}", dest).digest) == single.digest
+
+    def renamed(name: str, annotations: dict[str, str]) -> Path:
+        layout = shutil.copytree(single.path, tmp_path / name)
+        index = json.loads((layout / "index.json").read_text())
+        for entry in index["manifests"]:
+            entry["annotations"] = annotations
+        (layout / "index.json").write_text(json.dumps(index))
+        return layout
+
+    untagged = renamed("untagged", {})
+    with pytest.raises(derrick.UsageError, match=f"is not tagged, so {dest} needs a tag"):
+        derrick.copy(f"oci:{untagged}", dest)
+    with derrick.open(f"oci:{untagged}") as image, pytest.raises(derrick.UsageError):
+        derrick.copy(image, dest)
+    two = renamed(
+        "two",
+        {
+            "org.opencontainers.image.ref.name": "1.1",
+            "io.containerd.image.name": "example.test/app:1.2",
+        },
+    )
+    with pytest.raises(derrick.UsageError, match=f"is tagged 1.1, 1.2, so {dest} needs the tag"):
+        derrick.copy(f"oci:{two}", dest)
+    assert str(derrick.copy(f"oci:{two}", f"{dest}:1.2").digest) == single.digest
+    with RawClient(registry_open) as raw:
+        assert sorted(raw.tags(repo)) == ["1.0", "1.2"]
 
 
 def test_every_error_is_a_derrick_error(

@@ -24,8 +24,18 @@ from types import TracebackType
 from typing import Any
 
 
+def interruptible() -> None:
+    """In a child: Ctrl-C interrupts it, as in a login shell.
+
+    A shell script that starts a command in the background (a CI runner may) makes it
+    ignore SIGINT, children inherit that, and Python then raises no KeyboardInterrupt.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _take_terminal() -> None:
     """In the child: a new session, with the pty on stdin as its controlling terminal."""
+    interruptible()
     os.setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 

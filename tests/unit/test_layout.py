@@ -20,11 +20,8 @@ from derrick import mediatypes as mt
 from derrick.digest import Digest
 from derrick.errors import DigestMismatchError, LayoutError
 from derrick.layout.archive import ArchiveImage, BlobFile
-from derrick.layout.oci import (
-    ANNOTATION_IMAGE_NAME,
-    ANNOTATION_REF_NAME,
-    OCILayout,
-)
+from derrick.layout.oci import OCILayout
+from derrick.layout.ociindex import ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME
 from derrick.layout.tarstream import RECORD_SIZE, TarStreamWriter
 from derrick.manifest import Descriptor, ImageManifest, Index, Platform, parse_manifest
 from derrick.store.files import Region, copy_range

@@ -22,7 +22,8 @@ from derrick.layout.archive import (
     write_docker_archive,
     write_oci_archive,
 )
-from derrick.layout.oci import ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, OCILayout
+from derrick.layout.oci import OCILayout
+from derrick.layout.ociindex import ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME
 from derrick.layout.reader import DockerArchiveEntry, open_image_source
 from derrick.manifest import ImageManifest, parse_manifest
 

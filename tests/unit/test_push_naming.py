@@ -14,7 +14,7 @@ from derrick.errors import LayoutError, ManifestError, UsageError
 from derrick.images.layout import LayoutDir
 from derrick.images.locations import parse_location
 from derrick.images.open import copy_names
-from derrick.layout.oci import (
+from derrick.layout.ociindex import (
     ANNOTATION_IMAGE_NAME,
     ANNOTATION_REF_NAME,
     empty_index_bytes,

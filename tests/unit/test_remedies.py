@@ -3,9 +3,14 @@ with its flags, in one place."""
 
 from __future__ import annotations
 
+import ast
+import re
+from pathlib import Path
+
 import httpx
 import pytest
 
+import derrick
 from derrick import mediatypes as mt
 from derrick.cli.errors import REMEDIES, error_text, remedy_text
 from derrick.errors import (
@@ -149,3 +154,54 @@ def test_platform_and_artifact_errors_speak_library_and_the_cli_names_its_flags(
         assert "--" not in str(e) and "derrick " not in str(e), str(e)
     assert "use --platform linux/amd64, or leave --platform out" in error_text(raised[0])
     assert "derrick image copy" in error_text(raised[4])
+
+
+#: How a message names the command line: a long flag, or one of derrick's commands.
+CLI_WORDS = re.compile(
+    r"(?<![\w-])--[a-z][a-z-]*"
+    r"|\bderrick (?:image|tag|blob|manifest|repo|sync|login|logout|ratelimit)\b"
+)
+
+
+def cli_words_in(text: str, name: str) -> list[str]:
+    """``name:line: words`` for each string of the Python source ``text`` that is not a
+    docstring and names a CLI flag or command."""
+    tree = ast.parse(text)
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        f"{name}:{node.lineno}: {m.group(0)}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+        for m in CLI_WORDS.finditer(node.value)
+    ]
+
+
+def test_the_check_finds_cli_words_in_messages_not_in_docstrings() -> None:
+    text = (
+        '"""Used by ``derrick image pull --platform``."""\n'
+        "def f(x):\n"
+        '    """Docs may say --insecure."""\n'
+        '    raise UsageError(f"{x}: pass --insecure", hint="run derrick login first")\n'
+    )
+    assert cli_words_in(text, "m.py") == ["m.py:4: --insecure", "m.py:4: derrick login"]
+
+
+def test_the_library_names_no_cli_flag_or_command_in_its_messages() -> None:
+    """Outside ``derrick.cli`` what the user can do is a remedy, worded by the CLI."""
+    root = Path(derrick.__file__).parent
+    found = [
+        hit
+        for path in sorted(root.rglob("*.py"))
+        if path.relative_to(root).parts[0] != "cli"
+        for hit in cli_words_in(path.read_text(), str(path.relative_to(root)))
+    ]
+    assert found == []

@@ -14,24 +14,39 @@ Credential helpers are the ``docker-credential-NAME`` programs of the
 docker-credential-helpers protocol: the action (``get``, ``store``, ``erase``)
 is the argument, the request is on stdin and the answer on stdout.
 
-Secrets never appear in exception messages or in a :class:`Credential`'s repr.
+The config document itself (where it is, its fields checked, written back) is
+:mod:`derrick.auth.dockerconfig`.  Secrets never appear in exception messages or in a
+:class:`Credential`'s repr.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
 import os
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from derrick.auth.dockerconfig import (
+    DOCKER_HUB_KEY,
+    ENV_SOURCE,
+    JSONObject,
+    auths_of,
+    config_key,
+    config_path,
+    cred_helpers,
+    creds_store,
+    helper_for,
+    load_config,
+    matching_keys,
+    normalize_registry,
+    parse_env_config,
+    write_config,
+)
 from derrick.errors import CredentialsError
 
 __all__ = [
@@ -43,10 +58,6 @@ __all__ = [
     "normalize_registry",
 ]
 
-#: The key Docker uses for Docker Hub in config.json and with credential helpers.
-DOCKER_HUB_KEY = "https://index.docker.io/v1/"
-#: Names that all mean Docker Hub.
-_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 #: Prefix of credential helper programs.
 HELPER_PREFIX = "docker-credential-"
 #: The user name a helper reports when its secret is an identity token.
@@ -55,9 +66,6 @@ TOKEN_USERNAME = "<token>"
 HELPER_TIMEOUT = 120.0
 #: What helpers print when they have nothing for a server.
 _NOT_FOUND = "credentials not found"
-_ENV_SOURCE = "the DOCKER_AUTH_CONFIG environment variable"
-
-JSONObject = dict[str, Any]
 
 
 @dataclass(frozen=True, repr=False)
@@ -78,53 +86,6 @@ class Credential:
         return f"Credential(username={self.username!r}, password={pw}, identity_token={tok})"
 
     __str__ = __repr__
-
-
-def config_path(env: Mapping[str, str] | None = None) -> Path:
-    """``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``.
-
-    ``env`` defaults to the process environment; its ``HOME`` is honoured too.
-    """
-    environ: Mapping[str, str] = os.environ if env is None else env
-    directory = environ.get("DOCKER_CONFIG")
-    if directory:
-        return Path(directory) / "config.json"
-    home = environ.get("HOME")
-    base = Path(home) if home else Path.home()
-    return base / ".docker" / "config.json"
-
-
-def normalize_registry(name: str) -> str:
-    """The registry host a config key or registry name stands for, for comparison.
-
-    Strips a ``http://``/``https://`` scheme and any path, lowercases, and maps
-    every Docker Hub alias to ``docker.io``:
-    ``"https://index.docker.io/v1/"`` → ``"docker.io"``,
-    ``"https://Registry.example:5000/v2/"`` → ``"registry.example:5000"``.
-    """
-    s = name.strip()
-    low = s.lower()
-    for prefix in ("https://", "http://"):
-        if low.startswith(prefix):
-            s = s[len(prefix) :]
-            break
-    s = s.split("/", 1)[0].lower()
-    return "docker.io" if s in _HUB_ALIASES else s
-
-
-def config_key(registry: str) -> str:
-    """The key Docker uses for ``registry``: ``DOCKER_HUB_KEY`` for Docker Hub, else the host."""
-    host = normalize_registry(registry)
-    return DOCKER_HUB_KEY if host == "docker.io" else host
-
-
-def _matching_keys(keys: Iterable[str], registry: str) -> list[str]:
-    """The keys that name ``registry``, the canonical one first, then in file order."""
-    want = normalize_registry(registry)
-    found = [k for k in keys if normalize_registry(k) == want]
-    canonical = config_key(registry)
-    found.sort(key=lambda k: (k != canonical, k != registry))  # stable: keeps file order
-    return found
 
 
 class CredentialStore:
@@ -169,11 +130,11 @@ class CredentialStore:
             return cred
         raw = self.env.get("DOCKER_AUTH_CONFIG", "")
         if raw.strip():
-            cred = self._lookup(_parse_env_config(raw), registry, _ENV_SOURCE)
+            cred = self._lookup(parse_env_config(raw), registry, ENV_SOURCE)
             if cred is not None:
                 return cred
         path = self.path
-        cfg = _load(path)
+        cfg = load_config(path)
         if cfg is None:
             return None
         return self._lookup(cfg, registry, str(path))
@@ -194,11 +155,11 @@ class CredentialStore:
             )
         path = self.path
         where = str(path)
-        cfg = _load(path) or {}
-        auths = _auths(cfg, where)
+        cfg = load_config(path) or {}
+        auths = auths_of(cfg, where)
         key = config_key(registry)
-        stale = _matching_keys(auths, registry)
-        helper = _helper_for(cfg, registry, where)
+        stale = matching_keys(auths, registry)
+        helper = helper_for(cfg, registry, where)
         entry: JSONObject = {}
         if helper is not None:
             if cred.identity_token is not None:
@@ -229,18 +190,18 @@ class CredentialStore:
         new_auths = {k: v for k, v in auths.items() if k not in stale}
         new_auths[key] = entry
         cfg["auths"] = new_auths
-        _write(path, cfg)
+        write_config(path, cfg)
         return path
 
     def erase(self, registry: str) -> bool:
         """Forget the credentials for ``registry`` (``logout``); True if any were removed."""
         path = self.path
         where = str(path)
-        cfg = _load(path)
+        cfg = load_config(path)
         if cfg is None:
             return False
         removed = False
-        helper = _helper_for(cfg, registry, where)
+        helper = helper_for(cfg, registry, where)
         if helper is not None:
             proc = self._run_helper(helper, "erase", config_key(registry), where=where)
             if proc.returncode == 0:
@@ -251,31 +212,31 @@ class CredentialStore:
                     f"{_helper_message(proc)}",
                     hint=f"check that {HELPER_PREFIX}{helper} works, or remove it from {where}",
                 )
-        auths = _auths(cfg, where)
-        stale = _matching_keys(auths, registry)
+        auths = auths_of(cfg, where)
+        stale = matching_keys(auths, registry)
         if stale:
             # A bare marker left by a helper login is not itself a credential.
             removed = removed or any(auths[k] for k in stale)
             cfg["auths"] = {k: v for k, v in auths.items() if k not in stale}
-            _write(path, cfg)
+            write_config(path, cfg)
         return removed
 
     # -- lookup -------------------------------------------------------------------------
 
     def _lookup(self, cfg: JSONObject, registry: str, where: str) -> Credential | None:
         """Look ``registry`` up in one config document: credHelpers, auths, credsStore."""
-        helpers = _cred_helpers(cfg, where)
-        keys = _matching_keys(helpers, registry)
+        helpers = cred_helpers(cfg, where)
+        keys = matching_keys(helpers, registry)
         if keys:
             cred = self._helper_get(helpers[keys[0]], registry, where)
             if cred is not None:
                 return cred
-        auths = _auths(cfg, where)
-        for k in _matching_keys(auths, registry):
+        auths = auths_of(cfg, where)
+        for k in matching_keys(auths, registry):
             cred = _from_auth_entry(auths[k], k, where)
             if cred is not None:
                 return cred
-        store = _creds_store(cfg, where)
+        store = creds_store(cfg, where)
         if store:
             return self._helper_get(store, registry, where)
         return None
@@ -347,100 +308,6 @@ class CredentialStore:
             ) from None
 
 
-# -- config documents --------------------------------------------------------------------
-
-
-def _load(path: Path) -> JSONObject | None:
-    """The parsed config file; None if there is none."""
-    fix = "fix it, or remove it and log in again"
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise CredentialsError(
-            f"cannot read the Docker config {path}: {e.strerror or e}",
-            hint="make it a readable file, or set DOCKER_CONFIG to another directory",
-        ) from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise CredentialsError(f"the Docker config {path} is not UTF-8 text", hint=fix) from None
-    if not text.strip():
-        return {}
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CredentialsError(
-            f"the Docker config {path} is not valid JSON "
-            f"(line {e.lineno}, column {e.colno}: {e.msg})",
-            hint=fix,
-        ) from None
-    if not isinstance(doc, dict):
-        raise CredentialsError(f"the Docker config {path} is not a JSON object", hint=fix)
-    return doc
-
-
-def _parse_env_config(raw: str) -> JSONObject:
-    try:
-        doc = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise CredentialsError(
-            f"{_ENV_SOURCE} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})",
-            hint='set it to a config.json document such as {"auths": {...}}, or unset it',
-        ) from None
-    if not isinstance(doc, dict):
-        raise CredentialsError(
-            f"{_ENV_SOURCE} is not a JSON object",
-            hint='set it to a config.json document such as {"auths": {...}}, or unset it',
-        )
-    return doc
-
-
-def _auths(cfg: JSONObject, where: str) -> JSONObject:
-    auths = cfg.get("auths")
-    if auths is None:
-        return {}
-    if not isinstance(auths, dict):
-        raise CredentialsError(
-            f'"auths" in {where} is not a JSON object', hint="fix or remove that field"
-        )
-    return auths
-
-
-def _cred_helpers(cfg: JSONObject, where: str) -> dict[str, str]:
-    helpers = cfg.get("credHelpers")
-    if helpers is None:
-        return {}
-    if not isinstance(helpers, dict) or not all(isinstance(v, str) for v in helpers.values()):
-        raise CredentialsError(
-            f'"credHelpers" in {where} is not an object of helper names',
-            hint='it should look like {"registry.example": "helpername"}',
-        )
-    return {k: v for k, v in helpers.items() if v}
-
-
-def _creds_store(cfg: JSONObject, where: str) -> str | None:
-    store = cfg.get("credsStore")
-    if store is None or store == "":
-        return None
-    if not isinstance(store, str):
-        raise CredentialsError(
-            f'"credsStore" in {where} is not a helper name',
-            hint='it should look like "credsStore": "helpername"',
-        )
-    return store
-
-
-def _helper_for(cfg: JSONObject, registry: str, where: str) -> str | None:
-    """The helper that keeps ``registry``'s secret: its credHelpers entry, else credsStore."""
-    helpers = _cred_helpers(cfg, where)
-    keys = _matching_keys(helpers, registry)
-    if keys:
-        return helpers[keys[0]]
-    return _creds_store(cfg, where)
-
-
 def _from_auth_entry(entry: object, key: str, where: str) -> Credential | None:
     """The credential in one ``auths`` entry; None for an empty entry (a helper's marker)."""
     if not isinstance(entry, dict):
@@ -475,51 +342,6 @@ def _from_auth_entry(entry: object, key: str, where: str) -> Credential | None:
     if username is None and password is None and identity_token is None:
         return None
     return Credential(username=username, password=password, identity_token=identity_token)
-
-
-def _write(path: Path, cfg: JSONObject) -> None:
-    """Replace the config file atomically, mode 0600 (directory made 0700 if need be)."""
-    target = Path(os.path.realpath(path))  # write through a symlinked config.json
-    directory = target.parent
-    try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-        try:
-            if hasattr(os, "fchmod"):
-                os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(cfg, f, indent="\t")
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(directory)
-    except OSError as e:
-        raise CredentialsError(
-            f"cannot write the Docker config {path}: {e.strerror or e}",
-            hint=f"check the permissions of {directory}, or set DOCKER_CONFIG to another directory",
-        ) from None
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable where the platform allows it (best effort)."""
-    flags = getattr(os, "O_DIRECTORY", None)
-    if flags is None:
-        return
-    try:
-        fd = os.open(directory, os.O_RDONLY | flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # -- helper output -----------------------------------------------------------------------

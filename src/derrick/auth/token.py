@@ -222,10 +222,20 @@ class Authenticator:
                 remedy=Remedy("insecure", host=realm_host),
             )
         self.token_requests.append((registry, scopes))
+        resp, sent = self._ask_token(realm_url, ch, scopes, cred)
+        if sent:
+            self.sent.add(registry)
+        value, lifetime = _token_in(resp, registry, realm, sent)
+        return Token(value, time.monotonic() + lifetime, scopes, with_credentials=sent)
+
+    def _ask_token(
+        self, realm_url: httpx.URL, ch: Challenge, scopes: tuple[str, ...], cred: Credential | None
+    ) -> tuple[httpx.Response, bool]:
+        """The token service's answer, and whether credentials went with the request: an
+        identity token is exchanged by a POST (OAuth2 refresh), anything else is a GET
+        with the user name and password, if any, as Basic credentials."""
         headers = {"Accept": "application/json"}
-        sent = False
         if cred and cred.identity_token:
-            sent = True
             form: list[tuple[str, str]] = [
                 ("grant_type", "refresh_token"),
                 ("refresh_token", cred.identity_token),
@@ -242,47 +252,49 @@ class Authenticator:
                 content=urlencode(form).encode(),
                 auth_origin=origin(realm_url),
             )
-        else:
-            params: list[tuple[str, str | int | float | bool | None]] = []
-            if ch.service:
-                params.append(("service", ch.service))
-            params += [("scope", s) for s in scopes]
-            if cred and cred.username is not None and cred.password is not None:
-                headers["Authorization"] = basic_header(cred.username, cred.password)
-                params.append(("account", cred.username))
-                sent = True
-            url = realm_url.copy_merge_params(params) if params else realm_url
-            resp = self._transport.send(
-                "GET", str(url), headers=headers, auth_origin=origin(realm_url)
-            )
-        if sent:
-            self.sent.add(registry)
-        if resp.status_code in (401, 403):
-            who = "the credentials" if sent else "anonymous access"
-            raise UnauthorizedError(
-                f"the token service of {registry} refused {who} (HTTP {resp.status_code})",
-                status=resp.status_code,
-                url=redact_url(realm),
-                hint=None if sent else "this repository needs credentials",
-                remedy=Remedy("credentials" if sent else "login", registry=registry),
-            )
-        if resp.status_code != 200:
-            raise UnauthorizedError(
-                f"the token service of {registry} answered HTTP {resp.status_code}",
-                status=resp.status_code,
-                url=redact_url(realm),
-            )
-        try:
-            body = json.loads(resp.content)
-            value = body.get("token") or body.get("access_token")
-            lifetime = int(body.get("expires_in") or MIN_TOKEN_LIFETIME)
-        except (ValueError, AttributeError, TypeError, RecursionError):
-            value, lifetime = None, 0
-        if not isinstance(value, str) or not value:
-            raise UnauthorizedError(
-                f"the token service of {registry} answered without a token",
-                status=resp.status_code,
-                url=redact_url(realm),
-            )
-        lifetime = max(lifetime, MIN_TOKEN_LIFETIME)
-        return Token(value, time.monotonic() + lifetime, scopes, with_credentials=sent)
+            return resp, True
+        sent = False
+        params: list[tuple[str, str | int | float | bool | None]] = []
+        if ch.service:
+            params.append(("service", ch.service))
+        params += [("scope", s) for s in scopes]
+        if cred and cred.username is not None and cred.password is not None:
+            headers["Authorization"] = basic_header(cred.username, cred.password)
+            params.append(("account", cred.username))
+            sent = True
+        url = realm_url.copy_merge_params(params) if params else realm_url
+        resp = self._transport.send("GET", str(url), headers=headers, auth_origin=origin(realm_url))
+        return resp, sent
+
+
+def _token_in(resp: httpx.Response, registry: str, realm: str, sent: bool) -> tuple[str, float]:
+    """The token the token service's answer holds and how many seconds it lives (at least
+    :data:`MIN_TOKEN_LIFETIME`); a refusal or an answer without one raises."""
+    if resp.status_code in (401, 403):
+        who = "the credentials" if sent else "anonymous access"
+        raise UnauthorizedError(
+            f"the token service of {registry} refused {who} (HTTP {resp.status_code})",
+            status=resp.status_code,
+            url=redact_url(realm),
+            hint=None if sent else "this repository needs credentials",
+            remedy=Remedy("credentials" if sent else "login", registry=registry),
+        )
+    if resp.status_code != 200:
+        raise UnauthorizedError(
+            f"the token service of {registry} answered HTTP {resp.status_code}",
+            status=resp.status_code,
+            url=redact_url(realm),
+        )
+    try:
+        body = json.loads(resp.content)
+        value = body.get("token") or body.get("access_token")
+        lifetime = int(body.get("expires_in") or MIN_TOKEN_LIFETIME)
+    except (ValueError, AttributeError, TypeError, RecursionError):
+        value, lifetime = None, 0
+    if not isinstance(value, str) or not value:
+        raise UnauthorizedError(
+            f"the token service of {registry} answered without a token",
+            status=resp.status_code,
+            url=redact_url(realm),
+        )
+    return value, max(lifetime, MIN_TOKEN_LIFETIME)

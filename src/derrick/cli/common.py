@@ -226,6 +226,14 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
+def emit(fmt: str, data: Any, text: Callable[[Any], None]) -> None:
+    """A command's result on stdout: JSON with ``--format json``, else as ``text`` says it."""
+    if fmt == "json":
+        emit_json(data)
+    else:
+        text(data)
+
+
 def emit_table(
     columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
 ) -> None:

@@ -1,5 +1,5 @@
 """What ``image copy``, ``image pull``, ``image push`` and ``image save`` share: one copy by
-the engine (:func:`derrick.ops.transfer.copy_many`) from locations as the user wrote them.
+the engine (:func:`derrick.images.engine.copy_many`) from locations as the user wrote them.
 
 :func:`run_copy` checks what can be checked before anything is asked of a registry (a
 stream to a terminal, a docker-archive asked for every platform, an archive file over a
@@ -14,6 +14,7 @@ platform (as a pull does); ``--platform`` (repeatable) narrows, ``--all-platform
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,13 @@ import click
 
 from derrick.cli.common import Formats, Options, human_size
 from derrick.cli.errors import same_tag_warning
+from derrick.cli.options import (
+    DEFAULT_JOBS,
+    cache_dir_option,
+    chunk_size_option,
+    jobs_option,
+    quiet_option,
+)
 from derrick.cli.progress import open_progress
 from derrick.errors import Remedy, UsageError
 from derrick.images.archivefile import check_target
@@ -37,7 +45,13 @@ from derrick.images.model import (
     Selection,
     TransferStats,
 )
-from derrick.images.open import copy_names, open_sink, open_source, source_name
+from derrick.images.open import (
+    copy_names,
+    copy_selection,
+    open_sink,
+    open_source,
+    source_name,
+)
 from derrick.manifest import Platform
 from derrick.ops import transfer
 from derrick.reference import Reference
@@ -83,22 +97,77 @@ def all_platforms_option(f: F) -> F:
     )(f)
 
 
-def cache_dir_option(f: F) -> F:
-    return click.option(
-        "--cache-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        envvar="DERRICK_CACHE_DIR",
-        help="Blob cache of copies from a registry to disk (default: ~/.cache/derrick).",
-    )(f)
+@dataclass(frozen=True)
+class CopyFlags:
+    """The options of a copying command about how it copies (see :func:`copy_flags`)."""
+
+    platforms: tuple[str, ...] = ()
+    all_platforms: bool = False
+    jobs: int = DEFAULT_JOBS
+    chunk_size: int | None = None
+    cache_dir: Path | None = None
+    quiet: bool = False
+
+    def request(
+        self,
+        sources: list[tuple[Location, str | None]],
+        dest: Location,
+        label: str,
+        names: list[tuple[ImageName, ...] | None] | None = None,
+    ) -> Request:
+        """The copy of ``sources`` to ``dest`` these options ask for."""
+        return Request(
+            sources=sources,
+            dest=dest,
+            selection=selection(self.platforms, self.all_platforms, dest),
+            jobs=self.jobs,
+            chunk_size=self.chunk_size,
+            cache_dir=self.cache_dir,
+            quiet=self.quiet,
+            label=label,
+            names=names,
+        )
+
+
+_cache_dir = cache_dir_option(
+    "Blob cache of copies from a registry to disk (default: ~/.cache/derrick)."
+)
+
+
+def copy_flags(
+    *, platforms: bool = True, chunk_size: bool = False, cache: bool = True
+) -> Callable[[F], F]:
+    """``--platform`` and ``--all-platforms`` (with ``platforms``), ``--jobs``,
+    ``--chunk-size`` (with ``chunk_size``), ``--cache-dir`` (with ``cache``) and ``--quiet``,
+    given to the command as one :class:`CopyFlags` argument, ``flags``."""
+    names = ("platforms", "all_platforms", "jobs", "chunk_size", "cache_dir", "quiet")
+
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            given = {n: kwargs.pop(n) for n in names if n in kwargs}
+            return f(*args, flags=CopyFlags(**given), **kwargs)
+
+        options = [
+            *((platforms_option, all_platforms_option) if platforms else ()),
+            jobs_option,
+            *((chunk_size_option,) if chunk_size else ()),
+            *((_cache_dir,) if cache else ()),
+            quiet_option,
+        ]
+        decorated: Any = wrapper
+        for option in reversed(options):
+            decorated = option(decorated)
+        return decorated  # type: ignore[no-any-return]
+
+    return decorate
 
 
 def selection(platforms: Sequence[str], all_platforms: bool, dest: Location) -> Selection:
     """The platforms a copy to ``dest`` takes (see the module docstring)."""
     if all_platforms and platforms:
         raise UsageError("--platform and --all-platforms exclude each other")
-    if platforms:
-        return Selection(platforms=tuple(dict.fromkeys(Platform.parse(p) for p in platforms)))
-    return Selection(all=all_platforms or dest.is_registry)
+    return copy_selection(platforms, all_platforms, to_registry=dest.is_registry)
 
 
 def registry_location(text: str, *, destination: bool = False) -> Location:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from derrick.cli.common import (
     Options,
     connection_options,
+    emit,
     emit_json,
     emit_table,
     format_option,
@@ -21,11 +24,14 @@ from derrick.cli.common import (
 )
 from derrick.cli.groups import image_group
 from derrick.cli.images import image_location, opened_image
+from derrick.cli.options import cache_dir_option, quiet_option
 from derrick.cli.progress import open_progress
 from derrick.errors import UsageError
 from derrick.ops.analyze import diff_images, layer_report
 from derrick.ops.export import export_image
 from derrick.ops.unpack import check_destination, unpack_image
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 if TYPE_CHECKING:
     from derrick.images.locations import Location
@@ -33,13 +39,9 @@ if TYPE_CHECKING:
     from derrick.images.view import Image
 
 
-def _cache_option(f: Any) -> Any:
-    return click.option(
-        "--cache-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        envvar="DERRICK_CACHE_DIR",
-        help="Blob cache that layers of registry images go through (default: derrick's).",
-    )(f)
+_cache_option = cache_dir_option(
+    "Blob cache that layers of registry images go through (default: derrick's)."
+)
 
 
 def _json_alias(f: Any) -> Any:
@@ -51,45 +53,67 @@ def _warn(message: str) -> None:
     click.echo(f"derrick: warning: {message}", err=True)
 
 
+@dataclass(frozen=True)
+class ReadFlags:
+    """Which platform's image a filesystem command reads, through which blob cache, and
+    whether it shows progress."""
+
+    platform: str | None = None
+    cache_dir: Path | None = None
+    quiet: bool = False
+
+
+def _read_flags(f: F) -> F:
+    """``--platform``, ``--cache-dir`` and ``--quiet``, given as one :class:`ReadFlags`,
+    ``flags``."""
+
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any, platform: str | None, cache_dir: Path | None, quiet: bool, **kwargs: Any
+    ) -> Any:
+        return f(*args, flags=ReadFlags(platform, cache_dir, quiet), **kwargs)
+
+    return platform_option(_cache_option(quiet_option(wrapper)))  # type: ignore[return-value]
+
+
 @contextlib.contextmanager
 def _opened(
-    loc: Location,
-    opts: Options,
-    platform: str | None,
-    cache_dir: Path | None,
-    quiet: bool,
-) -> Iterator[tuple[Image, Progress | None]]:
-    """The image at ``loc``, layers of a registry image through the blob cache, and a
-    download progress display for it on a terminal."""
+    locs: Sequence[Location], opts: Options, flags: ReadFlags, *, quiet: bool = False
+) -> Iterator[tuple[list[Image], Progress | None]]:
+    """The images at ``locs``, layers of registry images through the blob cache, and a
+    download progress display for them on a terminal when one is from a registry (not
+    with ``quiet`` or the ``--quiet`` flag)."""
     with contextlib.ExitStack() as stack:
-        image = stack.enter_context(
-            opened_image(loc, opts, platform=platform, cache_dir=cache_dir, cache=True)
-        )
-        bar = open_progress(stack, quiet=quiet or not image.is_remote, label="download")
-        yield image, bar
+        images = [
+            stack.enter_context(
+                opened_image(
+                    loc, opts, platform=flags.platform, cache_dir=flags.cache_dir, cache=True
+                )
+            )
+            for loc in locs
+        ]
+        quiet = quiet or flags.quiet or not any(image.is_remote for image in images)
+        bar = open_progress(stack, quiet=quiet, label="download")
+        yield images, bar
 
 
 @image_group.command("unpack")
 @click.argument("image")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@platform_option
 @click.option(
     "--no-same-owner",
     is_flag=True,
     help="Do not apply the layers' file owners (they are applied when running as root).",
 )
-@_cache_option
-@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@_read_flags
 @format_option()
 @_json_alias
 @connection_options
 def image_unpack(
     image: str,
     directory: Path,
-    platform: str | None,
     no_same_owner: bool,
-    cache_dir: Path | None,
-    quiet: bool,
+    flags: ReadFlags,
     fmt: str,
     as_json: bool,
     opts: Options,
@@ -113,7 +137,7 @@ def image_unpack(
     """
     loc = image_location(image)
     check_destination(directory)  # before any download
-    with _opened(loc, opts, platform, cache_dir, quiet) as (img, progress):
+    with _opened([loc], opts, flags) as ([img], progress):
         result = unpack_image(
             img,
             directory,
@@ -134,7 +158,7 @@ def image_unpack(
                 "skipped": result.skipped,
             }
         )
-    elif not quiet:
+    elif not flags.quiet:
         click.echo(
             f"Unpacked {img.shown} ({result.layers} layers, {result.files} files, "
             f"{human_size(result.uncompressed_bytes)}) to {result.destination}",
@@ -150,20 +174,10 @@ def image_unpack(
     required=True,
     help="Tar file to write (under a temporary name, renamed when complete), or - for stdout.",
 )
-@platform_option
-@_cache_option
-@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@_read_flags
 @format_option()
 @connection_options
-def image_export(
-    image: str,
-    output: str,
-    platform: str | None,
-    cache_dir: Path | None,
-    quiet: bool,
-    fmt: str,
-    opts: Options,
-) -> None:
+def image_export(image: str, output: str, flags: ReadFlags, fmt: str, opts: Options) -> None:
     """Write IMAGE's flattened filesystem as one tar file.
 
     The layers are streamed (twice) and never unpacked to disk; whiteouts
@@ -189,7 +203,7 @@ def image_export(
             hint="redirect standard output, or pass -o FILE",
         )
     loc = image_location(image)
-    with _opened(loc, opts, platform, cache_dir, quiet or output == "-") as (img, progress):
+    with _opened([loc], opts, flags, quiet=output == "-") as ([img], progress):
         dest = sys.stdout.buffer if output == "-" else output
         result = export_image(img, dest, progress=progress)
     if fmt == "json":
@@ -202,7 +216,7 @@ def image_export(
                 "bytes": result.bytes_written,
             }
         )
-    elif output != "-" and not quiet:
+    elif output != "-" and not flags.quiet:
         click.echo(
             f"Exported {img.shown} to {output} ({result.entries} entries, "
             f"{human_size(result.bytes_written)})",
@@ -213,20 +227,10 @@ def image_export(
 @image_group.command("diff")
 @click.argument("image1")
 @click.argument("image2")
-@platform_option
+@_read_flags
 @format_option()
-@_cache_option
-@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @connection_options
-def image_diff(
-    image1: str,
-    image2: str,
-    platform: str | None,
-    fmt: str,
-    cache_dir: Path | None,
-    quiet: bool,
-    opts: Options,
-) -> None:
+def image_diff(image1: str, image2: str, flags: ReadFlags, fmt: str, opts: Options) -> None:
     """Compare the layers and flattened filesystems of IMAGE1 and IMAGE2.
 
     Files are compared by type, size, mode, owner, content (sha256) and
@@ -239,21 +243,10 @@ def image_diff(
       derrick image diff localhost:5000/app:1.0 localhost:5000/app:1.1
       derrick image diff ./old-layout:v1 ./new-layout:v1 --format json
     """
-    first, second = image_location(image1), image_location(image2)  # both before a read
-    with contextlib.ExitStack() as stack:
-        a = stack.enter_context(
-            opened_image(first, opts, platform=platform, cache_dir=cache_dir, cache=True)
-        )
-        b = stack.enter_context(
-            opened_image(second, opts, platform=platform, cache_dir=cache_dir, cache=True)
-        )
-        remote = a.is_remote or b.is_remote
-        bar = open_progress(stack, quiet=quiet or not remote, label="download")
-        data = diff_images(a, b, progress=bar)
-    if fmt == "json":
-        emit_json(data)
-        return
-    _print_diff(data)
+    locs = [image_location(image1), image_location(image2)]  # both before a read
+    with _opened(locs, opts, flags) as ([a, b], progress):
+        data = diff_images(a, b, progress=progress)
+    emit(fmt, data, _print_diff)
 
 
 def _print_diff(data: dict[str, Any]) -> None:
@@ -294,20 +287,10 @@ def _print_diff(data: dict[str, Any]) -> None:
     show_default=True,
     help="How many of each layer's largest files to show.",
 )
-@platform_option
+@_read_flags
 @format_option()
-@_cache_option
-@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @connection_options
-def image_layers(
-    image: str,
-    top: int,
-    platform: str | None,
-    fmt: str,
-    cache_dir: Path | None,
-    quiet: bool,
-    opts: Options,
-) -> None:
+def image_layers(image: str, top: int, flags: ReadFlags, fmt: str, opts: Options) -> None:
     """Show each layer of IMAGE: the command that made it, its sizes, its largest files.
 
     The command comes from the config history (entries that made no layer
@@ -322,7 +305,7 @@ def image_layers(
       derrick image layers ./app-layout:v1 --top 10 --format json
     """
     loc = image_location(image)
-    with _opened(loc, opts, platform, cache_dir, quiet) as (img, progress):
+    with _opened([loc], opts, flags) as ([img], progress):
         report = layer_report(img, top=top, progress=progress)
     if fmt == "json":
         emit_json(

@@ -1,10 +1,11 @@
 """Options of the commands that move blobs: how many at once, how large an upload request
-is, quiet."""
+is, which blob cache, quiet."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -51,16 +52,30 @@ def chunk_size_option(f: F) -> F:
     )(f)
 
 
-def jobs_option(f: F) -> F:
+def jobs_option_of(what: str, default: int = DEFAULT_JOBS) -> Callable[[F], F]:
+    """``-j``/``--jobs``: how many ``what`` at once (1 to 64)."""
     return click.option(
         "-j",
         "--jobs",
         type=click.IntRange(1, 64),
-        default=DEFAULT_JOBS,
+        default=default,
         show_default=True,
-        help="Blobs to move at once.",
-    )(f)
+        help=f"{what} at once.",
+    )
+
+
+jobs_option = jobs_option_of("Blobs to move")
 
 
 def quiet_option(f: F) -> F:
     return click.option("-q", "--quiet", is_flag=True, help="No progress display.")(f)
+
+
+def cache_dir_option(what: str) -> Callable[[F], F]:
+    """``--cache-dir`` (or ``DERRICK_CACHE_DIR``): the blob cache, which holds ``what``."""
+    return click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="DERRICK_CACHE_DIR",
+        help=what,
+    )

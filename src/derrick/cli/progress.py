@@ -5,17 +5,29 @@ from __future__ import annotations
 import sys
 import threading
 from contextlib import ExitStack
-from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 if TYPE_CHECKING:
-    from rich.progress import ProgressColumn, Task, TaskID
+    from rich.progress import Progress, ProgressColumn, Task, TaskID
 
     from derrick.images.model import BlobOutcome
     from derrick.manifest import Descriptor
 
 
-class BlobProgress:
+class Display:
+    """A display of rich bars on stderr, drawn for the life of a ``with`` block."""
+
+    _progress: Progress
+
+    def __enter__(self) -> Self:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._progress.stop()
+
+
+class BlobProgress(Display):
     """The copy engine's progress (:class:`derrick.images.model.Progress`) as rich bars on
     stderr: one per blob that streams, and a total.
 
@@ -59,18 +71,6 @@ class BlobProgress:
         if not speed or task.total is None:
             return None
         return max(task.total - task.completed, 0) / speed
-
-    def __enter__(self) -> BlobProgress:
-        self._progress.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._progress.stop()
 
     def planned(self, total_bytes: int) -> None:
         self._progress.update(self._total, total=total_bytes)

@@ -15,6 +15,7 @@ from derrick.cli.common import (
     Formats,
     Options,
     connection_options,
+    emit,
     emit_json,
     emit_table,
     format_option,
@@ -321,10 +322,7 @@ def image_inspect(reference: str, platform: str | None, fmt: str, opts: Options)
     loc = image_location(reference)
     with opened_image(loc, opts, platform=platform) as image:
         info = inspect_image(image)
-    if fmt == "json":
-        emit_json(info)
-        return
-    _print_inspect(info)
+    emit(fmt, info, _print_inspect)
 
 
 def _print_inspect(info: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""``derrick sync``: mirror many images (see :mod:`derrick.ops.sync`)."""
+"""``derrick sync``: mirror many images (see :mod:`derrick.ops.sync`); and ``image copy
+--all-tags``, a one-off sync of one repository."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 
 import click
 
 from derrick.cli.common import Options, connection_options, emit_json, human_size
+from derrick.cli.copying import CopyFlags, selection
 from derrick.cli.errors import remedy_text
+from derrick.cli.options import cache_dir_option, jobs_option_of, quiet_option
+from derrick.cli.progress import Display, wants_progress
 from derrick.errors import UsageError
+from derrick.images.locations import parse_location
 from derrick.images.model import Selection
-from derrick.manifest import Platform
+from derrick.images.open import copy_selection
 from derrick.ops.sync import DEFAULT_JOBS, sync
 from derrick.ops.syncconfig import SyncConfig, load_config, one_off
 from derrick.ops.syncplan import Shard
@@ -50,14 +54,7 @@ from derrick.store.cache import default_cache_dir
     is_flag=True,
     help="Also copy the cosign tags (sha256-<hex>.sig, .att, .sbom) of every copied digest.",
 )
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(1, 64),
-    default=DEFAULT_JOBS,
-    show_default=True,
-    help="Images to copy at once.",
-)
+@jobs_option_of("Images to copy", DEFAULT_JOBS)
 @click.option(
     "--max-pulls",
     type=click.IntRange(0),
@@ -74,13 +71,8 @@ from derrick.store.cache import default_cache_dir
     show_default=True,
     help="Report format (on stdout).",
 )
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="DERRICK_CACHE_DIR",
-    help="derrick's blob cache: blobs of copies into oci:DIR, records of earlier runs.",
-)
-@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@cache_dir_option("derrick's blob cache: blobs of copies into oci:DIR, records of earlier runs.")
+@quiet_option
 @connection_options
 def sync_command(
     source: str,
@@ -166,9 +158,7 @@ def _selection(platforms: tuple[str, ...], all_platforms: bool) -> Selection:
     """Every platform of an index unless some are named: a mirror must not lose any."""
     if all_platforms and platforms:
         raise UsageError("--platform and --all-platforms exclude each other")
-    if not platforms:
-        return Selection(all=True)  # a mirror keeps every platform
-    return Selection(platforms=tuple(Platform.parse(p) for p in platforms))
+    return copy_selection(platforms, all_platforms, to_registry=True)
 
 
 def _config_file(text: str) -> Path:
@@ -190,10 +180,48 @@ def _config_file(text: str) -> Path:
     )
 
 
+def copy_all_tags(src: str, dst: str, flags: CopyFlags, output: str, opts: Options) -> None:
+    """``image copy --all-tags``: the tags of one repository, as a sync mirrors them (each
+    tag's digest compared first; those the destination has are skipped)."""
+    source, dest = parse_location(src, destination=True), parse_location(dst, destination=True)
+    for loc in (source, dest):
+        ref = loc.reference
+        if ref is None:
+            raise UsageError(
+                f"--all-tags copies a registry repository to one, and {loc} is not",
+                hint="copy the images of a repository to disk one by one",
+            )
+        if ref.tag is not None or ref.digest is not None:
+            raise UsageError(
+                f"--all-tags copies every tag of a repository: {loc} names one image",
+                hint=f"name the repository, {ref.name}",
+            )
+    assert source.reference is not None and dest.reference is not None
+    config = one_off(
+        source.reference.name,
+        dest.reference.name,
+        selection=selection(flags.platforms, flags.all_platforms, dest),
+    )
+    with opts.client(dest.reference.registry) as client, sync_display(flags.quiet) as display:
+        report = sync(
+            config,
+            client=client,
+            jobs=flags.jobs,
+            progress=display,
+            chunk_size=flags.chunk_size,
+            cache_dir=flags.cache_dir or default_cache_dir(),  # records of indexes narrowed
+        )
+    if output == "json":
+        emit_json(report.to_json())
+    elif not flags.quiet:
+        report_text(report)
+    report_exit(report)
+
+
 @contextlib.contextmanager
 def sync_display(quiet: bool) -> Iterator[_Display | None]:
     """The progress display of a sync on stderr, when it is a terminal and not ``quiet``."""
-    if quiet or not sys.stderr.isatty():
+    if not wants_progress(quiet):
         yield None
         return
     with _Display() as display:
@@ -266,7 +294,7 @@ def report_exit(report: SyncReport) -> None:
         raise click.exceptions.Exit(report.exit_code)
 
 
-class _Display:
+class _Display(Display):
     """Images done / total and bytes moved, on stderr."""
 
     def __init__(self) -> None:
@@ -292,18 +320,6 @@ class _Display:
         self._task = self._progress.add_task("images", total=None, moved="0 B")
         self._moved = 0
         self._lock = threading.Lock()
-
-    def __enter__(self) -> _Display:
-        self._progress.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._progress.stop()
 
     def planned(self, images: int) -> None:
         self._progress.update(self._task, total=images)

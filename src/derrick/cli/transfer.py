@@ -1,14 +1,13 @@
 """Commands that move whole images: ``image copy``, and its spellings ``image pull``,
 ``image push`` and ``image save``.
 
-Each is one copy by the engine (:func:`derrick.ops.transfer.copy_many`), run by
+Each is one copy by the engine (:func:`derrick.images.engine.copy_many`), run by
 :func:`derrick.cli.copying.run_copy`; they differ in how their arguments name the source
 and the destination, and in the summary they print.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
@@ -17,24 +16,20 @@ from derrick.cli.common import Options, connection_options, emit_json, human_siz
 from derrick.cli.copying import (
     KINDS,
     Copied,
-    Request,
-    all_platforms_option,
-    cache_dir_option,
+    CopyFlags,
+    copy_flags,
     format_and_kind_option,
     kind_of,
     local_destination,
     named_at,
-    platforms_option,
     registry_location,
     run_copy,
-    selection,
     sources_of,
     stats_json,
     stats_text,
     warn_same_tag,
 )
 from derrick.cli.groups import image_group
-from derrick.cli.options import chunk_size_option, jobs_option, quiet_option
 from derrick.errors import UsageError
 from derrick.images.locations import Location, parse_location
 from derrick.images.model import CopyResult
@@ -57,26 +52,11 @@ def _output(fmt: str, as_json: bool = False) -> tuple[str, str | None]:
     help="Copy every tag of the repository SRC to the repository DST, skipping tags whose "
     "digest DST already has (HEAD requests only).",
 )
-@all_platforms_option
-@platforms_option
-@jobs_option
-@chunk_size_option
-@cache_dir_option
-@quiet_option
+@copy_flags(chunk_size=True)
 @format_and_kind_option()
 @connection_options
 def image_copy(
-    src: str,
-    dst: str,
-    all_tags: bool,
-    all_platforms: bool,
-    platforms: tuple[str, ...],
-    jobs: int,
-    chunk_size: int | None,
-    cache_dir: Path | None,
-    quiet: bool,
-    fmt: str,
-    opts: Options,
+    src: str, dst: str, all_tags: bool, flags: CopyFlags, fmt: str, opts: Options
 ) -> None:
     """Copy the image SRC to DST, between registries and places on disk, digests preserved.
 
@@ -106,24 +86,16 @@ def image_copy(
     """
     output, _ = _output(fmt)
     if all_tags:
-        selected = (platforms, all_platforms)
-        _copy_all_tags(src, dst, selected, jobs, chunk_size, cache_dir, quiet, output, opts)
+        from derrick.cli.sync import copy_all_tags
+
+        copy_all_tags(src, dst, flags, output, opts)
         return
     source = parse_location(src)
     dest = parse_location(dst, destination=True)
-    req = Request(
-        sources=sources_of([src]),
-        dest=dest,
-        selection=selection(platforms, all_platforms, dest),
-        jobs=jobs,
-        chunk_size=chunk_size,
-        cache_dir=cache_dir,
-        quiet=quiet,
-        label=str(dest.reference.familiar()) if dest.reference else dest.text,
-    )
-    copied = run_copy(req, opts)
+    label = str(dest.reference.familiar()) if dest.reference else dest.text
+    copied = run_copy(flags.request(sources_of([src]), dest, label), opts)
     shown_src = str(source.reference) if source.reference else src
-    _copy_summary(shown_src, dest, copied, output, quiet)
+    _copy_summary(shown_src, dest, copied, output, flags.quiet)
     warn_same_tag(copied, dest.path or dst)
 
 
@@ -147,59 +119,6 @@ def _copy_summary(source: str, dest: Location, copied: Copied, output: str, quie
         click.echo(f"Copied {source} to {named} ({result.digest}): {summary}", err=True)
 
 
-def _copy_all_tags(
-    src: str,
-    dst: str,
-    selected: tuple[tuple[str, ...], bool],
-    jobs: int,
-    chunk_size: int | None,
-    cache_dir: Path | None,
-    quiet: bool,
-    output: str,
-    opts: Options,
-) -> None:
-    """``image copy --all-tags``: the tags of one repository, as ``derrick sync`` mirrors them
-    (each tag's digest compared first; those the destination has are skipped)."""
-    from derrick.cli.sync import report_exit, report_text, sync_display
-    from derrick.ops.sync import sync
-    from derrick.ops.syncconfig import one_off
-    from derrick.store.cache import default_cache_dir
-
-    source, dest = parse_location(src, destination=True), parse_location(dst, destination=True)
-    for loc in (source, dest):
-        ref = loc.reference
-        if ref is None:
-            raise UsageError(
-                f"--all-tags copies a registry repository to one, and {loc} is not",
-                hint="copy the images of a repository to disk one by one",
-            )
-        if ref.tag is not None or ref.digest is not None:
-            raise UsageError(
-                f"--all-tags copies every tag of a repository: {loc} names one image",
-                hint=f"name the repository, {ref.name}",
-            )
-    assert source.reference is not None and dest.reference is not None
-    config = one_off(
-        source.reference.name,
-        dest.reference.name,
-        selection=selection(*selected, dest),
-    )
-    with opts.client(dest.reference.registry) as client, sync_display(quiet) as display:
-        report = sync(
-            config,
-            client=client,
-            jobs=jobs,
-            progress=display,
-            chunk_size=chunk_size,
-            cache_dir=cache_dir or default_cache_dir(),  # records of indexes narrowed
-        )
-    if output == "json":
-        emit_json(report.to_json())
-    elif not quiet:
-        report_text(report)
-    report_exit(report)
-
-
 @image_group.command("pull")
 @click.argument("reference")
 @click.option(
@@ -213,23 +132,10 @@ def _copy_all_tags(
 )
 @format_and_kind_option(*KINDS)
 @click.option("--json", "as_json", is_flag=True, hidden=True)
-@platforms_option
-@all_platforms_option
-@jobs_option
-@cache_dir_option
-@quiet_option
+@copy_flags()
 @connection_options
 def image_pull(
-    reference: str,
-    dest: str,
-    fmt: str,
-    as_json: bool,
-    platforms: tuple[str, ...],
-    all_platforms: bool,
-    jobs: int,
-    cache_dir: Path | None,
-    quiet: bool,
-    opts: Options,
+    reference: str, dest: str, fmt: str, as_json: bool, flags: CopyFlags, opts: Options
 ) -> None:
     """Pull REFERENCE to disk as an OCI layout, OCI archive or docker-archive.
 
@@ -248,16 +154,7 @@ def image_pull(
     source = registry_location(reference)
     loc = local_destination(dest, kind)
     assert source.reference is not None
-    req = Request(
-        sources=[(source, None)],
-        dest=loc,
-        selection=selection(platforms, all_platforms, loc),
-        jobs=jobs,
-        cache_dir=cache_dir,
-        quiet=quiet,
-        label=source.reference.familiar(),
-    )
-    copied = run_copy(req, opts)
+    copied = run_copy(flags.request([(source, None)], loc, source.reference.familiar()), opts)
     result = copied.result
     if output == "json":
         emit_json(
@@ -287,20 +184,11 @@ def image_pull(
     "name",
     help="Which image of SRC to push: its tag (ref name), RepoTag or image ID.",
 )
-@jobs_option
-@chunk_size_option
-@quiet_option
+@copy_flags(platforms=False, chunk_size=True, cache=False)
 @format_and_kind_option()
 @connection_options
 def image_push(
-    src: str,
-    reference: str,
-    name: str | None,
-    jobs: int,
-    chunk_size: int | None,
-    quiet: bool,
-    fmt: str,
-    opts: Options,
+    src: str, reference: str, name: str | None, flags: CopyFlags, fmt: str, opts: Options
 ) -> None:
     """Push an image from SRC on disk to REFERENCE.
 
@@ -324,21 +212,13 @@ def image_push(
         raise UsageError(f"the image is named twice: {source.name!r} in SRC and {name!r} by --tag")
     dest = registry_location(reference, destination=True)
     assert dest.reference is not None
-    req = Request(
-        sources=[(source, source.name if name is None else name)],
-        dest=dest,
-        selection=selection((), False, dest),
-        jobs=jobs,
-        chunk_size=chunk_size,
-        quiet=quiet,
-        label=dest.reference.familiar(),
-    )
-    result = run_copy(req, opts)
+    sources = [(source, source.name if name is None else name)]
+    result = run_copy(flags.request(sources, dest, dest.reference.familiar()), opts)
     copied = result.result
     named = named_at(dest, result)
     if output == "json":
         emit_json(_push_json(source.path or src, named, copied))
-    elif not quiet:
+    elif not flags.quiet:
         click.echo(
             f"Pushed {source.path} to {named} ({copied.digest}): "
             f"{stats_text(copied.stats, upload=True)}",
@@ -369,22 +249,10 @@ def _push_json(source: str, named: str, copied: Any) -> dict[str, Any]:
     "standard output.",
 )
 @format_and_kind_option("oci-archive", "docker-archive")
-@platforms_option
-@all_platforms_option
-@jobs_option
-@cache_dir_option
-@quiet_option
+@copy_flags()
 @connection_options
 def image_save(
-    images: tuple[str, ...],
-    dest: str,
-    fmt: str,
-    platforms: tuple[str, ...],
-    all_platforms: bool,
-    jobs: int,
-    cache_dir: Path | None,
-    quiet: bool,
-    opts: Options,
+    images: tuple[str, ...], dest: str, fmt: str, flags: CopyFlags, opts: Options
 ) -> None:
     """Save IMAGES into one archive, as "docker save A B" does.
 
@@ -405,20 +273,10 @@ def image_save(
     if loc.kind == "oci":
         raise UsageError(f"{dest} is a directory: image save writes one archive file")
     sources = sources_of(images)
-    req = Request(
-        sources=sources,
-        dest=loc,
-        selection=selection(platforms, all_platforms, loc),
-        jobs=jobs,
-        cache_dir=cache_dir,
-        quiet=quiet,
-        label=dest,
-        names=[None] * len(sources),
-    )
-    result = run_copy(req, opts).result
+    result = run_copy(flags.request(sources, loc, dest, [None] * len(sources)), opts).result
     if output == "json":
         emit_json(_save_json(dest, kind_of(loc), images, result))
-    elif not loc.is_stream and not quiet:
+    elif not loc.is_stream and not flags.quiet:
         n = len(result.plan.entries)
         click.echo(
             f"Saved {n} image{'s' if n != 1 else ''} to {dest} as {kind_of(loc)}, "

@@ -28,7 +28,7 @@ from derrick.errors import DerrickError
 from derrick.images.archivefile import ArchiveFile, Holes
 from derrick.images.model import BlobFeed, ImageName, ImageSource, Kept, Plan, PlannedEntry
 from derrick.layout.archive import image_platform
-from derrick.layout.oci import (
+from derrick.layout.ociindex import (
     ANNOTATION_IMAGE_NAME,
     ANNOTATION_REF_NAME,
     BLOBS_DIR,

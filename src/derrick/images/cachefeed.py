@@ -20,8 +20,8 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
 
+from derrick.closing import Closing
 from derrick.errors import DerrickError, DigestMismatchError
 from derrick.images.feed import BlobOpener, Feed
 from derrick.images.model import BlobBody, Chunk
@@ -110,7 +110,7 @@ def _write(partial: PartialBlob, feed: Feed) -> None:
         raise
 
 
-class _KeptBody:
+class _KeptBody(Closing):
     """A body that serves the partial file's bytes first, then the source's.
 
     The source is opened here, where the partial file's bytes end (errors opening it are
@@ -155,17 +155,6 @@ class _KeptBody:
         if self._body is not None:
             self._body.close()
             self._body = None
-
-    def __enter__(self) -> _KeptBody:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class TeeFeed:

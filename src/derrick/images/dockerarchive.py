@@ -51,8 +51,9 @@ from derrick.layout.archive import (
     docker_manifest_json,
     repositories_json,
 )
-from derrick.layout.reader import DOCKER_MANIFEST_FILE, DockerArchiveEntry, open_image_source
+from derrick.layout.dockermanifest import DOCKER_MANIFEST_FILE, DockerArchiveEntry
 from derrick.layout.reader import ImageSource as Archive
+from derrick.layout.reader import open_image_source
 from derrick.manifest import Descriptor, ImageConfig
 from derrick.platform import require_image
 from derrick.reference import Reference

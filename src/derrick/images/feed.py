@@ -19,9 +19,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Protocol
 
+from derrick.closing import Closing
 from derrick.digest import Digest, Verifier
 from derrick.errors import (
     Cancelled,
@@ -235,7 +235,7 @@ def read_small(
     return b"".join(bytes(c) for c in feed.chunks())
 
 
-class BytesBody:
+class BytesBody(Closing):
     """A :class:`BlobBody` over bytes in memory (from ``offset``)."""
 
     def __init__(self, data: bytes, offset: int = 0) -> None:
@@ -249,19 +249,8 @@ class BytesBody:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> BytesBody:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class FileBody:
+class FileBody(Closing):
     """A :class:`BlobBody` over a local file, from ``offset`` (opened here: ``OSError``
     when it cannot be)."""
 
@@ -281,17 +270,6 @@ class FileBody:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-    def __enter__(self) -> FileBody:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class FileOpener:

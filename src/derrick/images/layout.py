@@ -37,7 +37,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import stat
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,12 +54,12 @@ from derrick.errors import (
 from derrick.images.feed import FileBody
 from derrick.images.layoutwrite import add_entries, disk_error, file_holds, temp_dir, write_stream
 from derrick.images.model import BlobFeed, ImageName, ImageSource, Kept, Plan, PlannedImage
-from derrick.layout.oci import (
+from derrick.layout.oci import OCILayout, blob_file
+from derrick.layout.ociindex import (
     ANNOTATION_IMAGE_NAME,
     ANNOTATION_REF_NAME,
     BLOBS_DIR,
     LAYOUT_FILE,
-    OCILayout,
     entry_names,
     resolve_entry,
 )
@@ -131,16 +130,7 @@ class LayoutDir:
 
     def _blob_file(self, digest: Digest, root: Path | None = None) -> Path | None:
         """The blob's file if it is a regular file inside the layout, else None."""
-        base = root if root is not None else self.path
-        path = base / BLOBS_DIR / digest.algorithm / digest.hex
-        try:
-            if not path.resolve().is_relative_to(base.resolve()):
-                return None
-            if not stat.S_ISREG(path.stat().st_mode):
-                return None
-        except OSError:
-            return None
-        return path
+        return blob_file(root if root is not None else self.path, digest)
 
     def resolve(self, name: str | None = None) -> Descriptor:
         return resolve_entry(self._entries(), name or self.default, self.description)

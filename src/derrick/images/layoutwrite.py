@@ -4,17 +4,17 @@ named from a copy's names, and the one-line error of a failed write."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import secrets
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from derrick.errors import DiskError
 from derrick.images.model import BlobFeed, ImageName
-from derrick.layout.oci import OCILayout, full_name
+from derrick.layout.atomic import replacing
+from derrick.layout.oci import OCILayout
+from derrick.layout.ociindex import full_name
 from derrick.manifest import Descriptor
 from derrick.oserrors import writing_failed
 from derrick.store.records import hashes_to
@@ -39,17 +39,9 @@ def write_stream(layout: OCILayout, feed: BlobFeed) -> Path:
     digest = feed.desc.digest
     dest = layout.blob_path(digest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{digest.hex[:16]}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in feed.chunks():
-                f.write(chunk)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with replacing(dest, digest.hex[:16]) as fd, os.fdopen(fd, "wb", closefd=False) as f:
+        for chunk in feed.chunks():
+            f.write(chunk)
     return dest
 
 

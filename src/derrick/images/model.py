@@ -9,7 +9,7 @@ Implementations:
 * :mod:`derrick.images.dockerarchive` -- ``docker save`` tarballs, legacy and Docker 25+
   (source, with a manifest synthesised for legacy images; sink of one or several images).
 
-The one engine that moves images between them is :func:`derrick.ops.transfer.copy`.
+The one engine that moves images between them is :func:`derrick.images.engine.copy`.
 It walks what the source names (:mod:`derrick.images.plan`), hands the sink the whole
 :class:`Plan` (``begin``), then every blob the sink lacks (``put_blob``, in parallel unless
 the sink is ``ordered``), then the manifests, children before the index that lists them
@@ -341,7 +341,7 @@ class TransferStats:
 
 @dataclass
 class CopyResult:
-    """The outcome of :func:`derrick.ops.transfer.copy`."""
+    """The outcome of :func:`derrick.images.engine.copy`."""
 
     source: str
     destination: str

@@ -26,7 +26,7 @@ from derrick.images.archive import (
 )
 from derrick.images.model import ImageName, Plan
 from derrick.images.tarsource import TarSource
-from derrick.layout.oci import INDEX_FILE, LAYOUT_FILE, layout_file_bytes
+from derrick.layout.ociindex import INDEX_FILE, LAYOUT_FILE, layout_file_bytes
 from derrick.manifest import Descriptor
 
 __all__ = ["OCIArchiveSink", "OCIArchiveSource", "oci_members"]

@@ -9,22 +9,25 @@ content whatever prefix named it (a Docker 25+ ``docker save`` is both kinds at 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import BinaryIO
 
 from derrick.errors import DerrickError, UsageError
 from derrick.images.dockerarchive import DockerArchiveSink, open_archive
 from derrick.images.layout import LayoutDir
 from derrick.images.locations import Location
-from derrick.images.model import ImageName, ImageSink, ImageSource
+from derrick.images.model import ImageName, ImageSink, ImageSource, Selection
 from derrick.images.ociarchive import OCIArchiveSink
 from derrick.images.remote import DEFAULT_CHUNK_SIZE, RegistryRepository
 from derrick.images.tarsource import TarSource
+from derrick.manifest import Platform
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
 from derrick.store.cache import BlobStore
 
 __all__ = [
     "copy_names",
+    "copy_selection",
     "destination_names",
     "open_sink",
     "open_source",
@@ -154,6 +157,20 @@ def copy_names(
         f"{shown} is tagged {', '.join(tags)}, so {ref} needs the tag to copy it as",
         hint=f"add one, e.g. {ref.name}:{tags[0]}",
     )
+
+
+def copy_selection(
+    platforms: Sequence[Platform | str], all_platforms: bool, *, to_registry: bool
+) -> Selection:
+    """What a copy takes of an index: the ``platforms`` named (each once); else the index
+    whole when ``all_platforms`` or when the destination is a registry (a mirror must not
+    lose platforms); else this machine's platform (as a pull does)."""
+    if platforms and all_platforms:
+        raise UsageError("a copy takes all platforms, or the ones named: not both")
+    if platforms:
+        wanted = (Platform.parse(p) if isinstance(p, str) else p for p in platforms)
+        return Selection(platforms=tuple(dict.fromkeys(wanted)))
+    return Selection(all=all_platforms or to_registry)
 
 
 def _client(client: RegistryClient | None, loc: Location) -> RegistryClient:

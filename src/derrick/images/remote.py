@@ -20,8 +20,8 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Sequence
-from types import TracebackType
 
+from derrick.closing import Closing
 from derrick.digest import Digest, Verifier
 from derrick.errors import ManifestError, NotFoundError, UsageError
 from derrick.images.model import (
@@ -42,7 +42,7 @@ __all__ = ["DEFAULT_CHUNK_SIZE", "RegistryRepository"]
 DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
 
 
-class _RemoteBody:
+class _RemoteBody(Closing):
     """An open blob download (a :class:`~derrick.images.model.BlobBody`)."""
 
     def __init__(self, stream: BlobStream, stack: contextlib.ExitStack) -> None:
@@ -55,17 +55,6 @@ class _RemoteBody:
 
     def close(self) -> None:
         self._stack.close()
-
-    def __enter__(self) -> _RemoteBody:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class RegistryRepository:

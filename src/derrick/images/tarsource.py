@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from typing import Self
 
+from derrick.closing import Closing
 from derrick.digest import Digest, Verifier
 from derrick.errors import DerrickError, LayoutError, ManifestError, Remedy
 from derrick.images.model import Chunk, ImageName
-from derrick.layout.oci import ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, blob_member
+from derrick.layout.ociindex import ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, blob_member
 from derrick.layout.reader import ImageSource as Archive
 from derrick.layout.reader import SelectedImage, tag_in
 from derrick.manifest import MAX_MANIFEST_SIZE, Descriptor, ImageManifest, parse_manifest
@@ -33,20 +33,7 @@ from derrick.store.files import CHUNK
 __all__ = ["MemberBody", "TarSource", "image_name_of"]
 
 
-class _Closing:
-    """Closed at the end of a ``with`` block."""
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-class MemberBody(_Closing):
+class MemberBody(Closing):
     """``left`` bytes of a member of an archive, from ``offset`` (a
     :class:`~derrick.images.model.BlobBody`); a member that ends early just ends."""
 
@@ -88,7 +75,7 @@ def image_name_of(*names: str | None) -> ImageName:
     return ImageName()
 
 
-class TarSource(_Closing):
+class TarSource(Closing):
     """The images of ``archive`` (opened by :func:`~derrick.layout.reader.open_image_source`)
     as an :class:`~derrick.images.model.ImageSource`, less the naming its kind adds."""
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from types import TracebackType
 
+from derrick.closing import Closing
 from derrick.digest import Digest, Verifier
 from derrick.errors import ManifestError
 from derrick.images.layers import Layer, LayerReader, numbered_layers
@@ -55,7 +55,7 @@ __all__ = ["NO_FILESYSTEM", "Image", "open_image"]
 NO_FILESYSTEM = "it has no filesystem to read"
 
 
-class Image:
+class Image(Closing):
     """The image ``name`` (None: the source's default) of ``source`` for ``platform``
     (None: this machine's, from an index).
 
@@ -95,17 +95,6 @@ class Image:
 
     def __str__(self) -> str:
         return self.shown
-
-    def __enter__(self) -> Image:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close what the image was opened with (its source, a client made for it)."""

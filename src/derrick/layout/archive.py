@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 from derrick import mediatypes as mt
 from derrick.digest import Digest, verify_bytes
 from derrick.errors import DerrickError, LayoutError, ManifestError
-from derrick.layout.oci import (
+from derrick.layout.ociindex import (
     ANNOTATION_IMAGE_NAME,
     ANNOTATION_REF_NAME,
     BLOBS_DIR,

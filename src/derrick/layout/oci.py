@@ -1,33 +1,27 @@
-"""OCI image layout directories (image-spec ``image-layout.md``).
+"""OCI image layout directories (image-spec ``image-layout.md``): :class:`OCILayout`.
 
 A layout is a directory holding an ``oci-layout`` marker file
 (``{"imageLayoutVersion": "1.0.0"}``), an ``index.json`` image index whose
 entries name the images it holds, and content-addressed blobs under
-``blobs/<algorithm>/<encoded>``.
+``blobs/<algorithm>/<encoded>``.  What those files say and how a name picks an entry
+is :mod:`derrick.layout.ociindex`; this module reads and writes the directory.
 
 Every file is written under a temporary name in the same directory and moved
-into place with ``os.replace``, so a final name never refers to a half-written
-file.  Blobs are content-addressed, so writers never disagree about one; the
-read-change-write of ``index.json`` is done holding an exclusive ``flock`` on the
-layout directory itself (opened read-only), so concurrent derrick processes
-adding images to one layout do not lose each other's entries.  The lock needs no
-file of its own in the layout; tools that do not take it (skopeo, umoci) are not
-coordinated with.
-
-Naming follows skopeo and containerd: an index entry's
-``org.opencontainers.image.ref.name`` is the tag (``v1``) and its
-``io.containerd.image.name`` the full reference (``registry.example/team/app:v1``).
-One layout may hold images of several repositories under the same tag; an entry
-is replaced only by one with the same full name.
+into place with ``os.replace`` (:mod:`derrick.layout.atomic`), so a final name never
+refers to a half-written file.  Blobs are content-addressed, so writers never disagree
+about one; the read-change-write of ``index.json`` is done holding an exclusive
+``flock`` on the layout directory itself (opened read-only), so concurrent derrick
+processes adding images to one layout do not lose each other's entries.  The lock needs
+no file of its own in the layout; tools that do not take it (skopeo, umoci) are not
+coordinated with.  One layout may hold images of several repositories under the same
+tag; an entry is replaced only by one with the same full name.
 
 A blob added from a file elsewhere (:meth:`OCILayout.add_blob_file`, as pulls
 do from derrick's blob cache) is a copy: a reflink where the filesystem can
-clone (btrfs, XFS, bcachefs: the data is shared copy-on-write, nothing is
-copied), else a copy made in the kernel (``copy_file_range``).  Never a hard
-link: a write into a linked file would change the cache's file and every other
-layout linked to it.  On a filesystem without reflinks the copy costs about a
-quarter of a second of CPU time per GiB on the development machine, and the
-disk space of a second copy.
+clone, else a copy made in the kernel; never a hard link, as a write into a linked
+file would change the cache's file and every other layout linked to it.  On a
+filesystem without reflinks the copy costs about a quarter of a second of CPU time per
+GiB on the development machine, and the disk space of a second copy.
 """
 
 from __future__ import annotations
@@ -36,258 +30,81 @@ import contextlib
 import fcntl
 import json
 import os
-import re
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from derrick import mediatypes as mt
 from derrick.digest import Digest, Verifier
 from derrick.errors import DerrickError, LayoutError
-from derrick.manifest import MAX_MANIFEST_SIZE, Descriptor, Index, parse_manifest
-from derrick.store.files import Region, copy_range
+from derrick.layout.atomic import FICLONE, atomic_write, clone_or_copy, read_verified, replacing
+from derrick.layout.ociindex import (
+    ANNOTATION_IMAGE_NAME,
+    ANNOTATION_REF_NAME,
+    BLOBS_DIR,
+    INDEX_FILE,
+    LAYOUT_FILE,
+    LAYOUT_VERSION,
+    MAX_INDEX_SIZE,
+    blob_member,
+    check_layout_file,
+    check_ref_name,
+    dump_json,
+    empty_index_bytes,
+    entry_name,
+    entry_names,
+    full_name,
+    index_json,
+    layout_file_bytes,
+    named_descriptor,
+    parse_index_json,
+    resolve_entry,
+)
+from derrick.manifest import MAX_MANIFEST_SIZE, Descriptor, Index
 
-LAYOUT_FILE = "oci-layout"
-INDEX_FILE = "index.json"
-BLOBS_DIR = "blobs"
-LAYOUT_VERSION = "1.0.0"
-
-#: Annotation naming an index entry within a layout (the tag, e.g. ``v1``).
-ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
-#: Annotation carrying the full image reference of an index entry.
-ANNOTATION_IMAGE_NAME = "io.containerd.image.name"
-
-#: ioctl that makes a file share another's data, copy-on-write (linux/fs.h ``FICLONE``).
-FICLONE = 0x40049409
-
-#: Largest ``index.json`` read (bytes).
-MAX_INDEX_SIZE = MAX_MANIFEST_SIZE
-
-# image-spec annotations.md: grammar of org.opencontainers.image.ref.name
-_REF_COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
-_REF_NAME_RE = re.compile(rf"^{_REF_COMPONENT}(?:/{_REF_COMPONENT})*$")
-
-
-def layout_file_bytes() -> bytes:
-    """Content of the ``oci-layout`` marker file."""
-    return json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode()
-
-
-def empty_index_bytes() -> bytes:
-    """Content of an ``index.json`` with no entries."""
-    return _dump({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": []})
-
-
-def blob_member(digest: Digest) -> str:
-    """Relative path of a blob in a layout: ``blobs/<algorithm>/<hex>``."""
-    return f"{BLOBS_DIR}/{digest.algorithm}/{digest.hex}"
-
-
-def _dump(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def check_ref_name(ref_name: str) -> str:
-    """Validate ``ref_name`` against the image-spec ``ref.name`` grammar."""
-    if not _REF_NAME_RE.match(ref_name):
-        raise LayoutError(
-            f"invalid OCI layout reference name {ref_name!r}",
-            hint="use letters, digits and . _ - : @ + / (a tag such as v1.2 or latest)",
-        )
-    return ref_name
-
-
-def index_json(
-    entries: Sequence[Descriptor], annotations: Mapping[str, str] | None = None
-) -> bytes:
-    """Serialise an ``index.json`` holding ``entries``."""
-    obj: dict[str, Any] = {
-        "schemaVersion": 2,
-        "mediaType": mt.OCI_INDEX,
-        "manifests": [d.to_json() for d in entries],
-    }
-    if annotations:
-        obj["annotations"] = dict(annotations)
-    return _dump(obj)
+#: The layout's own class and :func:`blob_file`; the names of
+#: :mod:`derrick.layout.ociindex` and :mod:`derrick.layout.atomic` it is built on are here
+#: too, for code that imports them from this module, where they were defined before.
+__all__ = [
+    "ANNOTATION_IMAGE_NAME",
+    "ANNOTATION_REF_NAME",
+    "BLOBS_DIR",
+    "FICLONE",
+    "INDEX_FILE",
+    "LAYOUT_FILE",
+    "LAYOUT_VERSION",
+    "MAX_INDEX_SIZE",
+    "OCILayout",
+    "atomic_write",
+    "blob_file",
+    "blob_member",
+    "check_layout_file",
+    "check_ref_name",
+    "empty_index_bytes",
+    "entry_name",
+    "entry_names",
+    "full_name",
+    "index_json",
+    "layout_file_bytes",
+    "named_descriptor",
+    "parse_index_json",
+    "read_verified",
+    "resolve_entry",
+]
 
 
-def named_descriptor(
-    desc: Descriptor, ref_name: str | None = None, image_name: str | None = None
-) -> Descriptor:
-    """``desc`` with the layout naming annotations set (those given) on top of its own."""
-    annotations = dict(desc.annotations or {})
-    if ref_name is not None:
-        annotations[ANNOTATION_REF_NAME] = check_ref_name(ref_name)
-    if image_name is not None:
-        annotations[ANNOTATION_IMAGE_NAME] = image_name
-    return desc.with_annotations(annotations)
-
-
-def check_layout_file(data: bytes, where: str) -> None:
-    """Raise :class:`LayoutError` unless ``data`` is a valid ``oci-layout`` file."""
+def blob_file(root: Path, digest: Digest) -> Path | None:
+    """The file of blob ``digest`` in the layout at ``root`` when it is a regular file
+    inside the layout (not through a link out of it), else None."""
+    path = root / BLOBS_DIR / digest.algorithm / digest.hex
     try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LayoutError(f"{where}: oci-layout is not valid JSON: {e}") from None
-    version = obj.get("imageLayoutVersion") if isinstance(obj, dict) else None
-    if version != LAYOUT_VERSION:
-        raise LayoutError(
-            f"{where}: unsupported OCI layout version {version!r}",
-            hint=f"derrick reads image layout version {LAYOUT_VERSION}",
-        )
-
-
-def parse_index_json(data: bytes, where: str) -> Index:
-    """Parse an ``index.json``; raise :class:`LayoutError` if it is not an image index.
-
-    ``"manifests": null`` is read as no entries: Docker 25.0.0 and 25.0.1 write
-    it when they save only untagged images.
-    """
-    if len(data) > MAX_INDEX_SIZE:
-        raise LayoutError(f"{where}: index.json is larger than {MAX_INDEX_SIZE} bytes")
-    try:
-        parsed = parse_manifest(data, null_manifests=True, what=INDEX_FILE)
-    except DerrickError as e:
-        problem = e.message  # "index.json is not valid JSON: ..." as it is
-        if not problem.startswith(f"{INDEX_FILE} is "):
-            problem = f"{INDEX_FILE} is malformed: {problem.removeprefix(INDEX_FILE + ': ')}"
-        raise LayoutError(f"{where}: {problem}") from None
-    if not isinstance(parsed, Index):
-        raise LayoutError(f"{where}: index.json is not an image index")
-    return parsed
-
-
-def entry_name(desc: Descriptor) -> str:
-    """How an index entry is named to users: its ref.name, image name or digest."""
-    ann = desc.annotations or {}
-    return ann.get(ANNOTATION_REF_NAME) or ann.get(ANNOTATION_IMAGE_NAME) or str(desc.digest)
-
-
-def full_name(desc: Descriptor) -> str:
-    """An index entry's full image name (``io.containerd.image.name``), else its digest."""
-    return (desc.annotations or {}).get(ANNOTATION_IMAGE_NAME) or str(desc.digest)
-
-
-def entry_names(entries: Sequence[Descriptor], *, unnamed: bool = False) -> list[str]:
-    """Names that pick each entry, each once, in index order.
-
-    An entry's ref.name (tag) when no other image has it, else its full name (or
-    its digest when it has none); an entry without a ref.name by its full name,
-    and by its digest only when ``unnamed``.
-    """
-    images_by_tag: dict[str, set[Digest]] = {}
-    for d in entries:
-        tag = (d.annotations or {}).get(ANNOTATION_REF_NAME)
-        if tag:
-            images_by_tag.setdefault(tag, set()).add(d.digest)
-    out: list[str] = []
-    for d in entries:
-        ann = d.annotations or {}
-        tag = ann.get(ANNOTATION_REF_NAME)
-        name: str | None
-        if tag:
-            name = tag if len(images_by_tag[tag]) == 1 else full_name(d)
-        else:
-            name = ann.get(ANNOTATION_IMAGE_NAME) or (str(d.digest) if unnamed else None)
-        if name and name not in out:
-            out.append(name)
-    return out
-
-
-def _listing(entries: Sequence[Descriptor]) -> str:
-    """``full-name (digest)`` of each entry, or the digest alone when it has no full name."""
-    out: list[str] = []
-    for d in entries:
-        name = full_name(d)
-        item = name if name == str(d.digest) else f"{name} ({d.digest})"
-        if item not in out:
-            out.append(item)
-    return ", ".join(out)
-
-
-def resolve_entry(entries: Sequence[Descriptor], name: str | None, where: str) -> Descriptor:
-    """Find the index entry called ``name``: its ref.name (tag), full name or digest.
-
-    With ``name`` None the index must hold exactly one entry.  A tag that names
-    different images (of different repositories) picks none of them: the error
-    lists their full names and digests, either of which picks one.
-    """
-    if name is None:
-        if len(entries) == 1:
-            return entries[0]
-        if not entries:
-            raise LayoutError(f"{where} holds no images")
-        raise LayoutError(
-            f"{where} holds {len(entries)} images; choose one of: "
-            + ", ".join(entry_names(entries, unnamed=True))
-        )
-    for key, what, by in (
-        (ANNOTATION_REF_NAME, "tagged", "its full name or digest"),
-        (ANNOTATION_IMAGE_NAME, "named", "its digest"),
-    ):
-        found = [d for d in entries if (d.annotations or {}).get(key) == name]
-        if found and len({d.digest for d in found}) == 1:
-            return found[0]
-        if found:
-            raise LayoutError(
-                f"{where} has {len({d.digest for d in found})} different images {what} "
-                f"{name!r}: {_listing(found)}",
-                hint=f"pick one by {by} instead of {name!r}",
-            )
-    found = [d for d in entries if str(d.digest) == name]
-    if found:
-        return found[0]
-    names = ", ".join(entry_names(entries, unnamed=True)) or "none"
-    raise LayoutError(f"no image named {name!r} in {where} (it has: {names})")
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _clone_or_copy(src_fd: int, dst_fd: int) -> None:
-    """Make the (empty) file ``dst_fd`` a copy of ``src_fd``: a reflink if possible."""
-    try:
-        fcntl.ioctl(dst_fd, FICLONE, src_fd)
-        return
+        if not path.resolve().is_relative_to(root.resolve()):
+            return None
+        if not stat.S_ISREG(path.stat().st_mode):
+            return None
     except OSError:
-        pass  # no reflinks here (or another filesystem): copy the bytes
-    size = os.fstat(src_fd).st_size
-    copy_range(Region(src_fd, 0, size), Region(dst_fd, 0, size), 0, size)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a synced temporary file and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def read_verified(f: BinaryIO, digest: Digest, max_size: int, what: str = "blob") -> bytes:
-    """Read all of ``f`` (at most ``max_size`` bytes) and check it against ``digest``."""
-    data = f.read(max_size + 1)
-    if len(data) > max_size:
-        raise LayoutError(f"{what} {digest} is larger than the {max_size} byte limit")
-    v = Verifier(digest, what=what)
-    v.update(data)
-    v.verify()
-    return data
+        return None
+    return path
 
 
 class OCILayout:
@@ -395,27 +212,17 @@ class OCILayout:
         dest = self.blob_path(digest)
         if not replace and dest.exists():
             return dest
-        blob_dir = self._blob_dir(digest)
+        self._blob_dir(digest)
         try:
             src_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise LayoutError(f"cannot add blob {digest}: {src} does not exist") from None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{digest.hex[:16]}.", suffix=".tmp", dir=blob_dir)
-            try:
-                try:
-                    _clone_or_copy(src_fd, fd)
-                finally:
-                    os.close(fd)
-                os.chmod(tmp, 0o644)
-                # No fsync, as for the cache's files and archive files: a pull that
-                # is interrupted leaves no final name behind, and a GiB forced to disk
-                # would double the time of a pull.
-                os.replace(tmp, dest)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            # No fsync, as for the cache's files and archive files: a pull that is
+            # interrupted leaves no final name behind, and a GiB forced to disk would
+            # double the time of a pull.
+            with replacing(dest, digest.hex[:16]) as fd:
+                clone_or_copy(src_fd, fd)
         finally:
             os.close(src_fd)
         return dest
@@ -544,7 +351,7 @@ class OCILayout:
             kept.append(new.to_json())
             obj["manifests"] = kept
             obj.setdefault("schemaVersion", 2)
-            atomic_write(self.root / INDEX_FILE, _dump(obj))
+            atomic_write(self.root / INDEX_FILE, dump_json(obj))
         return new
 
     def tagged(self, ref_name: str) -> list[Descriptor]:

@@ -299,13 +299,7 @@ class RootTree:
             for piece in reader.data():
                 while piece:
                     piece = piece[write(fd, piece) :]
-            if self.same_owner:
-                os.fchown(fd, entry.uid, entry.gid)
-            os.fchmod(fd, entry.mode)
-            if entry.xattrs:
-                self._xattrs(fd, entry)
-            ns = int(entry.mtime * 1e9)
-            os.utime(fd, ns=(ns, ns))
+            self._set_fd_meta(fd, entry)
         finally:
             os.close(fd)
         self.files += 1
@@ -340,6 +334,17 @@ class RootTree:
         ns = int(entry.mtime * 1e9)
         os.utime(name, ns=(ns, ns), dir_fd=pfd, follow_symlinks=False)
 
+    def _set_fd_meta(self, fd: int, entry: TarEntry) -> None:
+        """The entry's owner (with ``same_owner``), mode, xattrs and mtime, on the open
+        file or directory ``fd``."""
+        if self.same_owner:
+            os.fchown(fd, entry.uid, entry.gid)
+        os.fchmod(fd, entry.mode)
+        if entry.xattrs:
+            self._xattrs(fd, entry)
+        ns = int(entry.mtime * 1e9)
+        os.utime(fd, ns=(ns, ns))
+
     def _xattrs(self, fd: int, entry: TarEntry) -> None:
         for key, value in (entry.xattrs or {}).items():
             try:
@@ -359,15 +364,8 @@ class RootTree:
             found = self.dir(canon.split("/") if canon else [], create=False)
             if found is None or found[1] != canon:
                 continue
-            fd = found[0]
             root_seen = root_seen or not canon
-            if self.same_owner:
-                os.fchown(fd, entry.uid, entry.gid)
-            os.fchmod(fd, entry.mode)
-            if entry.xattrs:
-                self._xattrs(fd, entry)
-            ns = int(entry.mtime * 1e9)
-            os.utime(fd, ns=(ns, ns))
+            self._set_fd_meta(found[0], entry)
         if not root_seen:
             os.fchmod(self.fd, 0o755)
 

@@ -13,7 +13,7 @@ For every item of the plan (:mod:`derrick.ops.syncplan`), ``jobs`` at a time:
    either would run out the sync stops starting copies, checks the rest, and reports what
    is left undone and the registry's window.  A 429 the transport could not wait out
    stops it the same way.
-3. **Copy**: :func:`derrick.ops.transfer.copy` of the digest the check found (so a tag
+3. **Copy**: :func:`derrick.images.engine.copy` of the digest the check found (so a tag
    that moves meanwhile is not half-copied), the destination tag put last.  Into a
    registry: blobs the destination has are skipped, blobs another repository of the
    destination registry holds are mounted, and the rest stream through verified.  Into an
@@ -30,7 +30,6 @@ skipped.
 
 from __future__ import annotations
 
-import collections
 import threading
 import time
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from derrick.ops.syncparts import (
     needs_index,
 )
 from derrick.ops.syncplan import Shard, SyncItem, SyncPlan, plan_sync
+from derrick.ops.syncqueue import WorkQueue
 from derrick.ops.syncreport import (
     Budget,
     BytesMoved,
@@ -175,17 +175,10 @@ class _Runner:
         self.blobs = BlobMap()
         self.stopped: str | None = None
         self.outcomes: list[tuple[int, ImageOutcome]] = []
-        self._queue = collections.deque(the_plan.items)
-        #: every item queued, in plan order (the report keeps that order)
-        self._queued = {_key(item): i for i, item in enumerate(the_plan.items)}
-        self._total = len(the_plan.items)
-        self._busy = 0
-        self._cond = threading.Condition()
-        self._cancel = threading.Event()
-        self._copies: set[threading.Event] = set()
+        self.queue = WorkQueue(the_plan.items, _key)
+        self._lock = threading.Lock()
         self._tags_lock = threading.Lock()
         self._followed: set[str] = set()  # source tags queued as signature tags
-        self._crashed: list[BaseException] = []
         self.checker = Checker(
             client,
             budget,
@@ -195,27 +188,10 @@ class _Runner:
             layouts=settings.layouts,
         )
 
-    # -- the pool ------------------------------------------------------------------------
-
     def run(self) -> SyncReport:
         if self.progress is not None:
-            self.progress.planned(self._total)
-        workers = [
-            threading.Thread(target=self._work, name=f"derrick-sync-{i}", daemon=True)
-            for i in range(min(max(1, self.settings.jobs), max(1, len(self._queue))))
-        ]
-        for t in workers:
-            t.start()
-        try:
-            for t in workers:
-                t.join()
-        except BaseException:
-            self._cancel_all()
-            for t in workers:
-                t.join()
-            raise
-        if self._crashed:
-            raise self._crashed[0]
+            self.progress.planned(self.queue.total)
+        self.queue.run(self.settings.jobs, lambda item: self._finish(item, self._one(item)))
         return SyncReport(
             images=[o for _, o in sorted(self.outcomes, key=lambda pair: pair[0])],
             filtered=[f for f in self.plan.filtered if f not in self._followed],
@@ -228,38 +204,10 @@ class _Runner:
             dry_run=self.settings.dry_run,
         )
 
-    def _cancel_all(self) -> None:
-        self._cancel.set()
-        with self._cond:
-            for event in self._copies:
-                event.set()
-            self._cond.notify_all()
-
-    def _work(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and self._busy and not self._cancel.is_set():
-                    self._cond.wait()
-                if self._cancel.is_set() or not self._queue:
-                    self._cond.notify_all()
-                    return
-                item = self._queue.popleft()
-                self._busy += 1
-            try:
-                self._finish(item, self._one(item))
-            except BaseException as e:  # not an image's failure: stop everything
-                with self._cond:
-                    self._crashed.append(e)
-                self._cancel_all()
-            finally:
-                with self._cond:
-                    self._busy -= 1
-                    self._cond.notify_all()
-
     def _finish(self, item: SyncItem, out: tuple[ImageOutcome, Found | None]) -> None:
         outcome, found = out
-        with self._cond:
-            self.outcomes.append((self._queued[_key(item)], outcome))
+        with self._lock:
+            self.outcomes.append((self.queue.position(item), outcome))
         if self.progress is not None:
             self.progress.image_finished(outcome)
         if item.digest_tags and found is not None and outcome.status in ("copied", "unchanged"):
@@ -270,8 +218,8 @@ class _Runner:
                     f"{item.source.name} (signature tags)", outcome.destination, "failed"
                 )
                 failed.failed_with(e)
-                with self._cond:
-                    self.outcomes.append((self._queued[_key(item)], failed))
+                with self._lock:
+                    self.outcomes.append((self.queue.position(item), failed))
 
     # -- one image -----------------------------------------------------------------------
 
@@ -291,7 +239,7 @@ class _Runner:
             self._stop(out, reason_of(e))
         except Cancelled as e:
             out.failed_with(e)
-            if self._cancel.is_set():
+            if self.queue.cancel.is_set():
                 out.status = "left"
         except DerrickError as e:
             out.failed_with(e)
@@ -306,7 +254,7 @@ class _Runner:
     def _stop(self, out: ImageOutcome, why: str) -> None:
         out.status = "left"
         out.reason = why
-        with self._cond:
+        with self._lock:
             if self.stopped is None:
                 self.stopped = why
 
@@ -329,16 +277,11 @@ class _Runner:
         self._copy(item, found, out)
 
     def _copy(self, item: SyncItem, found: Found, out: ImageOutcome) -> None:
-        from derrick.ops import transfer  # the engine: loaded when a sync copies
+        from derrick.images import engine  # loaded when a sync copies
 
         sink, names = self._sink(item)
-        event = threading.Event()
-        with self._cond:
-            if self._cancel.is_set():
-                raise Cancelled("cancelled")
-            self._copies.add(event)
-        try:
-            result = transfer.copy(
+        with self.queue.stoppable() as event:
+            result = engine.copy(
                 found.source,
                 sink,
                 name=str(found.head.digest),
@@ -350,9 +293,6 @@ class _Runner:
                 retry=self.client.transport.retry,
                 cache=self.settings.store,
             )
-        finally:
-            with self._cond:
-                self._copies.discard(event)
         out.status = "copied"
         out.digest = str(result.digest)
         out.bytes = result.stats.copied_bytes
@@ -397,16 +337,9 @@ class _Runner:
                     False,
                 )
                 added.append(follow)
-        with self._cond:
-            for follow in added:
-                self._followed.add(f"{follow.source.name}:{follow.tag}")
-                key = _key(follow)
-                if key not in self._queued:
-                    self._queued[key] = len(self._queued)
-                    self._queue.append(follow)
-                    self._total += 1
-            total = self._total
-            self._cond.notify_all()
+        with self._lock:
+            self._followed.update(f"{follow.source.name}:{follow.tag}" for follow in added)
+        total = self.queue.add(added)
         if added and self.progress is not None:
             self.progress.planned(total)
 

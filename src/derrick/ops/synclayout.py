@@ -18,7 +18,6 @@ through the blob store, which keeps the blobs for later runs.
 
 from __future__ import annotations
 
-import stat
 import threading
 from pathlib import Path
 
@@ -28,7 +27,8 @@ from derrick.errors import DerrickError, LayoutError
 from derrick.images.layout import LayoutDir
 from derrick.images.layoutwrite import file_holds
 from derrick.images.plan import FOREIGN_LAYERS, MAX_INDEX_DEPTH
-from derrick.layout.oci import ANNOTATION_IMAGE_NAME, BLOBS_DIR, LAYOUT_FILE, OCILayout
+from derrick.layout.oci import OCILayout, blob_file
+from derrick.layout.ociindex import ANNOTATION_IMAGE_NAME, LAYOUT_FILE
 from derrick.manifest import MAX_MANIFEST_SIZE, Descriptor, ImageManifest, Index, parse_manifest
 from derrick.store.cache import BlobStore
 
@@ -110,15 +110,7 @@ class LayoutDestination:
 
     def _file(self, digest: Digest) -> Path | None:
         """The blob's file, if it is a regular file inside the layout."""
-        path = self.path / BLOBS_DIR / digest.algorithm / digest.hex
-        try:
-            if not path.resolve().is_relative_to(self.path.resolve()):
-                return None
-            if not stat.S_ISREG(path.stat().st_mode):
-                return None
-        except OSError:
-            return None
-        return path
+        return blob_file(self.path, digest)
 
     def _manifest(self, desc: Descriptor) -> bytes | None:
         """The manifest's bytes if its file holds them (checked against the digest)."""

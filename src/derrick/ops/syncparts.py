@@ -69,24 +69,23 @@ class Meter:
     def reserve(self, gets: int) -> None:
         """Hold the pulls ``gets`` GETs in all cost, or raise :class:`OutOfPulls`."""
         with self._lock:
-            need = pulls_for(gets) - self.held
-            if need > 0:
-                why = self.budget.take(self.registry, need)
-                if why is not None:
-                    raise OutOfPulls(why)
-                self.held += need
+            self._hold(gets)
 
     def count_get(self) -> None:
         """One more GET: take its pull first when the ones held do not cover it."""
         with self._lock:
-            gets = self.gets + 1
-            need = pulls_for(gets) - self.held
-            if need > 0:
-                why = self.budget.take(self.registry, need)
-                if why is not None:
-                    raise OutOfPulls(why)
-                self.held += need
-            self.gets = gets
+            self._hold(self.gets + 1)
+            self.gets += 1
+
+    def _hold(self, gets: int) -> None:
+        """Take from the budget what ``gets`` GETs cost beyond the pulls held (the lock
+        held), or raise :class:`OutOfPulls`."""
+        need = pulls_for(gets) - self.held
+        if need > 0:
+            why = self.budget.take(self.registry, need)
+            if why is not None:
+                raise OutOfPulls(why)
+            self.held += need
 
     def answered(self, rl: RateLimit | None) -> None:
         """A GET was answered: its pull is in the registry's count from now on."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from derrick import mediatypes as mt
 from derrick.auth.credentials import Credential, CredentialStore
 from derrick.auth.token import Authenticator
+from derrick.closing import Closing
 from derrick.digest import Digest
 from derrick.manifest import MAX_MANIFEST_SIZE, Descriptor
 from derrick.reference import Reference
@@ -34,7 +35,7 @@ def _digest(digest: Digest | str) -> Digest:
     return Digest.parse(digest) if isinstance(digest, str) else digest
 
 
-class RegistryClient:
+class RegistryClient(Closing):
     """A client for one or more registries, reused across calls.
 
     It keeps connection pools, the scheme each registry speaks, and tokens per
@@ -74,12 +75,6 @@ class RegistryClient:
             lookup = credentials
         self.auth = Authenticator(self.transport, lookup)
         self.session = Session(self.transport, self.auth)
-
-    def __enter__(self) -> RegistryClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self.transport.close()

@@ -48,17 +48,23 @@ def _where(session: Session, ref: Reference) -> tuple[Endpoint, str]:
     return ep, ep.url(manifest_path(ref.repository, ref.identifier))
 
 
+def _read(
+    session: Session, method: str, ref: Reference, accept: str, *, stream: bool = False
+) -> httpx.Response:
+    """The answer to a GET or HEAD of the manifest ``ref`` names, of the ``accept`` types."""
+    ep, url = _where(session, ref)
+    scopes = (pull_scope(ref.repository),)
+    headers = {"Accept": accept}
+    call = Call(method, ep, url, scopes, f"manifest {ref}", "manifest", headers, stream=stream)
+    return session.request(call)
+
+
 def get_manifest(
     session: Session, ref: Reference, accept: str = mt.MANIFEST_ACCEPT
 ) -> FetchedManifest:
     """Fetch and parse a manifest or index; its digest is checked when ``ref`` has one."""
     what = f"manifest {ref}"
-    ep, url = _where(session, ref)
-    scopes = (pull_scope(ref.repository),)
-    headers = {"Accept": accept}
-    resp = session.request(
-        Call("GET", ep, url, scopes, what, "manifest", headers=headers, stream=True)
-    )
+    resp = _read(session, "GET", ref, accept, stream=True)
     try:
         raw = read_capped(resp, MAX_MANIFEST_SIZE, what)
     finally:
@@ -107,11 +113,7 @@ def head_manifest(
 ) -> ManifestHead:
     """Digest, size and media type of a manifest without fetching it."""
     what = f"manifest {ref}"
-    ep, url = _where(session, ref)
-    scopes = (pull_scope(ref.repository),)
-    resp = session.request(
-        Call("HEAD", ep, url, scopes, what, "manifest", headers={"Accept": accept})
-    )
+    resp = _read(session, "HEAD", ref, accept)
     header = resp.headers.get("docker-content-digest")
     if not header:
         # Not every registry sends the digest on HEAD: fall back to a GET.

@@ -26,8 +26,8 @@ import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
 
+from derrick.closing import Closing
 from derrick.digest import Digest
 from derrick.errors import DerrickError, DiskError, Remedy
 from derrick.manifest import Descriptor
@@ -176,7 +176,7 @@ class BlobStore:
             os.close(fd)
 
 
-class PartialBlob:
+class PartialBlob(Closing):
     """A blob being written into the store, holding the lock on its partial file.
 
     :attr:`have` bytes are there already (from an earlier, interrupted writer); the
@@ -202,17 +202,6 @@ class PartialBlob:
 
     def __repr__(self) -> str:
         return f"PartialBlob({self.desc.digest}, have={self.have})"
-
-    def __enter__(self) -> PartialBlob:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def region(self) -> Region:
