@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import stat
 import threading
@@ -31,7 +30,7 @@ from derrick.closing import Closing
 from derrick.digest import Digest
 from derrick.errors import DerrickError, DiskError, Remedy
 from derrick.manifest import Descriptor
-from derrick.store.files import CHUNK, Region, read_range
+from derrick.store.files import CHUNK, Region, lock_partial, read_range
 from derrick.store.records import Records
 
 __all__ = ["BlobStore", "CacheDiskError", "PartialBlob", "default_cache_dir", "partials_phrase"]
@@ -147,32 +146,24 @@ class BlobStore:
         """
         final = self.path(desc.digest)
         part = self.partial_path(desc.digest)
-        while True:
+        if self.verify_file(final, desc):
+            return None
+        part.parent.mkdir(parents=True, exist_ok=True)
+        fd, _ = lock_partial(part, mode=0o644)
+        try:
             if self.verify_file(final, desc):
-                return None
-            part.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                st = os.fstat(fd)
-                try:
-                    now = os.stat(part)
-                except FileNotFoundError:
-                    now = None
-                if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
-                    if not self.verify_file(final, desc):
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(final)  # damaged (or absent): written again
-                        if st.st_size > desc.size:
-                            os.ftruncate(fd, 0)
-                        return fd
-                    with contextlib.suppress(OSError):
-                        os.unlink(part)  # the blob was finished meanwhile: a leftover
-                    os.close(fd)
-                    return None
-            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(part)  # the blob was finished meanwhile: a leftover
                 os.close(fd)
-                raise
+                return None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(final)  # damaged (or absent): written again
+            if os.fstat(fd).st_size > desc.size:
+                os.ftruncate(fd, 0)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
             os.close(fd)
 
 

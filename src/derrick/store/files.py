@@ -117,8 +117,8 @@ def copy_range(src: Region, dst: Region, start: int, end: int) -> None:
         raise OSError(errno.EIO, f"{end - pos} bytes missing from the source file")
 
 
-def lock_partial(path: Path) -> tuple[int, bool]:
-    """Open the partial file ``path`` (made if need be, with the umask's mode) holding an
+def lock_partial(path: Path, mode: int = 0o666) -> tuple[int, bool]:
+    """Open the partial file ``path`` (made if need be, with ``mode`` less the umask) holding an
     exclusive ``flock`` on it, waiting while another writer holds it; the descriptor and
     whether this call made the file.
 
@@ -127,7 +127,7 @@ def lock_partial(path: Path) -> tuple[int, bool]:
     """
     while True:
         created = not path.exists()
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             st = os.fstat(fd)
