@@ -329,7 +329,7 @@ def test_a_full_disk_under_an_archive_names_it_and_what_is_kept(
     assert str(e.value) == (
         f"no space left on device writing {out}; "
         f"{small_disk / kept[0]} (and its .json resume state) is kept: "
-        "make room and run the same command again to resume, or delete them"
+        "make room and try again to resume, or delete them"
     )
     grow(small_disk)
     result = copy(source(client, medium), OCIArchiveSink(out))

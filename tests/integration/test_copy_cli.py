@@ -318,7 +318,7 @@ def test_blob_get_makes_files_with_the_umask_and_resumes_across_runs(
         source = f"{proxy.host}/{repo}"
         line = cli("blob", "get", source, layer["digest"], "-o", out, "--retries", "0").failed()
         part = tmp_path / ".layer.derrick-partial"
-        assert f"{part} is kept: run the same command again to resume" in line
+        assert f"{part} is kept: try again to resume" in line
         assert part.stat().st_size == cut
         proxy.clear()
         cli("blob", "get", source, layer["digest"], "-o", out).ok()

@@ -232,7 +232,7 @@ def test_full_disk_under_an_archive_names_it_and_what_is_kept(
     assert line == (
         f"derrick: error: no space left on device writing {out}; "
         f"{small_disk / kept[0]} (and its .json resume state) is kept: "
-        "make room and run the same command again to resume, or delete them"
+        "make room and try again to resume, or delete them"
     )
     grow(small_disk)
     r = cli("image", "pull", medium, "-o", out, "--json").ok()
@@ -249,7 +249,7 @@ def test_full_disk_under_a_layout_names_it(
     assert line == (
         f"derrick: error: no space left on device writing {out}; the unfinished layout was "
         f"removed and the downloaded blobs stay in the blob cache {env.cache}: "
-        "make room and run the same command again"
+        "make room and try again"
     )
 
     # an existing layout keeps its index as it was
@@ -258,7 +258,7 @@ def test_full_disk_under_a_layout_names_it(
     line = cli("image", "pull", medium, "-o", existing, "-q").failed()
     assert line == (
         f"derrick: error: no space left on device writing {existing}; its index.json is "
-        "unchanged (blobs copied into it are kept): make room and run the same command again"
+        "unchanged (blobs copied into it are kept): make room and try again"
     )
     assert index_entries(existing) == []
     assert not [p for p in existing.rglob("*") if p.name.startswith(".")]
@@ -287,7 +287,7 @@ def test_full_disk_under_the_cache_names_it_and_the_destination(
         kept = f"2 partial downloads in {cache / 'blobs' / 'sha256'} (*.partial) are kept"
     assert line == (
         f"derrick: error: no space left on device writing the blob cache {cache} "
-        f"(pulling to {out}); {kept}: make room and run the same command again to resume, "
+        f"(pulling to {out}); {kept}: make room and try again to resume, "
         f"or delete {'it' if len(partial) == 1 else 'them'}; "
         "--cache-dir or DERRICK_CACHE_DIR chooses another cache"
     )

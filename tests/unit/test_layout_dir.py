@@ -188,7 +188,7 @@ def test_a_full_disk_names_the_destination_and_what_is_kept(
         else "the unfinished layout was removed"
     )
     assert str(info.value) == (
-        f"no space left on device writing ./out; {kept}: make room and run the same command again"
+        f"no space left on device writing ./out; {kept}: make room and try again"
     )
     assert hidden(tmp_path) == []
     assert entries(dest) == [] if existing else not dest.exists()

@@ -49,9 +49,9 @@ def describe_os_error(e: OSError) -> tuple[str, str]:
     """What to say of an OS error: its reason (``no space left on device``) and what to do."""
     reason = e.strerror or str(e) or type(e).__name__
     again = (
-        "make room and run the same command again"
+        "make room and try again"
         if e.errno in (errno.ENOSPC, errno.EDQUOT)
-        else "fix that and run the same command again"
+        else "fix that and try again"
     )
     return reason[:1].lower() + reason[1:], again
 

@@ -159,7 +159,7 @@ def _say_kept(e: DerrickError, kept: Sequence[Kept]) -> None:
     its digest, that nothing is when nothing is)."""
     said: str | None = None
     if kept:
-        again = "run the same command again"
+        again = "try again"
         said = kept_hint([k for k, _ in kept], sum(n for _, n in kept), again)
     elif isinstance(e, DigestMismatchError):
         said = "nothing was kept"

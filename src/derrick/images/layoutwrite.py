@@ -105,8 +105,8 @@ def add_entries(
 def disk_error(e: OSError, shown: str, kept: str) -> DiskError:
     """``<reason> writing <shown>; <kept>: <what to do>``."""
     again = (
-        "make room and run the same command again"
+        "make room and try again"
         if e.errno in (errno.ENOSPC, errno.EDQUOT)
-        else "fix that and run the same command again"
+        else "fix that and try again"
     )
     return DiskError(writing_failed(e, shown), errno=e.errno, hint=f"{kept}: {again}")

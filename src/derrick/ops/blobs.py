@@ -140,7 +140,7 @@ def _say_kept(e: DerrickError, part: Path) -> None:
     if empty:
         _drop(part)
         return
-    said = kept_hint([str(part)], 1, "run the same command again")
+    said = kept_hint([str(part)], 1, "try again")
     e.hint = f"{e.hint}; {said}" if e.hint else said
 
 

@@ -305,9 +305,9 @@ class CacheDiskError(DiskError):
         self.error = error
         self.partials = list(partials)
         again = (
-            "make room and run the same command again"
+            "make room and try again"
             if error.errno in (errno.ENOSPC, errno.EDQUOT)
-            else "fix that and run the same command again"
+            else "fix that and try again"
         )
         phrase = partials_phrase(self.partials, root)
         if phrase is None:
