@@ -76,12 +76,15 @@ class Client(Closing):
             retries=retries,
         )
         self.cache = _store(cache)
+        self._own_cache = not isinstance(cache, BlobStore)
 
     def __repr__(self) -> str:
         return f"Client(cache={self.cache!r})"
 
     def close(self) -> None:
         self.registry.close()
+        if self.cache is not None and self._own_cache:
+            self.cache.close()
 
     def repository(self, name: str | Reference) -> Repository:
         """The repository ``name`` (``registry.example/team/app``; ``alpine`` is Docker

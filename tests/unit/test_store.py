@@ -230,3 +230,38 @@ def test_a_store_that_cannot_be_written_is_named(tmp_path: Path) -> None:
     assert f"writing the blob cache {root} (pulling to out)" in str(said)
     assert said.remedy == Remedy("cache-dir")
     assert str(said).endswith("; choose another blob cache")
+
+
+# -- pruning ---------------------------------------------------------------------------------
+
+
+def test_a_store_in_use_is_not_pruned_and_one_pruned_waits_for_the_prune(tmp_path: Path) -> None:
+    import fcntl
+
+    from derrick.store.upkeep import LOCK_NAME, StoreBusyError, prune, usage
+
+    data = b"kept while in use"
+    desc = blob_of(data)
+    store = BlobStore(tmp_path / "cache")
+    put(store, data)
+    with pytest.raises(StoreBusyError, match="in use by another derrick process"):
+        prune(store.root)  # this very store holds it (shared) since its first use
+    assert store.lookup(desc) is not None
+    store.use.release()
+    assert prune(store.root).blobs == 1
+    assert usage(store.root).blobs == 0
+
+    # a store that starts to be used while a prune holds the lock waits for it
+    put(store, data)
+    store.use.release()
+    fd = os.open(store.root / LOCK_NAME, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    other = BlobStore(store.root)
+    found: list[Path | None] = []
+    waiting = threading.Thread(target=lambda: found.append(other.lookup(desc)))
+    waiting.start()
+    time.sleep(0.3)
+    assert waiting.is_alive() and not found
+    os.close(fd)  # the prune is done
+    waiting.join(10)
+    assert found == [other.path(desc.digest)]

@@ -268,8 +268,8 @@ def run_copy(req: Request, opts: Options) -> Copied:
     dest = req.dest
     registry = _login_registry(req)
     remote = any(loc.is_registry for loc, _ in req.sources)
-    store = BlobStore(req.cache_dir) if req.cache_dir else BlobStore()
     with contextlib.ExitStack() as stack:
+        store = stack.enter_context(BlobStore(req.cache_dir) if req.cache_dir else BlobStore())
         opened: list[ImageSource | None] = [
             None if loc.is_registry else _local_source(stack, loc, store, req.jobs)
             for loc, _ in req.sources

@@ -150,6 +150,18 @@ COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
             "Show each layer of IMAGE: the command that made it, its sizes, its largest files.",
         ),
     },
+    "cache": {
+        "info": (
+            "derrick.cli.cache",
+            "cache_info",
+            "Show where the blob cache is and what it holds.",
+        ),
+        "prune": (
+            "derrick.cli.cache",
+            "cache_prune",
+            "Remove every blob and partial download from the blob cache.",
+        ),
+    },
     # the top-level commands that are not groups
     "": {
         "ratelimit": (
@@ -198,4 +210,9 @@ def image_group() -> None:
     """Whole images: config, copy, diff, export, inspect, layers, pull, push, save, unpack."""
 
 
-GROUPS = (tag_group, repo_group, manifest_group, blob_group, image_group)
+@click.group("cache", cls=LazyGroup, lazy=COMMANDS["cache"])
+def cache_group() -> None:
+    """derrick's blob cache: what it holds, and emptying it."""
+
+
+GROUPS = (tag_group, repo_group, manifest_group, blob_group, image_group, cache_group)

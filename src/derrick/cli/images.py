@@ -47,7 +47,7 @@ def opened_image(
             open_image(
                 loc,
                 client=client,
-                store=BlobStore(cache_dir) if cache else None,
+                store=stack.enter_context(BlobStore(cache_dir)) if cache else None,
                 platform=wanted,
                 jobs=jobs,
             )

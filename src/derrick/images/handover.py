@@ -167,6 +167,7 @@ class BlobMover:
                         got.path.unlink(missing_ok=True)  # written: no longer needed
         finally:
             if temporary:
+                store.close()
                 shutil.rmtree(store.root, ignore_errors=True)
 
     def _needed(self, desc: Descriptor) -> bool:

@@ -132,6 +132,8 @@ def sync(
         report.seconds = time.monotonic() - started
         return report
     finally:
+        if store is not None:
+            store.close()
         if own:
             client.close()
 

@@ -14,6 +14,8 @@ partial file for each blob being written, which whoever writes it fills from a s
   of the store's own file and of copies elsewhere (:meth:`BlobStore.remember`), e.g. the
   blobs of OCI layouts.  Nothing is trusted on its name and size alone: a file without a
   record that matches its ``stat`` is hashed again before it is used.
+* ``<root>/.lock``: locked shared by every store object in use, exclusively by a prune
+  (:mod:`derrick.store.upkeep`), which empties the store only while nobody uses it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from derrick.errors import DerrickError, DiskError, Remedy
 from derrick.manifest import Descriptor
 from derrick.store.files import CHUNK, Region, lock_partial, read_range
 from derrick.store.records import Records
+from derrick.store.upkeep import UseLock
 
 __all__ = ["BlobStore", "CacheDiskError", "PartialBlob", "default_cache_dir", "partials_phrase"]
 
@@ -46,17 +49,26 @@ def default_cache_dir() -> Path:
     return base / "derrick"
 
 
-class BlobStore:
-    """A directory of verified blobs (``root``: :func:`default_cache_dir` when None)."""
+class BlobStore(Closing):
+    """A directory of verified blobs (``root``: :func:`default_cache_dir` when None).
+
+    In use from its first lookup or write until :meth:`close` (which only lets other
+    processes prune the store: it can be used again after it).
+    """
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or default_cache_dir()
         self.records = Records(self.root / "verified")
+        #: held shared from the first use on, so a prune never empties the store under it
+        self.use = UseLock(self.root)
         self._locks: dict[Digest, threading.Lock] = {}
         self._guard = threading.Lock()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.root)!r})"
+
+    def close(self) -> None:
+        self.use.release()
 
     def path(self, digest: Digest) -> Path:
         return self.root / "blobs" / digest.algorithm / digest.hex
@@ -88,6 +100,7 @@ class BlobStore:
         True if its ``stat`` matches a record of the blob; otherwise it is re-hashed,
         and recorded when it matches.  False for a missing file.
         """
+        self.use.hold()
         fd = self.records.open_verified(path, desc)
         if fd is None:
             return False
@@ -97,11 +110,13 @@ class BlobStore:
     def open_verified(self, path: Path, desc: Descriptor) -> int | None:
         """A read-only descriptor of ``path`` if it holds blob ``desc`` (see
         :meth:`verify_file`), else None.  The caller closes it."""
+        self.use.hold()
         return self.records.open_verified(path, desc)
 
     def remember(self, path: Path, desc: Descriptor) -> None:
         """Record the file at ``path`` as holding ``desc``: a copy just made of a good
         file, or a file just written from bytes that were verified."""
+        self.use.hold()
         with contextlib.suppress(OSError):
             st = os.stat(path)
             if stat.S_ISREG(st.st_mode) and st.st_size == desc.size:
@@ -121,6 +136,7 @@ class BlobStore:
         under the final name is removed while the lock is held.  Raises ``OSError``
         when the store cannot be written.
         """
+        self.use.hold()
         lock = self._thread_lock(desc.digest)
         lock.acquire()
         try:
