@@ -157,6 +157,40 @@ def test_a_directory_is_no_archive_and_nothing_is_made_beside_it(
     assert "/v2/" not in reg.log_since(offset)  # refused before the registry was asked
 
 
+def test_a_file_that_is_no_tar_is_never_overwritten_by_an_archive(
+    cli: Cli, seeded: SeededRegistries, reg: RegistryProcess, tmp_path: Path
+) -> None:
+    img = seeded.open["test/single"]
+    work = tmp_path / "work"
+    work.mkdir()
+    notes = work / "notes.txt"
+    notes.write_text("my notes\n")
+    offset = reg.log_size()
+    for argv in (
+        ["image", "pull", img.reference, "-o", notes],
+        ["image", "pull", img.reference, "-o", f"oci-archive:{notes}"],
+        ["image", "copy", img.reference, f"docker-archive:{notes}"],
+        ["image", "save", img.reference, "-o", notes],
+    ):
+        line = cli(*argv).failed()
+        assert line == (
+            f"derrick: error: {notes} exists and is not a tar archive; derrick does not "
+            "overwrite it: delete it or name another file"
+        ), argv
+    assert notes.read_text() == "my notes\n"
+    assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]  # no partial files
+    assert "/v2/" not in reg.log_since(offset)  # refused before the registry was asked
+
+    # an archive, and an empty file, are replaced
+    archive = work / "app.tar"
+    cli("image", "pull", "-q", img.reference, "-o", archive).ok()
+    cli("image", "pull", "-q", img.reference, "-o", f"oci-archive:{archive}").ok()
+    empty = work / "empty"
+    empty.touch()
+    cli("image", "pull", "-q", img.reference, "-o", empty).ok()
+    assert "index.json" in tar_names(archive) and "index.json" in tar_names(empty)
+
+
 # -- two writers of one archive ------------------------------------------------------------------
 
 

@@ -20,6 +20,8 @@ import contextlib
 import errno
 import json
 import os
+import stat
+import tarfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -306,10 +308,37 @@ class ArchiveFile:
 
 
 def check_target(target: Path, shown: str) -> None:
-    """Refuse a directory (or a link to one) as the destination of an archive file, before
-    anything is made beside it."""
+    """Refuse a directory (or a link to one) as the destination of an archive file, and a
+    file that is not a tar archive (it is not derrick's to replace), before anything is
+    made beside it."""
     if target.is_dir():
         raise UsageError(
             f"{shown} is a directory, not an archive file",
             hint="name a file to write the archive to, or the directory as an OCI layout",
         )
+    if not _replaceable(target):
+        raise UsageError(
+            f"{shown} exists and is not a tar archive",
+            hint="derrick does not overwrite it: delete it or name another file",
+        )
+
+
+def _replaceable(target: Path) -> bool:
+    """Whether an archive may be written over ``target``: it is not a regular file (not
+    there, or a device such as /dev/null), it is empty, or it begins as a tar does."""
+    try:
+        with open(target, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return True
+            head = f.read(tarfile.BLOCKSIZE)
+    except OSError:
+        return True  # not there, or not readable: writing it says what is wrong
+    if not head or head == bytes(len(head)):
+        return True  # empty, or zeros (an empty archive)
+    if len(head) < tarfile.BLOCKSIZE:
+        return False
+    try:
+        tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
