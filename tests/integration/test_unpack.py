@@ -399,6 +399,25 @@ def test_export_keeps_a_hard_link_whose_original_was_deleted(
     assert snapshot(dest) == got
 
 
+def test_a_full_disk_under_export_and_unpack_is_named_and_nothing_is_left(
+    derrick: Callable[..., Ran], medium: str, small_disk: Path
+) -> None:
+    # two incompressible 1 MiB layers do not fit on the 1 MiB tmpfs
+    out = small_disk / "flat.tar"
+    r = derrick("image", "export", medium, "-o", str(out))
+    assert r.code == 1
+    assert r.err == (
+        f"derrick: error: no space left on device writing {out}; nothing is left behind: "
+        "make room and run the same command again\n"
+    )
+    rootfs = small_disk / "rootfs"
+    r = derrick("image", "unpack", medium, str(rootfs))
+    assert r.code == 1
+    assert r.err.startswith(f"derrick: error: no space left on device writing {rootfs} (")
+    assert r.err.endswith("; nothing is left behind: make room and run the same command again\n")
+    assert list(small_disk.iterdir()) == []
+
+
 # -- diff ------------------------------------------------------------------------------------
 
 
