@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from derrick.errors import DiskError, UsageError
+from derrick.images.archivefile import check_target
 from derrick.images.flat import FileInfo, Slot, flatten
 from derrick.images.layers import Layer
 from derrick.images.model import Progress
@@ -212,6 +213,7 @@ def export_image(
         )
     image.filesystem_layers()  # an artifact or another platform: refused before a byte
     if isinstance(dest, str | Path):
+        check_target(Path(dest), str(dest))
         with _atomic_file(Path(dest)) as f:
             entries, size = write_flat_tar(image, f, on_layer=on_layer, progress=progress)
         return ExportResult(str(dest), entries, size)

@@ -31,7 +31,7 @@ from derrick.images.model import Progress
 from derrick.images.view import Image
 from derrick.layout.rootfs import RootTree, Warn
 from derrick.layout.tarread import whiteout_of
-from derrick.oserrors import reason
+from derrick.oserrors import reason, writing_failed
 
 __all__ = ["UnpackResult", "apply_layers", "check_destination", "unpack_image"]
 
@@ -163,8 +163,15 @@ def unpack_image(
     check_destination(target)
     image.filesystem_layers()  # an artifact or another platform: refused before mkdir
     parent = target.parent if str(target.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".unpacking", dir=parent)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".unpacking", dir=parent)
+    except OSError as e:
+        raise DiskError(
+            writing_failed(e, str(target)),
+            errno=e.errno,
+            hint="nothing is left behind: fix that and run the same command again",
+        ) from None
     try:
         result = apply_layers(
             image,
