@@ -63,6 +63,19 @@ def test_login_basic_saves_config_and_logout_removes(
     assert f"No saved credentials for {reg.host}" in r.err
 
 
+def test_login_and_logout_answer_in_json(
+    cli: Cli, env: Isolation, seeded: SeededRegistries
+) -> None:
+    reg = seeded.basic.registry
+    r = cli(*login_argv(reg, "tester"), "--format", "json", stdin="tester-secret\n").ok()
+    assert json.loads(r.out) == {"registry": reg.host, "saved": str(env.config_json)}
+    assert r.err == ""
+    for removed in (True, False):
+        r = cli("logout", reg.host, "--format", "json").ok()
+        assert json.loads(r.out) == {"registry": reg.host, "removed": removed}
+        assert r.err == ""
+
+
 def test_login_wrong_password_writes_nothing(
     cli: Cli, env: Isolation, seeded: SeededRegistries
 ) -> None:

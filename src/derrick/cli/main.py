@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from derrick import __version__
-from derrick.cli.common import Options, connection_options
+from derrick.cli.common import Options, connection_options, emit_json, format_option
 from derrick.cli.errors import error_text
 from derrick.cli.groups import COMMANDS, GROUPS, LazyGroup
 from derrick.errors import DerrickError, UsageError
@@ -103,8 +103,9 @@ def cli() -> None:
 
 @cli.command("login")
 @click.argument("registry")
+@format_option()
 @connection_options
-def login(registry: str, opts: Options) -> None:
+def login(registry: str, fmt: str, opts: Options) -> None:
     """Check credentials with REGISTRY and save them in Docker's config.json.
 
     They are saved only once the registry (or its token service) has been sent them
@@ -128,7 +129,10 @@ def login(registry: str, opts: Options) -> None:
     path = CredentialStore().store(
         reg, Credential(username=opts.username, password=opts.password())
     )
-    click.echo(f"Login succeeded for {reg} (saved in {path})", err=True)
+    if fmt == "json":
+        emit_json({"registry": str(reg), "saved": str(path)})
+    else:
+        click.echo(f"Login succeeded for {reg} (saved in {path})", err=True)
 
 
 def _ask(prompt: str, what: str, *, secret: bool) -> str:
@@ -170,7 +174,8 @@ def _ask(prompt: str, what: str, *, secret: bool) -> str:
 
 @cli.command("logout")
 @click.argument("registry")
-def logout(registry: str) -> None:
+@format_option()
+def logout(registry: str, fmt: str) -> None:
     """Remove saved credentials for REGISTRY.
 
     \b
@@ -181,7 +186,10 @@ def logout(registry: str) -> None:
     from derrick.reference import parse_registry
 
     reg = parse_registry(registry)
-    if CredentialStore().erase(reg):
+    removed = CredentialStore().erase(reg)
+    if fmt == "json":
+        emit_json({"registry": str(reg), "removed": removed})
+    elif removed:
         click.echo(f"Removed credentials for {reg}", err=True)
     else:
         click.echo(f"No saved credentials for {reg}", err=True)
