@@ -76,6 +76,23 @@ def test_login_and_logout_answer_in_json(
         assert r.err == ""
 
 
+def test_a_user_name_without_a_password_is_refused_before_any_request(
+    cli: Cli, env: Isolation, seeded: SeededRegistries
+) -> None:
+    reg = seeded.basic.registry
+    offset = reg.log_size()
+    ref = f"{reg.host}/test/single"
+    for argv in (["tag", "ls", ref], ["manifest", "head", f"{ref}:v1"]):
+        line = cli(*argv, "--insecure", "-u", "tester").failed()
+        assert line == (
+            "derrick: error: --username needs --password-stdin; "
+            "pass the password or token on standard input"
+        )
+    line = cli("tag", "ls", ref, "--insecure", "--password-stdin", stdin="pw\n").failed()
+    assert line == "derrick: error: --password-stdin needs --username"
+    assert "/v2/" not in reg.log_since(offset)
+
+
 def test_login_wrong_password_writes_nothing(
     cli: Cli, env: Isolation, seeded: SeededRegistries
 ) -> None:

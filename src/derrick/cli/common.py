@@ -60,6 +60,11 @@ class Options:
         if self.username is not None or self.password_stdin:
             if self.username is None:
                 raise UsageError("--password-stdin needs --username")
+            if not self.password_stdin:
+                raise UsageError(
+                    "--username needs --password-stdin",
+                    hint="pass the password or token on standard input",
+                )
             pw = self.password()
             if registry is None:
                 raise UsageError("--username applies to one registry; name it in the reference")
