@@ -190,6 +190,40 @@ def test_malformed_input_names_the_bad_part(cli: Cli, argv: list[str], bad_part:
     assert bad_part in line
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["imag"], "no such command 'imag'. Did you mean 'image'?; see 'derrick --help'"),
+        (
+            ["image", "pull"],
+            "missing argument 'REFERENCE'; see 'derrick image pull --help'",
+        ),
+        (
+            ["image", "pull", "a", "-o", "x", "--jobs", "0"],
+            "invalid value for '-j' / '--jobs': 0 is not in the range 1<=x<=64; "
+            "see 'derrick image pull --help'",
+        ),
+        (
+            ["tag", "ls", "a", "b"],
+            "got unexpected extra argument (b); see 'derrick tag ls --help'",
+        ),
+        (
+            ["tag", "ls", "a", "--frmat", "json"],
+            "no such option '--frmat'. Did you mean '--format'?; see 'derrick tag ls --help'",
+        ),
+    ],
+)
+def test_usage_errors_are_one_line(cli: Cli, argv: list[str], said: str) -> None:
+    r = cli(*argv)
+    assert r.code == 2
+    assert r.failed() == f"derrick: error: {said}"
+
+
+def test_a_group_without_its_command_shows_its_help(cli: Cli) -> None:
+    r = cli("image")
+    assert r.code == 2 and "Commands:" in r.err and "pull" in r.err
+
+
 def test_malformed_reference_subprocess() -> None:
     r = run_subprocess("manifest", "get", "127.0.0.1:5000/UPPER/case:v1")
     line = r.failed()

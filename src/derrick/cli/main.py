@@ -220,8 +220,14 @@ def main(argv: list[str] | None = None) -> int:
         return 141
     except (_Interrupted, KeyboardInterrupt, click.exceptions.Abort):
         return _interrupted()
+    except click.exceptions.NoArgsIsHelpError as e:
+        e.show()  # a group without its command: its help
+        return e.exit_code
+    except click.UsageError as e:
+        click.echo(f"derrick: error: {_usage_text(e)}", err=True)
+        return e.exit_code
     except click.ClickException as e:
-        e.show()
+        click.echo(f"derrick: error: {e.format_message()}", err=True)
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code
@@ -235,6 +241,15 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"derrick: error: {_os_error_text(e)}", err=True)
         return 1
     return code if isinstance(code, int) else 0
+
+
+def _usage_text(e: click.UsageError) -> str:
+    """Click's complaint about the command line, as the middle of a sentence, and where the
+    command's usage is shown: ``missing argument 'REFERENCE'; see 'derrick image pull --help'``."""
+    text = e.format_message().strip().rstrip(".")
+    text = text[:1].lower() + text[1:]
+    command = e.ctx.command_path if e.ctx is not None else "derrick"
+    return f"{text}; see '{command} --help'"
 
 
 def _os_error_text(e: OSError) -> str:
