@@ -51,6 +51,31 @@ def test_defaults_and_overrides() -> None:
     assert alpine.where == "m.yaml:10"
 
 
+def test_a_source_naming_its_own_destination_takes_none_of_the_defaults() -> None:
+    # An OCI layout names each image by its full name: a prefix meant for the default
+    # registry would make names such as hub/127.0.0.1:5000/team/app, which are no reference.
+    config = parse_config(
+        "defaults:\n"
+        "  destination: {registry: mirror.example, prefix: hub, strip-registry: false}\n"
+        "sources:\n"
+        "  - repository: 127.0.0.1:5000/team/app\n"
+        "    destination: {oci: /srv/layout}\n"
+        "  - repository: 127.0.0.1:5000/team/tool\n"
+        "    destination: {registry: other.example}\n"
+        "  - repository: docker.io/library/alpine\n",
+        "m.yaml",
+        {},
+    )
+    app, tool, alpine = config.sources
+    assert app.destination.repository_for("127.0.0.1:5000", "team/app") == (
+        "127.0.0.1:5000/team/app"
+    )
+    assert tool.destination.repository_for("127.0.0.1:5000", "team/tool") == "team/tool"
+    assert alpine.destination.repository_for("docker.io", "library/alpine") == (
+        "hub/docker.io/library/alpine"
+    )
+
+
 def test_tag_selection_order() -> None:
     config = parse_config(FULL, "m.yaml", {"MIRROR": "m.example"})
     tags = config.sources[0].tags

@@ -263,8 +263,9 @@ class _Reader:
             if "registry" in got and "oci" in got:
                 raise self.fail(part[0], part[1], "give registry or oci, not both")
             if "registry" in got or "oci" in got:
-                fields.pop("registry", None)
-                fields.pop("oci", None)
+                # a destination of its own: the defaults' prefix and strip-registry were
+                # meant for the defaults' destination
+                fields.clear()
             fields.update(got)
         dest = Destination()
         if "registry" in fields:
