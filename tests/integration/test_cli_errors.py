@@ -224,6 +224,41 @@ def test_a_group_without_its_command_shows_its_help(cli: Cli) -> None:
     assert r.code == 2 and "Commands:" in r.err and "pull" in r.err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["manifest", "head", "oci:{dir}"],
+        ["manifest", "head", "{dir}:v1"],
+        ["tag", "ls", "./layout"],
+        ["tag", "add", "oci-archive:{dir}/a.tar:v1", "v2"],
+        ["manifest", "delete", "docker-archive:{dir}/a.tar"],
+        ["blob", "get", "oci:{dir}", "sha256:" + "0" * 64],
+        ["ratelimit", "{dir}"],
+    ],
+)
+def test_an_image_on_disk_given_to_a_registry_command_is_named_so(
+    cli: Cli, argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = [a.format(dir=tmp_path) for a in argv]
+    line = cli(*argv).failed()
+    command = " ".join(argv[:2] if argv[0] != "ratelimit" else argv[:1])
+    place = next(a for a in argv[1:] if str(tmp_path) in a or a.startswith("./"))
+    assert line == (
+        f"derrick: error: {place} is a place on disk, and 'derrick {command}' takes a registry "
+        "reference; give REGISTRY/REPOSITORY[:TAG] (docker://REF for a name that looks like a path)"
+    )
+
+
+def test_a_sync_from_disk_is_named_so(cli: Cli, tmp_path: Path) -> None:
+    for source in (f"oci:{tmp_path}", "./layout"):
+        line = cli("sync", source, "127.0.0.1:5000/mirror/app").failed()
+        assert line == (
+            f"derrick: error: {source} is a place on disk, and a sync copies from a registry "
+            "repository; give REGISTRY/REPOSITORY; derrick image copy copies an image from disk"
+        )
+
+
 def test_malformed_reference_subprocess() -> None:
     r = run_subprocess("manifest", "get", "127.0.0.1:5000/UPPER/case:v1")
     line = r.failed()

@@ -213,9 +213,25 @@ def parse_platform(value: str | None) -> Platform | None:
     return Platform.parse(value) if value else None
 
 
+#: How an image on disk is written (see derrick.images.locations), refused where a
+#: command reads a registry only.
+_ON_DISK = ("oci:", "oci-archive:", "docker-archive:", "/", "./", "../", "~/")
+
+
 def parse_ref(value: str) -> Reference:
+    """A registry reference (``docker://`` allowed), for commands that read a registry only:
+    an image on disk, written as the image commands take it, is named as such."""
     from derrick.reference import Reference
 
+    if value.startswith("docker://"):
+        return Reference.parse(value.removeprefix("docker://"))
+    if value.startswith(_ON_DISK) or value in (".", ".."):
+        ctx = click.get_current_context(silent=True)
+        command = ctx.command_path if ctx is not None else "derrick"
+        raise UsageError(
+            f"{value} is a place on disk, and '{command}' takes a registry reference",
+            hint="give REGISTRY/REPOSITORY[:TAG] (docker://REF for a name that looks like a path)",
+        )
     return Reference.parse(value)
 
 

@@ -181,7 +181,12 @@ def one_off(
     (``oci:DIR``, or a plain path to a directory; each image named ``repository:tag``).
     ``include`` and ``exclude`` are tag patterns; ``selection`` defaults to every platform.
     """
-    registry, repository = parse_repository(source)
+    if source.startswith(("oci:", "oci-archive:", "docker-archive:", "/", "./", "../", "~/")):
+        raise UsageError(
+            f"{source} is a place on disk, and a sync copies from a registry repository",
+            hint="give REGISTRY/REPOSITORY; derrick image copy copies an image from disk",
+        )
+    registry, repository = parse_repository(source.removeprefix("docker://"))
     tags = TagSelection(
         include=tuple(_regex(p, "to include") for p in include),
         exclude=tuple(_regex(p, "to exclude") for p in exclude),
