@@ -255,7 +255,7 @@ def test_a_sync_from_disk_is_named_so(cli: Cli, tmp_path: Path) -> None:
         line = cli("sync", source, "127.0.0.1:5000/mirror/app").failed()
         assert line == (
             f"derrick: error: {source} is a place on disk, and a sync copies from a registry "
-            "repository; give REGISTRY/REPOSITORY; derrick image copy copies an image from disk"
+            "repository; give REGISTRY/REPOSITORY; an image on disk is copied, not synced"
         )
 
 

@@ -184,7 +184,7 @@ def one_off(
     if source.startswith(("oci:", "oci-archive:", "docker-archive:", "/", "./", "../", "~/")):
         raise UsageError(
             f"{source} is a place on disk, and a sync copies from a registry repository",
-            hint="give REGISTRY/REPOSITORY; derrick image copy copies an image from disk",
+            hint="give REGISTRY/REPOSITORY; an image on disk is copied, not synced",
         )
     registry, repository = parse_repository(source.removeprefix("docker://"))
     tags = TagSelection(
