@@ -138,6 +138,28 @@ def test_pull_destinations_take_the_location_prefixes(
     )
 
 
+def test_a_docker_archive_named_without_a_tag_is_tagged_latest(
+    cli: Cli, seeded: SeededRegistries, tmp_path: Path
+) -> None:
+    # docker save, docker load and skopeo's docker-archive:FILE:NAME read a name without
+    # a tag as NAME:latest; a name dropped from RepoTags would load as an untagged image
+    img = seeded.open["test/single"]
+    for name, repo_tag, full in (
+        ("myapp", "myapp:latest", "docker.io/library/myapp:latest"),
+        ("team/app:1.0", "team/app:1.0", "docker.io/team/app:1.0"),
+    ):
+        out = tmp_path / f"{name.replace('/', '-').replace(':', '-')}.tar"
+        cli("image", "copy", "-q", img.reference, f"docker-archive:{out}:{name}").ok()
+        with tarfile.open(out) as tar:
+            member = tar.extractfile("manifest.json")
+            assert member is not None
+            assert json.loads(member.read())[0]["RepoTags"] == [repo_tag]
+        # read back by the name as written, and as docker and skopeo spell it
+        for given in (name, repo_tag, full):
+            r = cli("image", "inspect", f"docker-archive:{out}:{given}", "--format", "json")
+            assert json.loads(r.ok().out)["digest"] == img.digest
+
+
 def test_a_directory_is_no_archive_and_nothing_is_made_beside_it(
     cli: Cli, seeded: SeededRegistries, reg: RegistryProcess, tmp_path: Path
 ) -> None:
