@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import subprocess
 import sys
 import tarfile
@@ -211,6 +212,41 @@ def test_a_file_that_is_no_tar_is_never_overwritten_by_an_archive(
     empty.touch()
     cli("image", "pull", "-q", img.reference, "-o", empty).ok()
     assert "index.json" in tar_names(archive) and "index.json" in tar_names(empty)
+
+
+def test_a_device_or_fifo_is_never_replaced_by_an_output_file(
+    cli: Cli, seeded: SeededRegistries, reg: RegistryProcess, tmp_path: Path
+) -> None:
+    # Outputs are written beside the destination and renamed into place, which would put
+    # a regular file where /dev/null was (the tests run as root, who may rename in /dev).
+    img = seeded.open["test/single"]
+    work = tmp_path / "work"
+    work.mkdir()
+    fifo = work / "fifo"
+    os.mkfifo(fifo)
+    null = work / "null"
+    os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    link = work / "link"
+    link.symlink_to(null)
+    offset = reg.log_size()
+    for target in (fifo, null, link):
+        for argv in (
+            ["image", "pull", img.reference, "-o", target],
+            ["image", "copy", img.reference, f"oci-archive:{target}"],
+            ["image", "save", img.reference, "-o", target],
+            ["image", "export", img.reference, "-o", target],
+            ["blob", "get", img.registry.host + "/test/single", img.digest, "-o", target],
+        ):
+            line = cli(*argv).failed()
+            assert line == (
+                f"derrick: error: {target} exists and is not a regular file; it would be "
+                "replaced by the file written beside it: name a regular file, or write to "
+                "standard output"
+            ), argv
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and stat.S_ISCHR(null.lstat().st_mode)
+    assert link.is_symlink()
+    assert sorted(p.name for p in work.iterdir()) == ["fifo", "link", "null"]
+    assert "/v2/" not in reg.log_since(offset)  # refused before the registry was asked
 
 
 # -- two writers of one archive ------------------------------------------------------------------

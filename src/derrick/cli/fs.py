@@ -202,6 +202,10 @@ def image_export(image: str, output: str, flags: ReadFlags, fmt: str, opts: Opti
             "refusing to write a tar to a terminal",
             hint="redirect standard output, or pass -o FILE",
         )
+    if output != "-":  # refused before anything is asked of a registry
+        from derrick.images.archivefile import check_target
+
+        check_target(Path(output), output)
     loc = image_location(image)
     with _opened([loc], opts, flags, quiet=output == "-") as ([img], progress):
         dest = sys.stdout.buffer if output == "-" else output

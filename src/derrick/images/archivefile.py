@@ -37,6 +37,7 @@ __all__ = [
     "ArchiveFile",
     "Holes",
     "ResumeState",
+    "check_regular",
     "check_target",
     "describe_os_error",
     "kept_hint",
@@ -316,6 +317,7 @@ def check_target(target: Path, shown: str) -> None:
             f"{shown} is a directory, not an archive file",
             hint="name a file to write the archive to, or the directory as an OCI layout",
         )
+    check_regular(target, shown)
     if not _replaceable(target):
         raise UsageError(
             f"{shown} exists and is not a tar archive",
@@ -323,13 +325,27 @@ def check_target(target: Path, shown: str) -> None:
         )
 
 
+def check_regular(target: Path, shown: str) -> None:
+    """Refuse an output path that exists and is not a regular file (a device such as
+    /dev/null, a FIFO, or a link to one): the file written beside it and renamed into
+    place would replace it."""
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return  # not there (or a dangling link): writing it says what is wrong
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise UsageError(
+            f"{shown} exists and is not a regular file",
+            hint="it would be replaced by the file written beside it: name a regular file, "
+            "or write to standard output",
+        )
+
+
 def _replaceable(target: Path) -> bool:
-    """Whether an archive may be written over ``target``: it is not a regular file (not
-    there, or a device such as /dev/null), it is empty, or it begins as a tar does."""
+    """Whether an archive may be written over the regular file ``target``: it is not
+    there, it is empty, or it begins as a tar does."""
     try:
         with open(target, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                return True
             head = f.read(tarfile.BLOCKSIZE)
     except OSError:
         return True  # not there, or not readable: writing it says what is wrong
