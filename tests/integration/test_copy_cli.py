@@ -249,6 +249,21 @@ def test_a_device_or_fifo_is_never_replaced_by_an_output_file(
     assert "/v2/" not in reg.log_since(offset)  # refused before the registry was asked
 
 
+def test_summaries_count_one_layer_and_one_blob_in_the_singular(
+    cli: Cli, seeded: SeededRegistries, tmp_path: Path, unique_repo: Callable[..., str]
+) -> None:
+    img = seeded.open["test/single"]  # a config and one layer
+    r = cli("image", "unpack", img.reference, tmp_path / "rootfs").ok()
+    assert f"Unpacked {img.reference} (1 layer, 4 files, " in r.err
+    repo = f"{img.registry.host}/{unique_repo()}"
+    source = f"{img.layout.path}:{img.layout.tag}"
+    cli("image", "push", "-q", source, f"{repo}:v1").ok()
+    config = img.layout.images[0].config.digest
+    cli("blob", "delete", repo, config).ok()  # the layer stays
+    r = cli("image", "push", source, f"{repo}:v1").ok()
+    assert r.err.endswith(": 1 blob uploaded (459 B), 1 already there\n"), r.err
+
+
 # -- two writers of one archive ------------------------------------------------------------------
 
 

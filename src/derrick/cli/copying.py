@@ -348,7 +348,8 @@ def stats_json(stats: TransferStats, *, upload: bool) -> dict[str, int]:
 
 def stats_text(stats: TransferStats, *, upload: bool) -> str:
     verb = "uploaded" if upload else "copied"
-    parts = [f"{stats.copied} blobs {verb} ({human_size(stats.copied_bytes)})"]
+    blobs = "blob" if stats.copied == 1 else "blobs"
+    parts = [f"{stats.copied} {blobs} {verb} ({human_size(stats.copied_bytes)})"]
     if stats.mounted:
         parts.append(f"{stats.mounted} mounted")
     if stats.linked:

@@ -160,7 +160,8 @@ def image_unpack(
         )
     elif not flags.quiet:
         click.echo(
-            f"Unpacked {img.shown} ({result.layers} layers, {result.files} files, "
+            f"Unpacked {img.shown} ({result.layers} layer{'' if result.layers == 1 else 's'}, "
+            f"{result.files} file{'' if result.files == 1 else 's'}, "
             f"{human_size(result.uncompressed_bytes)}) to {result.destination}",
             err=True,
         )
