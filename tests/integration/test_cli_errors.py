@@ -122,6 +122,17 @@ def test_unreachable_registry(cli: Cli) -> None:
         assert "check the host name and port" in line
 
 
+def test_a_host_name_that_does_not_resolve_fails_at_once() -> None:
+    # .invalid never resolves (RFC 6761): a misspelt host, as a wrong port, will not mend
+    r = run_subprocess("tag", "ls", "registry.invalid/team/app", "--debug")
+    assert r.code == 1
+    assert "GET https://registry.invalid/v2/team/app/tags/list" in r.err  # the log is on
+    assert "retrying" not in r.err, r.err
+    assert r.err_lines[-1].startswith(
+        "derrick: error: cannot connect to registry registry.invalid: "
+    ), r.err
+
+
 def test_unreachable_registry_subprocess() -> None:
     host = f"127.0.0.1:{free_port()}"
     r = run_subprocess("manifest", "head", f"{host}/x/y:1")
