@@ -467,7 +467,7 @@ def parse_registry(value: str) -> str:
                 f'leave out "{scheme}://"; ' + REGISTRY_HINT,
             )
         if "/" in value:
-            raise _Invalid("a registry is host[:port] with no path", REGISTRY_HINT)
+            raise _Invalid(f"a registry has no path ({value[value.index('/') :]})", REGISTRY_HINT)
         registry = DEFAULT_REGISTRY if value == LEGACY_DEFAULT_REGISTRY else value
         _check_registry(registry)
         if not _is_registry_like(registry):

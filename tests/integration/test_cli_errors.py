@@ -270,6 +270,15 @@ def test_a_sync_from_disk_is_named_so(cli: Cli, tmp_path: Path) -> None:
         )
 
 
+def test_a_registry_with_a_path_names_the_path_once(cli: Cli) -> None:
+    for argv in (["login", "127.0.0.1:5000/team"], ["repo", "ls", "127.0.0.1:5000/team"]):
+        line = cli(*argv).failed()
+        assert line == (
+            'derrick: error: invalid registry "127.0.0.1:5000/team": a registry has no path '
+            "(/team); a registry is host[:port], e.g. docker.io, ghcr.io or localhost:5000"
+        )
+
+
 def test_malformed_reference_subprocess() -> None:
     r = run_subprocess("manifest", "get", "127.0.0.1:5000/UPPER/case:v1")
     line = r.failed()
