@@ -110,6 +110,41 @@ def test_reader_stops_mid_blob(
     assert list(scratch.iterdir()) == []  # the verified copy is gone too
 
 
+def _with_stdout_closed(*argv: str) -> tuple[int, str]:
+    """derrick ARGV started with no standard output at all (``>&-``, as cron may)."""
+    proc = subprocess.run(
+        [*DERRICK, *argv],
+        stdin=subprocess.DEVNULL,
+        capture_output=False,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ),
+        preexec_fn=lambda: os.close(1),
+        timeout=60,
+        check=False,
+    )
+    return proc.returncode, proc.stderr.decode(errors="replace")
+
+
+def test_no_standard_output_is_one_line_where_data_was_to_go(
+    seeded: SeededRegistries, tmp_path: Path
+) -> None:
+    img = seeded.open["test/single"]
+    for argv in (["tag", "ls", f"{img.registry.host}/{img.repo}"], ["--version"]):
+        code, err = _with_stdout_closed(*argv)
+        assert (code, err) == (
+            2,
+            "derrick: error: standard output is closed, and this command writes to it; "
+            "give it somewhere to go (>/dev/null to discard it)\n",
+        ), argv
+    # a command whose output goes to a file does not need it
+    code, err = _with_stdout_closed("image", "pull", img.reference, "-o", str(tmp_path / "a.tar"))
+    assert (code, err) == (
+        0,
+        f"Pulled {img.reference} ({img.digest}) to {tmp_path / 'a.tar'} "
+        "as docker-archive, 817 B downloaded\n",
+    )
+
+
 # -- a terminal ------------------------------------------------------------------------------
 
 

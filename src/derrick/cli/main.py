@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import sys
 from collections.abc import Iterator
@@ -71,6 +72,27 @@ class _Cli(LazyGroup):
     def invoke(self, ctx: click.Context) -> Any:
         with _closed_output_is_final(), _interrupt_is_final():
             return super().invoke(ctx)
+
+
+class _NoOutput(io.TextIOBase):
+    """Standard output for a process started without one: writing to it is an error
+    (Python would make it None, and data would be dropped, or fail with a traceback)."""
+
+    def write(self, s: str) -> int:
+        raise UsageError(
+            "standard output is closed, and this command writes to it",
+            hint="give it somewhere to go (>/dev/null to discard it)",
+        )
+
+    @property
+    def buffer(self) -> _NoOutput:  # binary writes (archives, blobs) fail the same way
+        return self
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        raise OSError(errno.EBADF, "standard output is closed")
 
 
 def _silence_output() -> None:
@@ -210,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     # uses.  The command owns its process, so it tells Python that module is not there
     # (httpx then falls back to a stub main()); importing derrick as a library does not.
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+    if sys.stdout is None:  # started with no standard output at all (>&-)
+        sys.stdout = _NoOutput()
     try:
         with _closed_output_is_final():
             # a command that ends with ctx.exit(N) (click's Exit) comes back as N
