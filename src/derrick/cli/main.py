@@ -232,8 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     # uses.  The command owns its process, so it tells Python that module is not there
     # (httpx then falls back to a stub main()); importing derrick as a library does not.
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
-    if sys.stdout is None:  # started with no standard output at all (>&-)
+    # Started with standard streams closed (>&-, <&-, 2>&-: Python makes them None).
+    if sys.stdout is None:
         sys.stdout = _NoOutput()
+    if sys.stdin is None:
+        sys.stdin = io.StringIO()  # an input at its end
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - nowhere to say anything
     try:
         with _closed_output_is_final():
             # a command that ends with ctx.exit(N) (click's Exit) comes back as N
