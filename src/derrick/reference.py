@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, replace
 
 from derrick.digest import Digest
-from derrick.errors import InvalidDigestError, InvalidReferenceError
+from derrick.errors import InvalidDigestError, InvalidReferenceError, UsageError
 
 __all__ = [
     "DEFAULT_REGISTRY",
@@ -41,6 +41,7 @@ __all__ = [
     "MAX_TAG_LENGTH",
     "OFFICIAL_REPOSITORY_PREFIX",
     "Reference",
+    "bare_registry",
     "parse_registry",
     "parse_repository",
     "validate_tag",
@@ -419,6 +420,27 @@ def validate_tag(tag: str) -> str:
     except _Invalid as e:
         raise InvalidReferenceError(e.detail, hint=e.hint) from None
     return tag
+
+
+def bare_registry(value: str) -> UsageError | None:
+    """The error to give where ``value``, meant as an image, is a registry's
+    ``host:port`` alone (``localhost:5000``, ``10.0.0.5:5000``, ``registry.example:443``);
+    None when it is not one.
+
+    Docker's grammar reads such a value as a Docker Hub image (``library/localhost``
+    tagged ``5000``), which is never what was meant; ``docker://`` in front of it says
+    that Hub image is (the caller leaves that case alone).
+    """
+    name, colon, port = value.partition(":")
+    if not colon or "/" in value or "@" in value or not _PORT_RE.fullmatch(port):
+        return None
+    if not _is_registry_like(name):
+        return None
+    return UsageError(
+        f"{value} is a registry (host:port), not an image",
+        hint=f"write {value}/REPOSITORY[:TAG] (docker://{value} for the Docker Hub image "
+        f"{name}, tagged {port})",
+    )
 
 
 def parse_repository(value: str) -> tuple[str, str]:

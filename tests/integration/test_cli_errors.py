@@ -279,6 +279,31 @@ def test_a_registry_with_a_path_names_the_path_once(cli: Cli) -> None:
         )
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tag", "ls", "localhost:5000"],
+        ["manifest", "head", "127.0.0.1:5000"],
+        ["image", "inspect", "registry.example:443"],
+        ["image", "copy", "localhost:5000/team/app:1", "localhost:5001"],
+        ["image", "pull", "localhost:5000", "-o", "app.tar"],
+    ],
+)
+def test_a_registry_where_an_image_belongs_is_named_so(
+    cli: Cli, argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Docker's grammar reads localhost:5000 as the Hub image library/localhost tagged 5000,
+    # which is never what was meant: no request may go to Docker Hub for it.
+    monkeypatch.chdir(tmp_path)
+    bare = next(a for a in argv[2:] if "/" not in a and a[:1].isalnum() and ":" in a)
+    line = cli(*argv).failed()
+    assert line == (
+        f"derrick: error: {bare} is a registry (host:port), not an image; write "
+        f"{bare}/REPOSITORY[:TAG] (docker://{bare} for the Docker Hub image "
+        f"{bare.split(':')[0]}, tagged {bare.split(':')[1]})"
+    )
+
+
 def test_malformed_reference_subprocess() -> None:
     r = run_subprocess("manifest", "get", "127.0.0.1:5000/UPPER/case:v1")
     line = r.failed()

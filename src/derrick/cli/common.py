@@ -221,10 +221,13 @@ _ON_DISK = ("oci:", "oci-archive:", "docker-archive:", "/", "./", "../", "~/")
 def parse_ref(value: str) -> Reference:
     """A registry reference (``docker://`` allowed), for commands that read a registry only:
     an image on disk, written as the image commands take it, is named as such."""
-    from derrick.reference import Reference
+    from derrick.reference import Reference, bare_registry
 
     if value.startswith("docker://"):
         return Reference.parse(value.removeprefix("docker://"))
+    error = bare_registry(value)
+    if error is not None:
+        raise error
     if value.startswith(_ON_DISK) or value in (".", ".."):
         ctx = click.get_current_context(silent=True)
         command = ctx.command_path if ctx is not None else "derrick"

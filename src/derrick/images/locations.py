@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from derrick.errors import InvalidReferenceError, UsageError
-from derrick.reference import Reference
+from derrick.reference import Reference, bare_registry
 
 __all__ = ["PREFIXES", "Kind", "Location", "parse_location"]
 
@@ -115,6 +115,9 @@ def parse_location(
         return _plain(text, destination, exists, isdir)
     found = _split_existing(text, exists)
     if found is None:
+        error = bare_registry(text)
+        if error is not None:
+            raise error
         return _registry(text, text, destination)
     try:
         Reference.parse(text, default_tag=None)
