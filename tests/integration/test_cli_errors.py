@@ -304,6 +304,12 @@ def test_a_registry_where_an_image_belongs_is_named_so(
     )
 
 
+def test_a_location_prefix_without_a_path_says_so(cli: Cli) -> None:
+    for text, kind in (("oci::", "oci"), ("oci-archive::v1", "oci-archive")):
+        line = cli("image", "inspect", text).failed()
+        assert line == f"derrick: error: {text!r} names no path; write {kind}:PATH"
+
+
 def test_malformed_reference_subprocess() -> None:
     r = run_subprocess("manifest", "get", "127.0.0.1:5000/UPPER/case:v1")
     line = r.failed()

@@ -175,6 +175,8 @@ def _local(
         return Location(kind, text, path="-", name=rest[2:] or None)
     found = _split_existing(os.path.expanduser(rest), exists)
     if found is None:
+        if not _split_new(rest)[0]:
+            raise UsageError(f"{text!r} names no path", hint=f"write {kind}:PATH")
         if not destination:
             raise UsageError(
                 f"{_shown(kind)} {_split_new(rest)[0]} does not exist", hint="check the path"
