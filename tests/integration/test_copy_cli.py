@@ -435,6 +435,18 @@ def test_blob_get_makes_files_with_the_umask_and_resumes_across_runs(
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
+def test_blob_get_to_dash_is_standard_output_as_in_the_other_commands(
+    cli: Cli, seeded: SeededRegistries, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    img = seeded.open["test/single"]
+    config = img.layout.images[0].config
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = cli("blob", "get", f"{img.registry.host}/{img.repo}", config.digest, "-o", "-").ok()
+    assert r.stdout == img.layout.images[0].config_bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no file called "-"
+
+
 # -- help ------------------------------------------------------------------------------------------
 
 
