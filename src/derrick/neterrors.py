@@ -20,6 +20,7 @@ __all__ = [
     "is_not_http",
     "is_refused",
     "is_tls_problem",
+    "is_unknown_host",
     "retryable",
     "transport_error",
 ]
@@ -77,6 +78,23 @@ def is_refused(e: Exception) -> bool:
     return "refused" in s or "errno 111" in s
 
 
+#: What resolvers say of a host name that has no address (not of one they could not ask).
+_NO_SUCH_HOST = (
+    "name or service not known",  # glibc EAI_NONAME
+    "no address associated with hostname",  # glibc EAI_NODATA
+    "nodename nor servname provided",  # BSD, macOS
+)
+
+
+def is_unknown_host(e: Exception) -> bool:
+    """The registry's host name does not resolve (a misspelt name, as a wrong port, will
+    not mend; a resolver that could not be asked is another error, which may)."""
+    if not isinstance(e, httpx.ConnectError) or is_tls_problem(e):
+        return False
+    s = str(e).lower()
+    return any(k in s for k in _NO_SUCH_HOST)
+
+
 def is_not_http(e: Exception) -> bool:
     """The host answered, with something that is not HTTP."""
     return isinstance(e, httpx.RemoteProtocolError) and str(e).lower().startswith(_NOT_HTTP)
@@ -84,9 +102,10 @@ def is_not_http(e: Exception) -> bool:
 
 def retryable(e: Exception) -> bool:
     """Whether a failure may mend by itself: a timeout or a dropped connection may; a
-    refused connection, a TLS mismatch, a refused client certificate, a proxy that
-    cannot be reached and an answer that is not HTTP will not."""
-    if is_refused(e) or is_not_http(e) or is_client_cert_problem(e):
+    refused connection, a host name that does not resolve, a TLS mismatch, a refused
+    client certificate, a proxy that cannot be reached and an answer that is not HTTP
+    will not."""
+    if is_refused(e) or is_unknown_host(e) or is_not_http(e) or is_client_cert_problem(e):
         return False
     if isinstance(e, httpx.ConnectError) and is_tls_problem(e):
         return False

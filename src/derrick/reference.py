@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from derrick.digest import Digest
-from derrick.errors import InvalidDigestError, InvalidReferenceError
+from derrick.errors import InvalidDigestError, InvalidReferenceError, UsageError
 from derrick.refgrammar import (
     DEFAULT_REGISTRY,
     DEFAULT_TAG,
@@ -63,6 +63,7 @@ __all__ = [
     "MAX_TAG_LENGTH",
     "OFFICIAL_REPOSITORY_PREFIX",
     "Reference",
+    "bare_registry",
     "parse_registry",
     "parse_repository",
     "validate_tag",
@@ -234,6 +235,27 @@ def validate_tag(tag: str) -> str:
     return tag
 
 
+def bare_registry(value: str) -> UsageError | None:
+    """The error to give where ``value``, meant as an image, is a registry's
+    ``host:port`` alone (``localhost:5000``, ``10.0.0.5:5000``, ``registry.example:443``);
+    None when it is not one.
+
+    Docker's grammar reads such a value as a Docker Hub image (``library/localhost``
+    tagged ``5000``), which is never what was meant; ``docker://`` in front of it says
+    that Hub image is (the caller leaves that case alone).
+    """
+    name, colon, port = value.partition(":")
+    if not colon or "/" in value or "@" in value or not PORT_RE.fullmatch(port):
+        return None
+    if not is_registry_like(name):
+        return None
+    return UsageError(
+        f"{value} is a registry (host:port), not an image",
+        hint=f"write {value}/REPOSITORY[:TAG] (docker://{value} for the Docker Hub image "
+        f"{name}, tagged {port})",
+    )
+
+
 def parse_repository(value: str) -> tuple[str, str]:
     """Parse ``[registry/]repository`` (no tag, no digest) into normalised (registry, repository).
 
@@ -280,7 +302,7 @@ def parse_registry(value: str) -> str:
                 f'leave out "{scheme}://"; ' + REGISTRY_HINT,
             )
         if "/" in value:
-            raise Invalid("a registry is host[:port] with no path", REGISTRY_HINT)
+            raise Invalid(f"a registry has no path ({value[value.index('/') :]})", REGISTRY_HINT)
         registry = DEFAULT_REGISTRY if value == LEGACY_DEFAULT_REGISTRY else value
         check_registry(registry)
         if not is_registry_like(registry):

@@ -40,6 +40,7 @@ from derrick.neterrors import (
     is_client_cert_problem,
     is_refused,
     is_tls_problem,
+    is_unknown_host,
     retryable,
     transport_error,
 )
@@ -385,9 +386,10 @@ class Transport:
         """Whether a request that failed with ``e`` is worth sending again.
 
         A refused connection is not, as a wrong port will not mend, unless the host has
-        answered in this run: then it is restarting, and is given the retries.
+        answered in this run: then it is restarting, and is given the retries.  Nor is a
+        host name that does not resolve (unless the host has answered).
         """
-        if is_refused(e):
+        if is_refused(e) or is_unknown_host(e):
             return origin(failed_url(e, url)) in self._answered
         return retryable(e)
 

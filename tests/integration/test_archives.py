@@ -14,6 +14,7 @@ import json
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -335,3 +336,59 @@ def test_a_full_disk_under_an_archive_names_it_and_what_is_kept(
     result = copy(source(client, medium), OCIArchiveSink(out))
     assert result.stats.copied_bytes < 2 * MiB  # resumed, not started over
     assert sorted(p.name for p in small_disk.iterdir()) == ["app.tar"]
+
+
+# -- a truncated archive ---------------------------------------------------------------------
+
+
+def test_a_truncated_archive_is_named_so_and_nothing_reaches_the_registry(
+    cli: Cli,
+    medium: str,
+    registry_open: RegistryProcess,
+    unique_repo: Callable[..., str],
+    tmp_path: Path,
+) -> None:
+    whole = tmp_path / "whole.tar"
+    cli("image", "pull", "-q", medium, "-o", whole).ok()
+    data = whole.read_bytes()
+    with tarfile.open(whole) as tar:
+        members = tar.getmembers()
+    layer = max(members, key=lambda m: m.size)
+    last = members[-1]
+    cuts = {
+        "in a layer": layer.offset_data + layer.size // 2,
+        "in a header": last.offset + 100,
+    }
+    repo = unique_repo()
+    offset = registry_open.log_size()
+    for where, cut in cuts.items():
+        cut_file = tmp_path / f"cut-{cut}.tar"
+        cut_file.write_bytes(data[:cut])
+        for argv in (
+            ["image", "push", str(cut_file), f"{registry_open.host}/{repo}:cut"],
+            ["image", "inspect", str(cut_file)],
+        ):
+            line = cli(*argv).failed()
+            assert line.startswith(f"derrick: error: {cut_file} is truncated"), (where, line)
+            assert "write or download it again" in line, (where, line)
+    # a block that is no header after the last member: damaged, not quietly shorter
+    end = last.offset_data + -(-last.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    damaged = tmp_path / "damaged.tar"
+    damaged.write_bytes(data[:end] + b"x" * tarfile.BLOCKSIZE)
+    line = cli("image", "push", str(damaged), f"{registry_open.host}/{repo}:cut").failed()
+    assert line == (
+        f"derrick: error: {damaged} is damaged: what follows its last readable member is "
+        "not a tar header; write or download it again"
+    )
+    # cut between two members: index.json names a manifest the file no longer holds
+    first_blob = next(m for m in members if m.isfile() and m.name.startswith("blobs/"))
+    short = tmp_path / "short.tar"
+    short.write_bytes(data[: first_blob.offset])
+    line = cli("image", "push", str(short), f"{registry_open.host}/{repo}:cut").failed()
+    hexdigest = first_blob.name.rsplit("/", 1)[1]
+    assert line == (
+        f"derrick: error: manifest sha256:{hexdigest}, which its index.json names, is missing from "
+        f"the archive {short}; the file is incomplete; write or download it again"
+    )
+    log = registry_open.log_since(offset)
+    assert f"/v2/{repo}/" not in log  # refused before anything was sent

@@ -122,6 +122,17 @@ def test_unreachable_registry(cli: Cli) -> None:
         assert "check the host name and port" in line
 
 
+def test_a_host_name_that_does_not_resolve_fails_at_once() -> None:
+    # .invalid never resolves (RFC 6761): a misspelt host, as a wrong port, will not mend
+    r = run_subprocess("tag", "ls", "registry.invalid/team/app", "--debug")
+    assert r.code == 1
+    assert "GET https://registry.invalid/v2/team/app/tags/list" in r.err  # the log is on
+    assert "retrying" not in r.err, r.err
+    assert r.err_lines[-1].startswith(
+        "derrick: error: cannot connect to registry registry.invalid: "
+    ), r.err
+
+
 def test_unreachable_registry_subprocess() -> None:
     host = f"127.0.0.1:{free_port()}"
     r = run_subprocess("manifest", "head", f"{host}/x/y:1")
@@ -188,6 +199,115 @@ def test_malformed_input_names_the_bad_part(cli: Cli, argv: list[str], bad_part:
     line = cli(*argv).failed()
     assert "invalid" in line or "unsupported" in line
     assert bad_part in line
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["imag"], "no such command 'imag'. Did you mean 'image'?; see 'derrick --help'"),
+        (
+            ["image", "pull"],
+            "missing argument 'REFERENCE'; see 'derrick image pull --help'",
+        ),
+        (
+            ["image", "pull", "a", "-o", "x", "--jobs", "0"],
+            "invalid value for '-j' / '--jobs': 0 is not in the range 1<=x<=64; "
+            "see 'derrick image pull --help'",
+        ),
+        (
+            ["tag", "ls", "a", "b"],
+            "got unexpected extra argument (b); see 'derrick tag ls --help'",
+        ),
+        (
+            ["tag", "ls", "a", "--frmat", "json"],
+            "no such option '--frmat'. Did you mean '--format'?; see 'derrick tag ls --help'",
+        ),
+    ],
+)
+def test_usage_errors_are_one_line(cli: Cli, argv: list[str], said: str) -> None:
+    r = cli(*argv)
+    assert r.code == 2
+    assert r.failed() == f"derrick: error: {said}"
+
+
+def test_a_group_without_its_command_shows_its_help(cli: Cli) -> None:
+    r = cli("image")
+    assert r.code == 2 and "Commands:" in r.err and "pull" in r.err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["manifest", "head", "oci:{dir}"],
+        ["manifest", "head", "{dir}:v1"],
+        ["tag", "ls", "./layout"],
+        ["tag", "add", "oci-archive:{dir}/a.tar:v1", "v2"],
+        ["manifest", "delete", "docker-archive:{dir}/a.tar"],
+        ["blob", "get", "oci:{dir}", "sha256:" + "0" * 64],
+        ["ratelimit", "{dir}"],
+    ],
+)
+def test_an_image_on_disk_given_to_a_registry_command_is_named_so(
+    cli: Cli, argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = [a.format(dir=tmp_path) for a in argv]
+    line = cli(*argv).failed()
+    command = " ".join(argv[:2] if argv[0] != "ratelimit" else argv[:1])
+    place = next(a for a in argv[1:] if str(tmp_path) in a or a.startswith("./"))
+    assert line == (
+        f"derrick: error: {place} is a place on disk, and 'derrick {command}' takes a registry "
+        "reference; give REGISTRY/REPOSITORY[:TAG] (docker://REF for a name that looks like a path)"
+    )
+
+
+def test_a_sync_from_disk_is_named_so(cli: Cli, tmp_path: Path) -> None:
+    for source in (f"oci:{tmp_path}", "./layout"):
+        line = cli("sync", source, "127.0.0.1:5000/mirror/app").failed()
+        assert line == (
+            f"derrick: error: {source} is a place on disk, and a sync copies from a registry "
+            "repository; give REGISTRY/REPOSITORY; an image on disk is copied, not synced"
+        )
+
+
+def test_a_registry_with_a_path_names_the_path_once(cli: Cli) -> None:
+    for argv in (["login", "127.0.0.1:5000/team"], ["repo", "ls", "127.0.0.1:5000/team"]):
+        line = cli(*argv).failed()
+        assert line == (
+            'derrick: error: invalid registry "127.0.0.1:5000/team": a registry has no path '
+            "(/team); a registry is host[:port], e.g. docker.io, ghcr.io or localhost:5000"
+        )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tag", "ls", "localhost:5000"],
+        ["manifest", "head", "127.0.0.1:5000"],
+        ["image", "inspect", "registry.example:443"],
+        ["image", "copy", "localhost:5000/team/app:1", "localhost:5001"],
+        ["image", "pull", "localhost:5000", "-o", "app.tar"],
+    ],
+)
+def test_a_registry_where_an_image_belongs_is_named_so(
+    cli: Cli, argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Docker's grammar reads localhost:5000 as the Hub image library/localhost tagged 5000,
+    # which is never what was meant: no request may go to Docker Hub for it.
+    monkeypatch.chdir(tmp_path)
+    bare = next(a for a in argv[2:] if "/" not in a and a[:1].isalnum() and ":" in a)
+    line = cli(*argv).failed()
+    assert line == (
+        f"derrick: error: {bare} is a registry (host:port), not an image; write "
+        f"{bare}/REPOSITORY[:TAG] (docker://{bare} for the Docker Hub image "
+        f"{bare.split(':')[0]}, tagged {bare.split(':')[1]})"
+    )
+
+
+def test_a_location_prefix_without_a_path_says_so(cli: Cli) -> None:
+    for text, kind in (("oci::", "oci"), ("oci-archive::v1", "oci-archive")):
+        line = cli("image", "inspect", text).failed()
+        assert line == f"derrick: error: {text!r} names no path; write {kind}:PATH"
 
 
 def test_malformed_reference_subprocess() -> None:

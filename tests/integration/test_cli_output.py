@@ -110,6 +110,51 @@ def test_reader_stops_mid_blob(
     assert list(scratch.iterdir()) == []  # the verified copy is gone too
 
 
+def _with_stdout_closed(*argv: str, fd: int = 1) -> tuple[int, str]:
+    """derrick ARGV started with no standard output (``>&-``, as cron may), or without
+    the standard stream ``fd``."""
+    proc = subprocess.run(
+        [*DERRICK, *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if fd != 1 else None,
+        stderr=subprocess.PIPE if fd != 2 else None,
+        env=dict(os.environ),
+        preexec_fn=lambda: os.close(fd),
+        timeout=60,
+        check=False,
+    )
+    return proc.returncode, (proc.stderr or proc.stdout or b"").decode(errors="replace")
+
+
+def test_no_standard_output_is_one_line_where_data_was_to_go(
+    seeded: SeededRegistries, tmp_path: Path
+) -> None:
+    img = seeded.open["test/single"]
+    for argv in (["tag", "ls", f"{img.registry.host}/{img.repo}"], ["--version"]):
+        code, err = _with_stdout_closed(*argv)
+        assert (code, err) == (
+            2,
+            "derrick: error: standard output is closed, and this command writes to it; "
+            "give it somewhere to go (>/dev/null to discard it)\n",
+        ), argv
+    # no standard input: --password-stdin finds it empty; no standard error: the status
+    argv = ["tag", "ls", f"{img.registry.host}/{img.repo}", "-u", "x", "--password-stdin"]
+    code, err = _with_stdout_closed(*argv, fd=0)
+    assert (code, err) == (
+        2,
+        "derrick: error: --password-stdin was given but standard input was empty\n",
+    )
+    code, out = _with_stdout_closed("tag", "ls", "127.0.0.1:1/x", fd=2)
+    assert (code, out) == (1, "")
+    # a command whose output goes to a file does not need it
+    code, err = _with_stdout_closed("image", "pull", img.reference, "-o", str(tmp_path / "a.tar"))
+    assert (code, err) == (
+        0,
+        f"Pulled {img.reference} ({img.digest}) to {tmp_path / 'a.tar'} "
+        "as docker-archive, 817 B downloaded\n",
+    )
+
+
 # -- a terminal ------------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import subprocess
 import sys
 import tarfile
@@ -138,6 +139,28 @@ def test_pull_destinations_take_the_location_prefixes(
     )
 
 
+def test_a_docker_archive_named_without_a_tag_is_tagged_latest(
+    cli: Cli, seeded: SeededRegistries, tmp_path: Path
+) -> None:
+    # docker save, docker load and skopeo's docker-archive:FILE:NAME read a name without
+    # a tag as NAME:latest; a name dropped from RepoTags would load as an untagged image
+    img = seeded.open["test/single"]
+    for name, repo_tag, full in (
+        ("myapp", "myapp:latest", "docker.io/library/myapp:latest"),
+        ("team/app:1.0", "team/app:1.0", "docker.io/team/app:1.0"),
+    ):
+        out = tmp_path / f"{name.replace('/', '-').replace(':', '-')}.tar"
+        cli("image", "copy", "-q", img.reference, f"docker-archive:{out}:{name}").ok()
+        with tarfile.open(out) as tar:
+            member = tar.extractfile("manifest.json")
+            assert member is not None
+            assert json.loads(member.read())[0]["RepoTags"] == [repo_tag]
+        # read back by the name as written, and as docker and skopeo spell it
+        for given in (name, repo_tag, full):
+            r = cli("image", "inspect", f"docker-archive:{out}:{given}", "--format", "json")
+            assert json.loads(r.ok().out)["digest"] == img.digest
+
+
 def test_a_directory_is_no_archive_and_nothing_is_made_beside_it(
     cli: Cli, seeded: SeededRegistries, reg: RegistryProcess, tmp_path: Path
 ) -> None:
@@ -155,6 +178,90 @@ def test_a_directory_is_no_archive_and_nothing_is_made_beside_it(
         assert f"{good} is a directory, not an archive file" in line, argv
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no partial files
     assert "/v2/" not in reg.log_since(offset)  # refused before the registry was asked
+
+
+def test_a_file_that_is_no_tar_is_never_overwritten_by_an_archive(
+    cli: Cli, seeded: SeededRegistries, reg: RegistryProcess, tmp_path: Path
+) -> None:
+    img = seeded.open["test/single"]
+    work = tmp_path / "work"
+    work.mkdir()
+    notes = work / "notes.txt"
+    notes.write_text("my notes\n")
+    offset = reg.log_size()
+    for argv in (
+        ["image", "pull", img.reference, "-o", notes],
+        ["image", "pull", img.reference, "-o", f"oci-archive:{notes}"],
+        ["image", "copy", img.reference, f"docker-archive:{notes}"],
+        ["image", "save", img.reference, "-o", notes],
+    ):
+        line = cli(*argv).failed()
+        assert line == (
+            f"derrick: error: {notes} exists and is not a tar archive; derrick does not "
+            "overwrite it: delete it or name another file"
+        ), argv
+    assert notes.read_text() == "my notes\n"
+    assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]  # no partial files
+    assert "/v2/" not in reg.log_since(offset)  # refused before the registry was asked
+
+    # an archive, and an empty file, are replaced
+    archive = work / "app.tar"
+    cli("image", "pull", "-q", img.reference, "-o", archive).ok()
+    cli("image", "pull", "-q", img.reference, "-o", f"oci-archive:{archive}").ok()
+    empty = work / "empty"
+    empty.touch()
+    cli("image", "pull", "-q", img.reference, "-o", empty).ok()
+    assert "index.json" in tar_names(archive) and "index.json" in tar_names(empty)
+
+
+def test_a_device_or_fifo_is_never_replaced_by_an_output_file(
+    cli: Cli, seeded: SeededRegistries, reg: RegistryProcess, tmp_path: Path
+) -> None:
+    # Outputs are written beside the destination and renamed into place, which would put
+    # a regular file where /dev/null was (the tests run as root, who may rename in /dev).
+    img = seeded.open["test/single"]
+    work = tmp_path / "work"
+    work.mkdir()
+    fifo = work / "fifo"
+    os.mkfifo(fifo)
+    null = work / "null"
+    os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    link = work / "link"
+    link.symlink_to(null)
+    offset = reg.log_size()
+    for target in (fifo, null, link):
+        for argv in (
+            ["image", "pull", img.reference, "-o", target],
+            ["image", "copy", img.reference, f"oci-archive:{target}"],
+            ["image", "save", img.reference, "-o", target],
+            ["image", "export", img.reference, "-o", target],
+            ["blob", "get", img.registry.host + "/test/single", img.digest, "-o", target],
+        ):
+            line = cli(*argv).failed()
+            assert line == (
+                f"derrick: error: {target} exists and is not a regular file; it would be "
+                "replaced by the file written beside it: name a regular file, or write to "
+                "standard output"
+            ), argv
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and stat.S_ISCHR(null.lstat().st_mode)
+    assert link.is_symlink()
+    assert sorted(p.name for p in work.iterdir()) == ["fifo", "link", "null"]
+    assert "/v2/" not in reg.log_since(offset)  # refused before the registry was asked
+
+
+def test_summaries_count_one_layer_and_one_blob_in_the_singular(
+    cli: Cli, seeded: SeededRegistries, tmp_path: Path, unique_repo: Callable[..., str]
+) -> None:
+    img = seeded.open["test/single"]  # a config and one layer
+    r = cli("image", "unpack", img.reference, tmp_path / "rootfs").ok()
+    assert f"Unpacked {img.reference} (1 layer, 4 files, " in r.err
+    repo = f"{img.registry.host}/{unique_repo()}"
+    source = f"{img.layout.path}:{img.layout.tag}"
+    cli("image", "push", "-q", source, f"{repo}:v1").ok()
+    config = img.layout.images[0].config.digest
+    cli("blob", "delete", repo, config).ok()  # the layer stays
+    r = cli("image", "push", source, f"{repo}:v1").ok()
+    assert r.err.endswith(": 1 blob uploaded (459 B), 1 already there\n"), r.err
 
 
 # -- two writers of one archive ------------------------------------------------------------------
@@ -326,6 +433,18 @@ def test_blob_get_makes_files_with_the_umask_and_resumes_across_runs(
     assert sorted(p.name for p in tmp_path.iterdir() if "layer" in p.name) == ["layer"]
     assert out.stat().st_size == layer["size"]
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_blob_get_to_dash_is_standard_output_as_in_the_other_commands(
+    cli: Cli, seeded: SeededRegistries, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    img = seeded.open["test/single"]
+    config = img.layout.images[0].config
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = cli("blob", "get", f"{img.registry.host}/{img.repo}", config.digest, "-o", "-").ok()
+    assert r.stdout == img.layout.images[0].config_bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no file called "-"
 
 
 # -- help ------------------------------------------------------------------------------------------

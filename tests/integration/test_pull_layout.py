@@ -270,6 +270,23 @@ def test_full_disk_under_a_layout_names_it(
         assert [e["annotations"][IMAGE_NAME] for e in index_entries(dest)] == [medium]
 
 
+def test_disk_already_full_leaves_no_hidden_layout_behind(
+    cli: Cli, medium: str, small_disk: Path, env: Isolation
+) -> None:
+    # The disk is full before the pull begins: the hidden directory a new layout is
+    # assembled in can be made (a directory takes no data block on tmpfs), but not the
+    # layout's index.json inside it.
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f, pytest.raises(OSError):
+        while True:
+            f.write(bytes(64 * 1024))
+            f.flush()
+    out = small_disk / "layout"
+    line = cli("image", "pull", medium, "-o", out, "-q").failed()
+    assert line.startswith(f"derrick: error: no space left on device writing {out}; ")
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+
 def test_full_disk_under_the_cache_names_it_and_the_destination(
     cli: Cli, medium: str, small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

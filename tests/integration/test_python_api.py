@@ -139,6 +139,16 @@ def test_copy_and_unpack_take_locations_and_keep_blobs_only_in_a_cache_given(
     ).read_bytes()
 
 
+def test_a_copy_result_prints_as_a_summary(seeded: SeededRegistries, tmp_path: Path) -> None:
+    single = seeded.open["test/single"]
+    result = derrick.copy(single.reference, str(tmp_path / "out-oci"), cache=tmp_path / "c")
+    assert repr(result) == (
+        f"CopyResult(source={single.reference.rsplit(':', 1)[0]!r}, "
+        f"destination='the OCI layout {tmp_path / 'out-oci'}', digest={single.digest!r}, "
+        f"stats={result.stats!r})"
+    )  # not the plan, with every manifest's and config's bytes
+
+
 def test_copy_to_a_repository_takes_the_tag_as_image_copy_does(
     registry_open: RegistryProcess, tmp_path: Path, unique_repo: Callable[..., str]
 ) -> None:

@@ -33,7 +33,7 @@ from derrick.ops.syncplan import Shard, plan_sync
 from derrick.ops.transfer import copy
 from derrick.reference import Reference
 from derrick.registry import RegistryClient
-from support.cli import Cli, Isolation
+from support.cli import Cli, Isolation, run_subprocess
 from support.faultproxy import Fault, FaultProxy, RecordedRequest, Reply
 from support.images import LayoutImage, _skopeo
 from support.rawclient import RawClient
@@ -112,6 +112,26 @@ def run_json(cli: Cli, *argv: object, code: int = 0) -> dict:  # type: ignore[ty
 
 
 # -- copies and re-runs ----------------------------------------------------------------------
+
+
+def test_a_configuration_read_from_a_pipe(
+    seeded: SeededRegistries, unique_repo: Callable[..., str]
+) -> None:
+    # derrick sync <(make-config) and derrick sync /dev/stdin: the file is a pipe
+    host = seeded.open.registry.host
+    dest = unique_repo()
+    config = (
+        f"sources:\n  - repository: {host}/test/single\n"
+        f"    destination: {{registry: {host}, repository: {dest}}}\n"
+    )
+    r = run_subprocess("sync", "/dev/stdin", "--dry-run", "--format", "json", stdin=config)
+    assert r.code == 0, r.err
+    assert [i["destination"] for i in json.loads(r.out)["images"]] == [f"{host}/{dest}:v1"]
+    r = run_subprocess("sync", "/dev/null")  # a file, if an empty one
+    assert (
+        r.failed()
+        == "derrick: error: /dev/null: sources: the file is empty: it needs a list of sources"
+    )
 
 
 def test_open_to_open_copies_then_a_second_run_skips_everything(

@@ -399,6 +399,49 @@ def test_export_keeps_a_hard_link_whose_original_was_deleted(
     assert snapshot(dest) == got
 
 
+def test_a_full_disk_under_export_and_unpack_is_named_and_nothing_is_left(
+    derrick: Callable[..., Ran], medium: str, small_disk: Path
+) -> None:
+    # two incompressible 1 MiB layers do not fit on the 1 MiB tmpfs
+    out = small_disk / "flat.tar"
+    r = derrick("image", "export", medium, "-o", str(out))
+    assert r.code == 1
+    assert r.err == (
+        f"derrick: error: no space left on device writing {out}; nothing is left behind: "
+        "make room and run the same command again\n"
+    )
+    rootfs = small_disk / "rootfs"
+    r = derrick("image", "unpack", medium, str(rootfs))
+    assert r.code == 1
+    assert r.err.startswith(f"derrick: error: no space left on device writing {rootfs} (")
+    assert r.err.endswith("; nothing is left behind: make room and run the same command again\n")
+    assert list(small_disk.iterdir()) == []
+
+    # a place that cannot be written is named as the user gave it, not a temporary name
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    for argv in (["export", medium, "-o", str(out)], ["unpack", medium, str(rootfs)]):
+        r = derrick("image", *argv)
+        assert (r.code, r.err) == (
+            1,
+            f"derrick: error: read-only file system writing {argv[-1]}; nothing is left "
+            "behind: fix that and run the same command again\n",
+        )
+
+
+def test_export_never_overwrites_a_file_that_is_no_tar(
+    derrick: Callable[..., Ran], seeded_registries: SeededRegistries, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    r = derrick("image", "export", seeded_registries.open["test/single"].reference, "-o", notes)
+    assert (r.code, r.err) == (
+        2,
+        f"derrick: error: {notes} exists and is not a tar archive; derrick does not overwrite "
+        "it: delete it or name another file\n",
+    )
+    assert notes.read_text() == "my notes\n"
+
+
 # -- diff ------------------------------------------------------------------------------------
 
 

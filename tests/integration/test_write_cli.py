@@ -242,6 +242,17 @@ def test_blob_put_and_delete(
         "size": len(data),
         "uploaded": False,  # it was there already
     }
+    code, out, err = run(capsys, "blob", "put", "--insecure", repo, str(path))
+    code, out, err = run(
+        capsys, "blob", "delete", "--insecure", repo, sha256(data), "--format", "json"
+    )
+    assert code == 0, err
+    assert json.loads(out) == {"deleted": f"{repo}@{sha256(data)}", "digest": sha256(data)}
+    assert err == ""
+    with RawClient(registry_basic) as raw:
+        assert not raw.blob_exists(repo.split("/", 1)[1], sha256(data))
+    code, out, err = run(capsys, "blob", "put", "--insecure", repo, str(path))
+    assert code == 0, err
     code, out, err = run(capsys, "blob", "delete", "--insecure", repo, sha256(data))
     assert code == 0 and err == f"Deleted blob {sha256(data)} from {repo}\n"
     with RawClient(registry_basic) as raw:

@@ -408,7 +408,7 @@ def test_denied_after_credentials_were_sent_blames_them() -> None:
         pytest.raises(DeniedError) as info,
     ):
         client.get_manifest(ref())
-    assert "lack permission" in str(info.value)
+    assert "lack that permission" in str(info.value)
 
 
 def test_blob_not_found() -> None:

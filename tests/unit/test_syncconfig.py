@@ -28,7 +28,7 @@ sources:
     digest-tags: false
     tags: [1.0, "2.0"]
     destination: {oci: /srv/layout}
-  - namespace: localhost:5000/team
+  - namespace: registry.example/team
     destination: {strip-registry: false}
 """
 
@@ -46,9 +46,54 @@ def test_defaults_and_overrides() -> None:
     assert app.destination.registry is None and str(app.destination.layout) == "/srv/layout"
     assert team.namespace == "team" and team.repository is None
     assert (
-        team.destination.repository_for("localhost:5000", "team/x") == "hub/localhost:5000/team/x"
+        team.destination.repository_for("registry.example", "team/x")
+        == "hub/registry.example/team/x"
     )
     assert alpine.where == "m.yaml:10"
+
+
+def test_a_source_naming_its_own_destination_takes_none_of_the_defaults() -> None:
+    # An OCI layout names each image by its full name: a prefix meant for the default
+    # registry would make names such as hub/127.0.0.1:5000/team/app, which are no reference.
+    config = parse_config(
+        "defaults:\n"
+        "  destination: {registry: mirror.example, prefix: hub, strip-registry: false}\n"
+        "sources:\n"
+        "  - repository: 127.0.0.1:5000/team/app\n"
+        "    destination: {oci: /srv/layout}\n"
+        "  - repository: 127.0.0.1:5000/team/tool\n"
+        "    destination: {registry: other.example}\n"
+        "  - repository: docker.io/library/alpine\n",
+        "m.yaml",
+        {},
+    )
+    app, tool, alpine = config.sources
+    assert app.destination.repository_for("127.0.0.1:5000", "team/app") == (
+        "127.0.0.1:5000/team/app"
+    )
+    assert tool.destination.repository_for("127.0.0.1:5000", "team/tool") == "team/tool"
+    assert alpine.destination.repository_for("docker.io", "library/alpine") == (
+        "hub/docker.io/library/alpine"
+    )
+
+
+def test_a_destination_repository_that_is_no_name_is_refused_up_front() -> None:
+    # strip-registry: false puts the source registry in the path; with a port it is no name
+    text = (
+        "sources:\n"
+        "  - repository: 127.0.0.1:5000/team/app\n"
+        "    destination: {registry: mirror.example, strip-registry: false}\n"
+    )
+    with pytest.raises(UsageError) as e:
+        parse_config(text, "m.yaml", {})
+    assert str(e.value).startswith(
+        "m.yaml:3: sources[0].destination: the destination repository "
+        "mirror.example/127.0.0.1:5000/team/app is no repository name ("
+    )
+    assert str(e.value).endswith(
+        "); a source registry with a port needs strip-registry: true, or a destination "
+        "repository of its own"
+    )
 
 
 def test_tag_selection_order() -> None:

@@ -60,6 +60,11 @@ class Options:
         if self.username is not None or self.password_stdin:
             if self.username is None:
                 raise UsageError("--password-stdin needs --username")
+            if not self.password_stdin:
+                raise UsageError(
+                    "--username needs --password-stdin",
+                    hint="pass the password or token on standard input",
+                )
             pw = self.password()
             if registry is None:
                 raise UsageError("--username applies to one registry; name it in the reference")
@@ -208,9 +213,28 @@ def parse_platform(value: str | None) -> Platform | None:
     return Platform.parse(value) if value else None
 
 
-def parse_ref(value: str) -> Reference:
-    from derrick.reference import Reference
+#: How an image on disk is written (see derrick.images.locations), refused where a
+#: command reads a registry only.
+_ON_DISK = ("oci:", "oci-archive:", "docker-archive:", "/", "./", "../", "~/")
 
+
+def parse_ref(value: str) -> Reference:
+    """A registry reference (``docker://`` allowed), for commands that read a registry only:
+    an image on disk, written as the image commands take it, is named as such."""
+    from derrick.reference import Reference, bare_registry
+
+    if value.startswith("docker://"):
+        return Reference.parse(value.removeprefix("docker://"))
+    error = bare_registry(value)
+    if error is not None:
+        raise error
+    if value.startswith(_ON_DISK) or value in (".", ".."):
+        ctx = click.get_current_context(silent=True)
+        command = ctx.command_path if ctx is not None else "derrick"
+        raise UsageError(
+            f"{value} is a place on disk, and '{command}' takes a registry reference",
+            hint="give REGISTRY/REPOSITORY[:TAG] (docker://REF for a name that looks like a path)",
+        )
     return Reference.parse(value)
 
 

@@ -54,7 +54,7 @@ from derrick.images.open import (
 )
 from derrick.manifest import Platform
 from derrick.ops import transfer
-from derrick.reference import Reference
+from derrick.reference import Reference, bare_registry
 from derrick.registry import RegistryClient
 from derrick.store.cache import BlobStore, CacheDiskError
 
@@ -172,6 +172,10 @@ def selection(platforms: Sequence[str], all_platforms: bool, dest: Location) -> 
 
 def registry_location(text: str, *, destination: bool = False) -> Location:
     """``text`` as a registry reference whatever is on disk (``docker://`` allowed)."""
+    if not text.startswith("docker://"):
+        error = bare_registry(text)
+        if error is not None:
+            raise error
     ref = text.removeprefix("docker://")
     return Location(
         "registry", text, Reference.parse(ref, default_tag=None if destination else "latest")
@@ -348,7 +352,8 @@ def stats_json(stats: TransferStats, *, upload: bool) -> dict[str, int]:
 
 def stats_text(stats: TransferStats, *, upload: bool) -> str:
     verb = "uploaded" if upload else "copied"
-    parts = [f"{stats.copied} blobs {verb} ({human_size(stats.copied_bytes)})"]
+    blobs = "blob" if stats.copied == 1 else "blobs"
+    parts = [f"{stats.copied} {blobs} {verb} ({human_size(stats.copied_bytes)})"]
     if stats.mounted:
         parts.append(f"{stats.mounted} mounted")
     if stats.linked:

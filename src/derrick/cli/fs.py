@@ -160,7 +160,8 @@ def image_unpack(
         )
     elif not flags.quiet:
         click.echo(
-            f"Unpacked {img.shown} ({result.layers} layers, {result.files} files, "
+            f"Unpacked {img.shown} ({result.layers} layer{'' if result.layers == 1 else 's'}, "
+            f"{result.files} file{'' if result.files == 1 else 's'}, "
             f"{human_size(result.uncompressed_bytes)}) to {result.destination}",
             err=True,
         )
@@ -202,6 +203,10 @@ def image_export(image: str, output: str, flags: ReadFlags, fmt: str, opts: Opti
             "refusing to write a tar to a terminal",
             hint="redirect standard output, or pass -o FILE",
         )
+    if output != "-":  # refused before anything is asked of a registry
+        from derrick.images.archivefile import check_target
+
+        check_target(Path(output), output)
     loc = image_location(image)
     with _opened([loc], opts, flags, quiet=output == "-") as ([img], progress):
         dest = sys.stdout.buffer if output == "-" else output

@@ -197,12 +197,12 @@ def repo_group() -> None:
 
 @click.group("manifest", cls=LazyGroup, lazy=COMMANDS["manifest"])
 def manifest_group() -> None:
-    """Read manifests and indexes."""
+    """Read and delete manifests and indexes."""
 
 
 @click.group("blob", cls=LazyGroup, lazy=COMMANDS["blob"])
 def blob_group() -> None:
-    """Read blobs (layers, configs) by digest."""
+    """Read, upload and delete blobs (layers, configs) by digest."""
 
 
 @click.group("image", cls=LazyGroup, lazy=COMMANDS["image"])

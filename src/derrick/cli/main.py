@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import sys
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import Any
 import click
 
 from derrick import __version__
-from derrick.cli.common import Options, connection_options
+from derrick.cli.common import Options, connection_options, emit_json, format_option
 from derrick.cli.errors import error_text
 from derrick.cli.groups import COMMANDS, GROUPS, LazyGroup
 from derrick.errors import DerrickError, UsageError
@@ -73,6 +74,27 @@ class _Cli(LazyGroup):
             return super().invoke(ctx)
 
 
+class _NoOutput(io.TextIOBase):
+    """Standard output for a process started without one: writing to it is an error
+    (Python would make it None, and data would be dropped, or fail with a traceback)."""
+
+    def write(self, s: str) -> int:
+        raise UsageError(
+            "standard output is closed, and this command writes to it",
+            hint="give it somewhere to go (>/dev/null to discard it)",
+        )
+
+    @property
+    def buffer(self) -> _NoOutput:  # binary writes (archives, blobs) fail the same way
+        return self
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        raise OSError(errno.EBADF, "standard output is closed")
+
+
 def _silence_output() -> None:
     """Point stdout and stderr at /dev/null once their reader has gone.
 
@@ -103,8 +125,9 @@ def cli() -> None:
 
 @cli.command("login")
 @click.argument("registry")
+@format_option()
 @connection_options
-def login(registry: str, opts: Options) -> None:
+def login(registry: str, fmt: str, opts: Options) -> None:
     """Check credentials with REGISTRY and save them in Docker's config.json.
 
     They are saved only once the registry (or its token service) has been sent them
@@ -128,7 +151,10 @@ def login(registry: str, opts: Options) -> None:
     path = CredentialStore().store(
         reg, Credential(username=opts.username, password=opts.password())
     )
-    click.echo(f"Login succeeded for {reg} (saved in {path})", err=True)
+    if fmt == "json":
+        emit_json({"registry": str(reg), "saved": str(path)})
+    else:
+        click.echo(f"Login succeeded for {reg} (saved in {path})", err=True)
 
 
 def _ask(prompt: str, what: str, *, secret: bool) -> str:
@@ -170,7 +196,8 @@ def _ask(prompt: str, what: str, *, secret: bool) -> str:
 
 @cli.command("logout")
 @click.argument("registry")
-def logout(registry: str) -> None:
+@format_option()
+def logout(registry: str, fmt: str) -> None:
     """Remove saved credentials for REGISTRY.
 
     \b
@@ -181,7 +208,10 @@ def logout(registry: str) -> None:
     from derrick.reference import parse_registry
 
     reg = parse_registry(registry)
-    if CredentialStore().erase(reg):
+    removed = CredentialStore().erase(reg)
+    if fmt == "json":
+        emit_json({"registry": str(reg), "removed": removed})
+    elif removed:
         click.echo(f"Removed credentials for {reg}", err=True)
     else:
         click.echo(f"No saved credentials for {reg}", err=True)
@@ -202,6 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     # uses.  The command owns its process, so it tells Python that module is not there
     # (httpx then falls back to a stub main()); importing derrick as a library does not.
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+    # Started with standard streams closed (>&-, <&-, 2>&-: Python makes them None).
+    if sys.stdout is None:
+        sys.stdout = _NoOutput()
+    if sys.stdin is None:
+        sys.stdin = io.StringIO()  # an input at its end
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - nowhere to say anything
     try:
         with _closed_output_is_final():
             # a command that ends with ctx.exit(N) (click's Exit) comes back as N
@@ -212,8 +249,14 @@ def main(argv: list[str] | None = None) -> int:
         return 141
     except (_Interrupted, KeyboardInterrupt, click.exceptions.Abort):
         return _interrupted()
+    except click.exceptions.NoArgsIsHelpError as e:
+        e.show()  # a group without its command: its help
+        return e.exit_code
+    except click.UsageError as e:
+        click.echo(f"derrick: error: {_usage_text(e)}", err=True)
+        return e.exit_code
     except click.ClickException as e:
-        e.show()
+        click.echo(f"derrick: error: {e.format_message()}", err=True)
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code
@@ -227,6 +270,15 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"derrick: error: {_os_error_text(e)}", err=True)
         return 1
     return code if isinstance(code, int) else 0
+
+
+def _usage_text(e: click.UsageError) -> str:
+    """Click's complaint about the command line, as the middle of a sentence, and where the
+    command's usage is shown: ``missing argument 'REFERENCE'; see 'derrick image pull --help'``."""
+    text = e.format_message().strip().rstrip(".")
+    text = text[:1].lower() + text[1:]
+    command = e.ctx.command_path if e.ctx is not None else "derrick"
+    return f"{text}; see '{command} --help'"
 
 
 def _os_error_text(e: OSError) -> str:

@@ -169,7 +169,7 @@ def manifest_head(reference: str, fmt: str, opts: Options) -> None:
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write to FILE (as a hidden partial file beside it, renamed when verified; an "
-    "interrupted download resumes from it).",
+    "interrupted download resumes from it); - is standard output.",
 )
 @format_option()
 @connection_options
@@ -190,6 +190,8 @@ def blob_get(repository: str, digest: str, output: Path | None, fmt: str, opts: 
 
     ref = parse_ref(repository)
     dg = Digest.parse(digest)
+    if output is not None and str(output) == "-":  # as -o - is in the other commands
+        output = None
     if output is None and fmt == "json":
         raise UsageError(
             "--format json prints on standard output, which takes the blob without -o",

@@ -166,6 +166,8 @@ def _config_file(text: str) -> Path:
     path = Path(text)
     if path.is_file():
         return path
+    if path.exists() and not path.is_dir():  # a pipe: derrick sync <(make-config), /dev/stdin
+        return path
     if path.is_dir():
         raise UsageError(
             f"{text} is a directory, not a configuration file",

@@ -63,11 +63,13 @@ def image_copy(
     \b
     SRC and DST are each one of:
       REF, docker://REF               a registry (DST without a tag keeps SRC's)
-      oci:DIR[:NAME], DIR             an OCI layout (NAME: tag, full name or digest)
+      oci:DIR[:NAME], ./DIR, /DIR     an OCI layout (NAME: tag, full name or digest)
       oci-archive:FILE[:NAME]         an OCI archive
       docker-archive:FILE[:NAME:TAG]  a docker-archive (docker save / docker load)
       FILE.tar                        an archive (a new one: a docker-archive)
       oci-archive:-, docker-archive:- standard output (DST only)
+    A bare word such as "app" is a registry reference (docker.io/library/app);
+    write ./app for a directory.
 
     Blobs are verified on the way; between repositories of one registry they
     are mounted; copies from a registry to disk go through the blob cache and

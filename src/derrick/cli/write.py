@@ -101,8 +101,9 @@ def blob_put(repository: str, file: Path, chunk_size: int | None, fmt: str, opts
 @blob_group.command("delete")
 @click.argument("repository")
 @click.argument("digest")
+@format_option()
 @connection_options
-def blob_delete(repository: str, digest: str, opts: Options) -> None:
+def blob_delete(repository: str, digest: str, fmt: str, opts: Options) -> None:
     """Delete blob DIGEST from REPOSITORY.
 
     \b
@@ -113,4 +114,7 @@ def blob_delete(repository: str, digest: str, opts: Options) -> None:
     dg = Digest.parse(digest)
     with opts.client(ref.registry) as client:
         client.delete_blob(ref, dg)
-    click.echo(f"Deleted blob {dg} from {ref.name}", err=True)
+    if fmt == "json":
+        emit_json({"deleted": f"{ref.name}@{dg}", "digest": str(dg)})
+    else:
+        click.echo(f"Deleted blob {dg} from {ref.name}", err=True)

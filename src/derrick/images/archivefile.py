@@ -20,6 +20,8 @@ import contextlib
 import errno
 import json
 import os
+import stat
+import tarfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -35,6 +37,7 @@ __all__ = [
     "ArchiveFile",
     "Holes",
     "ResumeState",
+    "check_regular",
     "check_target",
     "describe_os_error",
     "kept_hint",
@@ -306,10 +309,52 @@ class ArchiveFile:
 
 
 def check_target(target: Path, shown: str) -> None:
-    """Refuse a directory (or a link to one) as the destination of an archive file, before
-    anything is made beside it."""
+    """Refuse a directory (or a link to one) as the destination of an archive file, and a
+    file that is not a tar archive (it is not derrick's to replace), before anything is
+    made beside it."""
     if target.is_dir():
         raise UsageError(
             f"{shown} is a directory, not an archive file",
             hint="name a file to write the archive to, or the directory as an OCI layout",
         )
+    check_regular(target, shown)
+    if not _replaceable(target):
+        raise UsageError(
+            f"{shown} exists and is not a tar archive",
+            hint="derrick does not overwrite it: delete it or name another file",
+        )
+
+
+def check_regular(target: Path, shown: str) -> None:
+    """Refuse an output path that exists and is not a regular file (a device such as
+    /dev/null, a FIFO, or a link to one): the file written beside it and renamed into
+    place would replace it."""
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return  # not there (or a dangling link): writing it says what is wrong
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise UsageError(
+            f"{shown} exists and is not a regular file",
+            hint="it would be replaced by the file written beside it: name a regular file, "
+            "or write to standard output",
+        )
+
+
+def _replaceable(target: Path) -> bool:
+    """Whether an archive may be written over the regular file ``target``: it is not
+    there, it is empty, or it begins as a tar does."""
+    try:
+        with open(target, "rb") as f:
+            head = f.read(tarfile.BLOCKSIZE)
+    except OSError:
+        return True  # not there, or not readable: writing it says what is wrong
+    if not head or head == bytes(len(head)):
+        return True  # empty, or zeros (an empty archive)
+    if len(head) < tarfile.BLOCKSIZE:
+        return False
+    try:
+        tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True

@@ -292,7 +292,13 @@ class LayoutDir:
             if self._work is None:
                 parent = self.path.parent
                 parent.mkdir(parents=True, exist_ok=True)
-                self._work = OCILayout.create(temp_dir(parent, f".{self.path.name}"))
+                root = temp_dir(parent, f".{self.path.name}")
+                try:
+                    self._work = OCILayout.create(root)
+                except BaseException:
+                    # the directory was made, its index.json not (a full disk): it goes
+                    shutil.rmtree(root, ignore_errors=True)
+                    raise
             return self._work
 
     def put_blob(self, feed: BlobFeed) -> None:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from derrick.errors import InvalidReferenceError, UsageError
-from derrick.reference import Reference
+from derrick.reference import Reference, bare_registry
 
 __all__ = ["PREFIXES", "Kind", "Location", "parse_location"]
 
@@ -115,6 +115,9 @@ def parse_location(
         return _plain(text, destination, exists, isdir)
     found = _split_existing(text, exists)
     if found is None:
+        error = bare_registry(text)
+        if error is not None:
+            raise error
         return _registry(text, text, destination)
     try:
         Reference.parse(text, default_tag=None)
@@ -172,6 +175,8 @@ def _local(
         return Location(kind, text, path="-", name=rest[2:] or None)
     found = _split_existing(os.path.expanduser(rest), exists)
     if found is None:
+        if not _split_new(rest)[0]:
+            raise UsageError(f"{text!r} names no path", hint=f"write {kind}:PATH")
         if not destination:
             raise UsageError(
                 f"{_shown(kind)} {_split_new(rest)[0]} does not exist", hint="check the path"

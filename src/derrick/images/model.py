@@ -348,6 +348,12 @@ class CopyResult:
     plan: Plan
     stats: TransferStats = field(default_factory=TransferStats)
 
+    def __repr__(self) -> str:  # the plan holds every manifest's and config's bytes
+        return (
+            f"CopyResult(source={self.source!r}, destination={self.destination!r}, "
+            f"digest={str(self.digest)!r}, stats={self.stats!r})"
+        )
+
     @property
     def digest(self) -> Digest:
         """The digest of what the (first) destination name now points at."""

@@ -98,7 +98,8 @@ def destination_names(loc: Location) -> tuple[ImageName, ...] | None:
 
     A registry destination takes its tag (or, named by digest, no name at all); a local
     one its NAME: a plain tag (``oci:DIR:v1``), or a full name whose tag and repository
-    are both used (``oci:DIR:registry.example/app:v1``, ``docker-archive:F:app:1.0``).
+    are both used (``oci:DIR:registry.example/app:v1``, ``docker-archive:F:app:1.0``;
+    ``docker-archive:F:app`` is ``app:latest``).
     """
     if loc.is_registry:
         ref = loc.reference
@@ -109,6 +110,10 @@ def destination_names(loc: Location) -> tuple[ImageName, ...] | None:
     if not loc.name:
         return None
     if "/" not in loc.name and ":" not in loc.name:
+        if loc.kind in ("docker-archive", "archive"):
+            # a RepoTag needs a repository: NAME alone is NAME:latest, as docker and skopeo
+            # read it (a tag alone would be no RepoTag, and the image would load untagged)
+            return (ImageName(Reference.parse(loc.name).name, "latest"),)
         return (ImageName(None, loc.name),)
     try:
         ref = Reference.parse(loc.name, default_tag=None)

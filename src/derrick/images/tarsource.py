@@ -120,6 +120,13 @@ class TarSource(Closing):
         raw = self._made.get(desc.digest)
         if raw is None:
             if not self.archive.has_blob(desc.digest):
+                index = self.archive.index
+                if index is not None and any(d.digest == desc.digest for d in index.manifests):
+                    raise LayoutError(
+                        f"manifest {desc.digest}, which its index.json names, is missing "
+                        f"from {self.description}",
+                        hint="the file is incomplete; write or download it again",
+                    )
                 raise LayoutError(
                     f"manifest {desc.digest} is missing from {self.description}",
                     hint="a multi-platform image needs every platform",

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from derrick.digest import Digest
-from derrick.errors import LayoutError
+from derrick.errors import DerrickError, LayoutError
 from derrick.layout.members import normalize_path
 from derrick.layout.ociindex import blob_member
 from derrick.manifest import ImageManifest
+from derrick.reference import Reference
 
 __all__ = [
     "DOCKER_MANIFEST_FILE",
@@ -158,6 +159,11 @@ class DockerManifest:
         for e in entries:
             if name in e.repo_tags:
                 return e
+        wanted = _normalized(name)
+        if wanted is not None:  # app is app:latest; docker.io/library/app:1 is app:1
+            for e in entries:
+                if any(_normalized(t) == wanted for t in e.repo_tags):
+                    return e
         by_id = self.by_image_id(name)
         if by_id is not None:
             return by_id
@@ -165,6 +171,16 @@ class DockerManifest:
             f"no image tagged {name!r} in {self.path} "
             f"(it has: {', '.join(self.shown_names()) or 'none'})"
         )
+
+
+def _normalized(name: str) -> str | None:
+    """``name`` as a full image name with its tag (``latest`` when it has none), as Docker
+    reads a RepoTag; None when it is no image name (or is a digest)."""
+    try:
+        ref = Reference.parse(name, default_tag="latest")
+    except DerrickError:
+        return None
+    return None if ref.digest is not None else f"{ref.name}:{ref.tag}"
 
 
 def same_layers(manifest: ImageManifest, entry: DockerArchiveEntry) -> bool:

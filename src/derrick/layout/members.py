@@ -213,8 +213,24 @@ class TarStore(FileStore):
             with tarfile.open(fileobj=f, mode="r:") as tf:
                 for m in tf:
                     self._add(m, where)
+                end = tf.offset  # where the next header would begin
+        except tarfile.ReadError as e:
+            if str(e) == "unexpected end of data":  # a member's data goes past the end
+                raise _truncated(where) from None
+            raise LayoutError(f"{where} is not a valid tar archive: {e}") from None
         except tarfile.TarError as e:
             raise LayoutError(f"{where} is not a valid tar archive: {e}") from None
+        # tarfile ends the listing quietly at a header cut short, or at one that is not a
+        # header at all: the archive would look complete, less the members after it.
+        f.seek(end)
+        tail = f.read(tarfile.BLOCKSIZE)
+        if any(tail):
+            if len(tail) < tarfile.BLOCKSIZE:
+                raise _truncated(where)
+            raise LayoutError(
+                f"{where} is damaged: what follows its last readable member is not a tar header",
+                hint="write or download it again",
+            )
 
     def _add(self, m: tarfile.TarInfo, where: str) -> None:
         name = _normalize_member(m.name, where)
@@ -276,3 +292,10 @@ class TarStore(FileStore):
 
     def has(self, name: str) -> bool:
         return self._lookup(name) is not None
+
+
+def _truncated(where: str) -> LayoutError:
+    return LayoutError(
+        f"{where} is truncated: it ends inside a member",
+        hint="the file is incomplete; write or download it again",
+    )

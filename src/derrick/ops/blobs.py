@@ -22,7 +22,7 @@ from pathlib import Path
 
 from derrick.digest import Digest, hash_file
 from derrick.errors import DerrickError, DigestMismatchError, DiskError, LayoutError
-from derrick.images.archivefile import describe_os_error, kept_hint
+from derrick.images.archivefile import check_regular, describe_os_error, kept_hint
 from derrick.images.feed import Feed, FileOpener
 from derrick.images.model import Plan
 from derrick.images.remote import DEFAULT_CHUNK_SIZE, RegistryRepository
@@ -75,6 +75,7 @@ def get_blob(
     :class:`DigestMismatchError` (nothing kept), or a :class:`DiskError` naming ``dest``;
     the hint says what is kept.
     """
+    check_regular(dest, str(dest))
     part = dest.parent / f".{dest.name}.derrick-partial"
     try:  # the destination first: nothing is asked of the registry for a path that fails
         fd, _ = lock_partial(part)

@@ -11,20 +11,27 @@ and do not appear in the output.
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from derrick.errors import UsageError
+from derrick.errors import DiskError, UsageError
+from derrick.images.archivefile import check_target
 from derrick.images.flat import FileInfo, Slot, flatten
 from derrick.images.layers import Layer
 from derrick.images.model import Progress
 from derrick.images.view import Image
 from derrick.layout.tarread import TarEntry
+from derrick.oserrors import writing_failed
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer as Buffer
 
 __all__ = ["ExportResult", "export_image", "write_flat_tar"]
 
@@ -138,19 +145,51 @@ def write_flat_tar(
     return count, w.n
 
 
+def _disk_error(e: OSError, dest: Path) -> DiskError:
+    again = (
+        "make room and run the same command again"
+        if e.errno in (errno.ENOSPC, errno.EDQUOT)
+        else "fix that and run the same command again"
+    )
+    return DiskError(
+        writing_failed(e, str(dest)), errno=e.errno, hint=f"nothing is left behind: {again}"
+    )
+
+
+class _DestFile(io.FileIO):
+    """The file being written: a failed write is a :class:`DiskError` naming ``dest``
+    (an ``OSError`` while the layers are read is not about the destination)."""
+
+    dest: Path
+
+    def write(self, b: Buffer) -> int:
+        try:
+            return super().write(b)
+        except OSError as e:
+            raise _disk_error(e, self.dest) from None
+
+
 @contextlib.contextmanager
 def _atomic_file(dest: Path) -> Iterator[BinaryIO]:
     """A file written under a temporary name beside ``dest``, renamed to it when complete
-    (and removed after an error)."""
+    (and removed after an error).  Failing to write it is a :class:`DiskError`."""
     parent = dest.parent if str(dest.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=parent)
     try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=parent)
+    except OSError as e:
+        raise _disk_error(e, dest) from None
+    try:
+        raw = _DestFile(fd, "wb")
+        raw.dest = dest
+        with io.BufferedWriter(raw, buffer_size=1 << 20) as f:
             yield f
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o644 & ~mask)
-        os.replace(tmp, dest)
+        try:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o644 & ~mask)
+            os.replace(tmp, dest)
+        except OSError as e:
+            raise _disk_error(e, dest) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -174,6 +213,7 @@ def export_image(
         )
     image.filesystem_layers()  # an artifact or another platform: refused before a byte
     if isinstance(dest, str | Path):
+        check_target(Path(dest), str(dest))
         with _atomic_file(Path(dest)) as f:
             entries, size = write_flat_tar(image, f, on_layer=on_layer, progress=progress)
         return ExportResult(str(dest), entries, size)

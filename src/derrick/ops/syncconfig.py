@@ -27,7 +27,9 @@ A configuration is YAML (every key below is optional unless it says otherwise)::
 ones the source lists, then ``include``, ``exclude``, ``semver`` and ``newest`` apply in
 that order; pins are added after.  A destination repository is ``prefix/`` + the source's
 repository path (``library/alpine``), with ``registry/`` before the path when
-``strip-registry`` is false, unless the source names ``repository``.
+``strip-registry`` is false, unless the source names ``repository``.  A source whose
+``destination`` names a ``registry`` or an ``oci`` layout takes none of the defaults'
+destination keys.
 
 ``${NAME}`` in any value is replaced by the environment variable ``NAME`` (an unset one is
 an error).  No secret belongs here: credentials come from Docker's ``config.json`` (and
@@ -179,7 +181,12 @@ def one_off(
     (``oci:DIR``, or a plain path to a directory; each image named ``repository:tag``).
     ``include`` and ``exclude`` are tag patterns; ``selection`` defaults to every platform.
     """
-    registry, repository = parse_repository(source)
+    if source.startswith(("oci:", "oci-archive:", "docker-archive:", "/", "./", "../", "~/")):
+        raise UsageError(
+            f"{source} is a place on disk, and a sync copies from a registry repository",
+            hint="give REGISTRY/REPOSITORY; an image on disk is copied, not synced",
+        )
+    registry, repository = parse_repository(source.removeprefix("docker://"))
     tags = TagSelection(
         include=tuple(_regex(p, "to include") for p in include),
         exclude=tuple(_regex(p, "to exclude") for p in exclude),

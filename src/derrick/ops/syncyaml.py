@@ -167,10 +167,29 @@ class _Reader:
         if which == "namespace" and dest.repository:
             rnode = got["destination"][0]
             raise self.fail(rnode, f"{key}.destination.repository", "a namespace has many")
+        if dest.registry is not None:
+            self._check_target(dest, registry, path, got.get("destination") or (node, key))
         where = f"{self.name}:{node.start_mark.line + 1}"
         if which == "repository":
             return SourceSpec(registry, path, None, dest, tags, selection, digest_tags, where)
         return SourceSpec(registry, None, path, dest, tags, selection, digest_tags, where)
+
+    def _check_target(
+        self, dest: Destination, registry: str, path: str, at: tuple[Any, str]
+    ) -> None:
+        """Refuse a destination repository that is no repository name (the source registry
+        put in its path with a port, by strip-registry: false)."""
+        target = f"{dest.registry}/{dest.repository_for(registry, path)}"
+        try:
+            parse_repository(target)
+        except DerrickError as e:
+            raise self.fail(
+                at[0],
+                at[1],
+                f"the destination repository {target} is no repository name ({e.message}); "
+                "a source registry with a port needs strip-registry: true, or a destination "
+                "repository of its own",
+            ) from None
 
     def platforms(self, node: yaml.Node, key: str) -> Selection:
         items = self.strings(node, key)
@@ -263,8 +282,9 @@ class _Reader:
             if "registry" in got and "oci" in got:
                 raise self.fail(part[0], part[1], "give registry or oci, not both")
             if "registry" in got or "oci" in got:
-                fields.pop("registry", None)
-                fields.pop("oci", None)
+                # a destination of its own: the defaults' prefix and strip-registry were
+                # meant for the defaults' destination
+                fields.clear()
             fields.update(got)
         dest = Destination()
         if "registry" in fields:

@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from derrick.digest import Digest
-from derrick.errors import LayoutError, UsageError
+from derrick.errors import DiskError, LayoutError, UsageError
 from derrick.images.layers import Layer
 from derrick.images.model import Progress
 from derrick.images.view import Image
 from derrick.layout.rootfs import RootTree, Warn
 from derrick.layout.tarread import whiteout_of
+from derrick.oserrors import reason, writing_failed
 
 __all__ = ["UnpackResult", "apply_layers", "check_destination", "unpack_image"]
 
@@ -57,6 +58,18 @@ def check_destination(dest: Path) -> None:
         raise UsageError(f"{dest} exists and is not a directory")
     if any(os.scandir(dest)):
         raise UsageError(f"{dest} is not empty", hint="unpack into a new or empty directory")
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class _DiskFull(DiskError):
+    """The disk filled up while a layer was applied: ``where`` is the layer and path."""
+
+    def __init__(self, error: OSError, where: str) -> None:
+        super().__init__(f"cannot unpack {where}: {reason(error)}", errno=error.errno)
+        self.error = error
+        self.where = where
 
 
 def _force_rmtree(path: str) -> None:
@@ -111,6 +124,8 @@ def apply_layers(
                                 tree.apply(entry, reader)
                         except OSError as e:
                             where = entry.path or "/"
+                            if e.errno in _DISK_FULL:
+                                raise _DiskFull(e, f"{layer.label}: {where!r}") from None
                             raise LayoutError(
                                 f"{layer.label}: cannot unpack {where!r}: {e.strerror or e}"
                             ) from None
@@ -148,8 +163,15 @@ def unpack_image(
     check_destination(target)
     image.filesystem_layers()  # an artifact or another platform: refused before mkdir
     parent = target.parent if str(target.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".unpacking", dir=parent)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".unpacking", dir=parent)
+    except OSError as e:
+        raise DiskError(
+            writing_failed(e, str(target)),
+            errno=e.errno,
+            hint="nothing is left behind: fix that and run the same command again",
+        ) from None
     try:
         result = apply_layers(
             image,
@@ -166,6 +188,14 @@ def unpack_image(
             if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
                 raise UsageError(f"{target} was changed while unpacking into it") from None
             raise
+    except _DiskFull as e:
+        with contextlib.suppress(OSError):
+            _force_rmtree(tmp)
+        raise DiskError(
+            f"{reason(e.error)} writing {target} ({e.where})",
+            errno=e.error.errno,
+            hint="nothing is left behind: make room and run the same command again",
+        ) from None
     except BaseException:
         with contextlib.suppress(OSError):
             _force_rmtree(tmp)

@@ -83,7 +83,7 @@ def _codes(*names: str) -> frozenset[str]:
 _401 = frozenset({401})
 _403 = frozenset({403})
 _404 = frozenset({404})
-_LACKING = "the credentials in use lack permission for this repository"
+_LACKING = "the credentials in use lack that permission"
 _NO_MANIFEST = "{what} not found: the tag or digest is not in the repository"
 _HELD_BACK = (
     "{what}: authentication required by {registry}, and credentials are not sent over plain http"
