@@ -317,3 +317,30 @@ def test_archive_into_missing_directories(cli: Cli, medium: str, tmp_path: Path)
     out = tmp_path / "newdir" / "sub" / "app.tar"
     cli("image", "pull", medium, "-o", out, "-q").ok()
     assert sorted(p.name for p in out.parent.iterdir()) == ["app.tar"]
+
+
+def test_a_pull_removes_what_a_killed_pull_to_the_same_place_left(
+    cli: Cli, seeded: SeededRegistries, tmp_path: Path
+) -> None:
+    """A pull killed while it assembled its hidden layout leaves it behind; the next pull
+    to that destination removes it once it sees its writer is gone."""
+    import signal
+    import subprocess
+    import sys
+
+    dest = tmp_path / "app"
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from derrick.images.layoutwrite import HiddenDir\n"
+        "h = HiddenDir(Path(sys.argv[1]), '.app')\n"
+        "(h.path / 'oci-layout').write_text('{}')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert len(list(tmp_path.glob(".app.derrick-tmp-*"))) == 2  # the directory, its owner file
+
+    image = seeded.open["test/eight"]
+    cli("image", "pull", image.reference, "-o", dest, "-q").ok()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app", "cache", "docker-config", "home"]

@@ -192,3 +192,46 @@ def test_a_full_disk_names_the_destination_and_what_is_kept(
     )
     assert hidden(tmp_path) == []
     assert entries(dest) == [] if existing else not dest.exists()
+
+
+def test_a_hidden_directory_is_swept_only_when_its_writer_is_gone(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from derrick.images.layoutwrite import OWNER, HiddenDir
+
+    def hidden() -> set[str]:
+        return {p.name for p in tmp_path.glob(".app.derrick-tmp-*") if p.is_dir()}
+
+    alive = HiddenDir(tmp_path, ".app")
+    (alive.path / "blob").write_bytes(b"being written")
+    # a writer that was killed: its directory and its (unlocked) owner file stay
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from derrick.images.layoutwrite import HiddenDir\n"
+        "h = HiddenDir(Path(sys.argv[1]), '.app')\n"
+        "(h.path / 'blob').write_bytes(b'half')\n"
+        "print(h.path, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert killed.returncode == -9, killed.stderr
+    dead = Path(killed.stdout.strip())
+    # one left without an owner file (not known to be dead) is left alone
+    orphan = tmp_path / ".app.derrick-tmp-0000abcd"
+    orphan.mkdir()
+    assert hidden() == {alive.path.name, dead.name, orphan.name}
+    assert Path(f"{dead}{OWNER}").exists()
+
+    third = HiddenDir(tmp_path, ".app")
+    assert hidden() == {alive.path.name, orphan.name, third.path.name}
+    assert not Path(f"{dead}{OWNER}").exists()
+    assert (alive.path / "blob").read_bytes() == b"being written"
+    third.remove()
+    alive.remove()
+    third.remove()  # again: nothing happens
+    assert hidden() == {orphan.name}
+    assert not list(tmp_path.glob(f"*{OWNER}"))

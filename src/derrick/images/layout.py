@@ -23,7 +23,10 @@ As a **sink** (``local``, ``prefers_files``: it takes the cache's files):
   (``.NAME.derrick-tmp-XXXXXXXX``), made when the first blob is placed (with a cache
   that is once every blob is in the cache, so an interrupted copy leaves nothing beside
   the destination), and renamed into place at commit.  Another copy that moved its
-  layout there first wins: this one's blobs and entries are added to that layout;
+  layout there first wins: this one's blobs and entries are added to that layout.  A
+  copy killed meanwhile leaves its hidden directory; the next copy to the same
+  destination removes it, once its owner file shows the writer is gone
+  (:class:`~derrick.images.layoutwrite.HiddenDir`);
 * an **existing** layout gets its blobs first and its ``index.json`` entries last; a
   blob it has is trusted only when verified (a record of the store, else a re-hash)
   and replaced when damaged.  After a failure its ``index.json`` is as it was.
@@ -36,7 +39,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,7 +54,13 @@ from derrick.errors import (
     Remedy,
 )
 from derrick.images.feed import FileBody
-from derrick.images.layoutwrite import add_entries, disk_error, file_holds, temp_dir, write_stream
+from derrick.images.layoutwrite import (
+    HiddenDir,
+    add_entries,
+    disk_error,
+    file_holds,
+    write_stream,
+)
 from derrick.images.model import BlobFeed, ImageName, ImageSource, Kept, Plan, PlannedImage
 from derrick.layout.oci import OCILayout, blob_file
 from derrick.layout.ociindex import (
@@ -115,6 +123,7 @@ class LayoutDir:
         self._plan: Plan | None = None
         self._existing: OCILayout | None = None
         self._work: OCILayout | None = None
+        self._hidden: HiddenDir | None = None
         self._tops: dict[Digest, list[tuple[Descriptor, tuple[ImageName, ...]]]] = {}
         self._placed = 0  # blobs put into an existing layout
 
@@ -292,12 +301,12 @@ class LayoutDir:
             if self._work is None:
                 parent = self.path.parent
                 parent.mkdir(parents=True, exist_ok=True)
-                root = temp_dir(parent, f".{self.path.name}")
+                self._hidden = HiddenDir(parent, f".{self.path.name}")
                 try:
-                    self._work = OCILayout.create(root)
+                    self._work = OCILayout.create(self._hidden.path)
                 except BaseException:
                     # the directory was made, its index.json not (a full disk): it goes
-                    shutil.rmtree(root, ignore_errors=True)
+                    self._release_hidden()
                     raise
             return self._work
 
@@ -353,9 +362,14 @@ class LayoutDir:
             self.abort()
 
     def abort(self) -> None:
-        work, self._work = self._work, None
-        if work is not None:
-            shutil.rmtree(work.root, ignore_errors=True)
+        self._work = None
+        self._release_hidden()
+
+    def _release_hidden(self) -> None:
+        """The hidden directory removed (if not renamed into place), and its owner file."""
+        hidden, self._hidden = self._hidden, None
+        if hidden is not None:
+            hidden.remove()
 
     def kept(self) -> list[Kept]:
         """After an abort: blobs put into an existing layout (a new one's directory is gone)."""

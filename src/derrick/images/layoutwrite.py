@@ -4,9 +4,12 @@ named from a copy's names, and the one-line error of a failed write."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import secrets
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -19,18 +22,72 @@ from derrick.manifest import Descriptor
 from derrick.oserrors import writing_failed
 from derrick.store.records import hashes_to
 
-__all__ = ["add_entries", "disk_error", "file_holds", "temp_dir", "write_stream"]
+__all__ = ["HiddenDir", "add_entries", "disk_error", "file_holds", "write_stream"]
+
+#: Beside a hidden directory ``D``, ``D + OWNER``: the file its writer holds locked.
+OWNER = ".owner"
 
 
-def temp_dir(parent: Path, prefix: str) -> Path:
-    """A new directory ``<prefix>.derrick-tmp-<random>`` in ``parent`` (umask mode)."""
-    while True:
-        path = parent / f"{prefix}.derrick-tmp-{secrets.token_hex(4)}"
-        try:
-            path.mkdir(0o777)
-        except FileExistsError:
-            continue
-        return path
+class HiddenDir:
+    """A new hidden directory ``<prefix>.derrick-tmp-<random>`` in ``parent``, owned by
+    this process until :meth:`remove`: its writer holds an exclusive ``flock`` on the file
+    ``<dir>.owner`` beside it, made and locked before the directory is.
+
+    A process killed while writing leaves both behind; the next :class:`HiddenDir` of the
+    same prefix removes every such directory whose owner file it can lock (its owner is
+    gone), and leaves alone one whose owner is alive, and one without an owner file.
+    """
+
+    def __init__(self, parent: Path, prefix: str) -> None:
+        _sweep(parent, prefix)
+        while True:
+            path = parent / f"{prefix}.derrick-tmp-{secrets.token_hex(4)}"
+            owner = Path(f"{path}{OWNER}")
+            try:
+                fd = os.open(owner, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            except FileExistsError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                path.mkdir(0o777)
+            except BaseException:
+                os.close(fd)
+                owner.unlink(missing_ok=True)
+                raise
+            self.path, self._owner = path, owner
+            self._fd: int | None = fd
+            return
+
+    def remove(self) -> None:
+        """Remove the directory (if still there), then the owner file; idempotent."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self._owner.unlink()
+        os.close(fd)
+
+
+def _sweep(parent: Path, prefix: str) -> None:
+    """Remove the hidden directories of ``prefix`` whose writers are gone (see
+    :class:`HiddenDir`); nothing of a writer that is alive."""
+    with contextlib.suppress(OSError):
+        for owner in parent.glob(f"{prefix}.derrick-tmp-*{OWNER}"):
+            try:
+                fd = os.open(owner, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # its writer is at work
+            try:
+                shutil.rmtree(str(owner)[: -len(OWNER)], ignore_errors=True)
+                owner.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
 
 
 def write_stream(layout: OCILayout, feed: BlobFeed) -> Path:
