@@ -76,6 +76,23 @@ def test_login_and_logout_answer_in_json(
         assert r.err == ""
 
 
+def test_login_and_logout_take_the_registry_as_a_url_as_docker_login_does(
+    cli: Cli, env: Isolation, seeded: SeededRegistries
+) -> None:
+    reg = seeded.basic.registry
+    argv = login_argv(reg, "tester")
+    argv[argv.index(reg.host)] = f"https://{reg.host}/v2/"
+    r = cli(*argv, "--format", "json", stdin="tester-secret\n").ok()
+    assert json.loads(r.out)["registry"] == reg.host
+    assert set(json.loads(env.config_json.read_text())["auths"]) == {reg.host}
+    r = cli("logout", f"http://{reg.host}", "--format", "json").ok()
+    assert json.loads(r.out) == {"registry": reg.host, "removed": True}
+    line = cli("logout", "ftp://host:5000").failed()
+    assert line.startswith(
+        'derrick: error: invalid registry "ftp://host:5000": a registry has no scheme'
+    )
+
+
 def test_a_user_name_without_a_password_is_refused_before_any_request(
     cli: Cli, env: Isolation, seeded: SeededRegistries
 ) -> None:

@@ -138,9 +138,8 @@ def login(registry: str, fmt: str, opts: Options) -> None:
       echo "$TOKEN" | derrick login localhost:5000 -u ci --password-stdin
     """
     from derrick.auth.credentials import Credential, CredentialStore
-    from derrick.reference import parse_registry
 
-    reg = parse_registry(registry)
+    reg = _login_registry(registry)
     if opts.username is None:
         opts.username = _ask("Username", "a user name", secret=False)
     if not opts.password_stdin:
@@ -155,6 +154,19 @@ def login(registry: str, fmt: str, opts: Options) -> None:
         emit_json({"registry": str(reg), "saved": str(path)})
     else:
         click.echo(f"Login succeeded for {reg} (saved in {path})", err=True)
+
+
+def _login_registry(value: str) -> str:
+    """The registry ``login`` and ``logout`` name: ``host[:port]``, or a URL of it as
+    ``docker login`` takes (``https://registry.example:5000/``,
+    ``https://index.docker.io/v1/``): its scheme and path are left out (the scheme does
+    not choose plain http; ``--insecure`` does)."""
+    from derrick.reference import parse_registry
+
+    scheme, sep, rest = value.partition("://")
+    if sep and scheme.lower() in ("http", "https") and rest:
+        value = rest.split("/", 1)[0]
+    return parse_registry(value)
 
 
 def _ask(prompt: str, what: str, *, secret: bool) -> str:
@@ -205,9 +217,8 @@ def logout(registry: str, fmt: str) -> None:
       derrick logout localhost:5000
     """
     from derrick.auth.credentials import CredentialStore
-    from derrick.reference import parse_registry
 
-    reg = parse_registry(registry)
+    reg = _login_registry(registry)
     removed = CredentialStore().erase(reg)
     if fmt == "json":
         emit_json({"registry": str(reg), "removed": removed})
