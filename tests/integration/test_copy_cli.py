@@ -466,3 +466,17 @@ def test_help_lists_every_image_command_and_says_the_platform_defaults(cli: Cli)
     for command in ("pull", "push", "copy", "save"):
         text = cli("image", command, "--help").ok().out
         assert "[text|json]" in text and "oci-archive|" not in text, command
+
+
+def test_an_image_saved_twice_is_counted_once(
+    cli: Cli, seeded: SeededRegistries, tmp_path: Path
+) -> None:
+    ref = seeded.open["test/single"].reference
+    out = tmp_path / "twice.tar"
+    r = cli("image", "save", ref, ref, "-o", out).ok()
+    assert r.err.startswith(f"Saved 1 image to {out} as docker-archive")
+    with tarfile.open(out) as tar:
+        member = tar.extractfile("manifest.json")
+        assert member is not None
+        (entry,) = json.loads(member.read())
+    assert entry["RepoTags"] == [ref]

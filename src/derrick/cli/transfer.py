@@ -279,7 +279,7 @@ def image_save(
     if output == "json":
         emit_json(_save_json(dest, kind_of(loc), images, result))
     elif not loc.is_stream and not flags.quiet:
-        n = len(result.plan.entries)
+        n = len({e.top.digest for e in result.plan.entries})  # an image named twice is one
         click.echo(
             f"Saved {n} image{'s' if n != 1 else ''} to {dest} as {kind_of(loc)}, "
             f"{human_size(result.stats.copied_bytes)} downloaded",
