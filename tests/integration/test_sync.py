@@ -399,7 +399,7 @@ def test_one_failure_does_not_stop_the_others(
     res = cli("sync", config, "--insecure", "--format", "json")
     assert res.code == 1 and "Traceback" not in res.err
     assert res.err_lines == [
-        "derrick: error: 2 of 4 failed (see the report); run again to retry them"
+        "derrick: error: 2 of 4 failed (see the report); running it again retries only those"
     ]
     summary = json.loads(res.out)
     assert summary["copied"] == 2 and summary["failed"] == 2
@@ -912,3 +912,38 @@ def test_blobs_two_copies_need_at_once_are_stored_once(
     )
     with RawClient(mirror) as raw:
         assert raw.manifest_digest(dst_a, "a") == raw.manifest_digest(dst_b, "b") == eight.digest
+
+
+def test_a_configurations_failures_are_said_in_its_own_words(
+    seeded: SeededRegistries,
+    registry_open: RegistryProcess,
+    mirror: RegistryProcess,
+    unique_repo: Callable[..., str],
+    cli: Cli,
+    tmp_path: Path,
+) -> None:
+    """A platform the index lacks is named in the configuration's platforms, not as a
+    --platform the file has no use for."""
+    src, dst = unique_repo(), unique_repo("mirror")
+    fill(registry_open, src, {"m": "multi"}, seeded)
+    config = tmp_path / "sync.yaml"
+    config.write_text(
+        "sources:\n"
+        f"  - repository: {registry_open.host}/{src}\n"
+        "    platforms: [linux/s390x]\n"
+        f"    destination: {{registry: {mirror.host}, repository: {dst}}}\n"
+    )
+    res = cli("sync", config, "--insecure")
+    assert res.code == 1, res.err
+    (line,) = [x for x in res.out.splitlines() if x.startswith("failed")]
+    assert line.endswith("; choose one of those in the configuration's platforms"), line
+    assert "--platform" not in res.out
+    one_off = cli(
+        "sync",
+        f"{registry_open.host}/{src}",
+        f"{mirror.host}/{dst}",
+        "--insecure",
+        "--platform",
+        "linux/s390x",
+    )
+    assert one_off.code == 1 and "choose one of those with --platform" in one_off.out

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -16,7 +16,7 @@ from derrick.cli.copying import CopyFlags, selection
 from derrick.cli.errors import remedy_text
 from derrick.cli.options import cache_dir_option, jobs_option_of, quiet_option
 from derrick.cli.progress import Display, wants_progress
-from derrick.errors import UsageError
+from derrick.errors import Remedy, UsageError, fill
 from derrick.images.locations import parse_location
 from derrick.images.model import Selection
 from derrick.images.open import copy_selection
@@ -147,11 +147,35 @@ def sync_command(
             cache_dir=cache_dir or default_cache_dir(),
             progress=display,
         )
+    words = _remedies(config_file=destination is None)
     if fmt == "json":
-        emit_json(report.to_json(remedy_text))
+        emit_json(report.to_json(words))
     else:
-        report_text(report)
+        report_text(report, words)
     report_exit(report)
+
+
+def _remedies(*, config_file: bool) -> Callable[[Remedy], str]:
+    """Remedies in the words of a sync: platforms are the configuration's when it came
+    from a file; credentials come from 'derrick login' (--username is for one registry
+    only, and a sync reads one and writes another)."""
+
+    def words(remedy: Remedy) -> str:
+        if config_file and remedy.kind in _CONFIG_PLATFORMS:
+            return fill(_CONFIG_PLATFORMS[remedy.kind], remedy.params)
+        if remedy.kind in ("login", "saved-credentials"):
+            registry = remedy.params.get("registry", "REGISTRY")
+            return f"log in with 'derrick login {registry}'"
+        return remedy_text(remedy)
+
+    return words
+
+
+_CONFIG_PLATFORMS = {
+    "platforms": "choose one of those in the configuration's platforms",
+    "platform": "name {platform} in the configuration's platforms, or leave them out",
+    "no-platform": "leave out the configuration's platforms",
+}
 
 
 def _selection(platforms: tuple[str, ...], all_platforms: bool) -> Selection:
@@ -247,19 +271,19 @@ def _login_registry(config: SyncConfig, opts: Options) -> str | None:
 # -- output ------------------------------------------------------------------------------
 
 
-def report_text(report: SyncReport) -> None:
+def report_text(report: SyncReport, words: Callable[[Remedy], str] = remedy_text) -> None:
     out = click.echo
     shown = [*report.copied, *report.planned, *report.failed, *report.left]
     for item in shown:
         line = f"{item.status:<9} {item.source} -> {item.destination}"
         if item.status == "copied":
             line += f"  {item.digest}  {human_size(item.bytes)}"
-        why = item.why(remedy_text)
+        why = item.why(words)
         if why:
             line += f": {why}"
         out(line)
     for name, e in report.source_errors:
-        out(f"{'failed':<9} {name}: {said(reason_of(e), e.remedy, remedy_text)}")
+        out(f"{'failed':<9} {name}: {said(reason_of(e), e.remedy, words)}")
     if shown or report.source_errors:
         out("")
     failed = len(report.failed) + len(report.source_errors)
@@ -283,7 +307,7 @@ def report_exit(report: SyncReport) -> None:
     if failed:
         click.echo(
             f"derrick: error: {failed} of {len(report.images) + len(report.source_errors)} "
-            "failed (see the report); run again to retry them",
+            "failed (see the report); running it again retries only those",
             err=True,
         )
         raise click.exceptions.Exit(report.exit_code)
