@@ -341,7 +341,10 @@ def test_a_full_cache_is_named_when_pulling_an_archive(
             f"(pulling to {out}); "
         )
         assert line.endswith("; --cache-dir or DERRICK_CACHE_DIR chooses another cache")
-        assert f"{tmp_path / '.fd.tar.derrick-partial'} (and its .json resume state)" not in line
+        # what the archive had is kept for the next run too, and said so
+        partial = tmp_path / ".fd.tar.derrick-partial"
+        assert partial.exists()
+        assert f"{partial} (and its .json resume state) are kept: make room and try again" in line
         grow(cache)
         cli("image", "pull", medium, "-o", out, "-q").ok()
     assert not out.with_name(".fd.tar.derrick-partial").exists()

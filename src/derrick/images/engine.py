@@ -126,7 +126,8 @@ def copy_many(
         with contextlib.suppress(Exception):
             sink.abort()  # best effort: the error that stopped the copy is the one to see
         if isinstance(e, CacheDiskError) and store is not None:
-            raise e.with_partials(store.partials(the_plan.blobs)) from e.error
+            also = _kept(sink, None, the_plan)
+            raise e.with_partials(store.partials(the_plan.blobs), also) from e.error
         if began and isinstance(e, DerrickError) and not isinstance(e, DiskError):
             _say_kept(e, _kept(sink, store, the_plan))
         raise

@@ -306,7 +306,9 @@ class CacheDiskError(DiskError):
     """Writing the blob cache failed (no space left, permission denied, …).
 
     The message names the cache; ``partials`` are the partial files kept for a later
-    run to resume.  :meth:`pulling_to` says what was being written too.
+    run to resume, and ``also`` what else is kept for it (a phrase and how many files,
+    e.g. the partial archive a pull was writing).  :meth:`pulling_to` says what was being
+    written too.
     """
 
     def __init__(
@@ -314,24 +316,28 @@ class CacheDiskError(DiskError):
         root: Path,
         error: OSError,
         partials: Sequence[Path] = (),
+        also: Sequence[tuple[str, int]] = (),
     ) -> None:
         reason = error.strerror or str(error) or type(error).__name__
         self.reason = reason[:1].lower() + reason[1:]
         self.root = root
         self.error = error
         self.partials = list(partials)
+        self.also = list(also)
         again = (
             "make room and try again"
             if error.errno in (errno.ENOSPC, errno.EDQUOT)
             else "fix that and try again"
         )
         phrase = partials_phrase(self.partials, root)
-        if phrase is None:
+        phrases = ([phrase] if phrase is not None else []) + [p for p, _ in self.also]
+        files = len(self.partials) + sum(n for _, n in self.also)
+        if not phrases:
             hint = again
         else:
-            them = "them" if len(self.partials) > 1 else "it"
-            are = "are" if len(self.partials) > 1 else "is"
-            hint = f"{phrase} {are} kept: {again} to resume, or delete {them}"
+            them = "them" if files > 1 else "it"
+            are = "are" if len(phrases) > 1 or len(self.partials) > 1 else "is"
+            hint = f"{' and '.join(phrases)} {are} kept: {again} to resume, or delete {them}"
         super().__init__(
             f"{self.reason} writing the blob cache {root}",
             errno=error.errno,
@@ -339,9 +345,11 @@ class CacheDiskError(DiskError):
             remedy=Remedy("cache-dir"),
         )
 
-    def with_partials(self, partials: Sequence[Path]) -> CacheDiskError:
-        """The same error, saying which partial files are kept."""
-        return CacheDiskError(self.root, self.error, partials)
+    def with_partials(
+        self, partials: Sequence[Path], also: Sequence[tuple[str, int]] = ()
+    ) -> CacheDiskError:
+        """The same error, saying which partial files are kept (and what else is)."""
+        return CacheDiskError(self.root, self.error, partials, also)
 
     def pulling_to(self, destination: str) -> DiskError:
         """The error as said of a pull to ``destination`` (as the user named it)."""
