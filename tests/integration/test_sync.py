@@ -947,3 +947,53 @@ def test_a_configurations_failures_are_said_in_its_own_words(
         "linux/s390x",
     )
     assert one_off.code == 1 and "choose one of those with --platform" in one_off.out
+
+
+def test_an_index_put_while_another_writer_rewrites_its_child_is_put_again(
+    seeded: SeededRegistries,
+    registry_open: RegistryProcess,
+    mirror: RegistryProcess,
+    test_images: dict[str, LayoutImage],
+    unique_repo: Callable[..., str],
+    cli: Cli,
+) -> None:
+    """Two syncs into one registry at once put the same child manifests; the CNCF registry
+    rewrites a manifest's blob in place, and an index put meanwhile is refused as listing
+    a manifest it does not have (the answer below is the registry's own).  The child was
+    stored before the index was put, so the put is tried again, and the sync succeeds."""
+    src_repo, dst_repo = unique_repo(), unique_repo("mirror")
+    fill(registry_open, src_repo, {"multi": "multi", "list": "dockerlist"}, seeded)
+    child = test_images["multi"].image_for("linux/arm64/v8").digest
+    refusal = json.dumps(
+        {
+            "errors": [
+                {
+                    "code": "DIGEST_INVALID",
+                    "message": "provided digest did not match uploaded content",
+                },
+                {
+                    "code": "MANIFEST_BLOB_UNKNOWN",
+                    "message": "blob unknown to registry",
+                    "detail": child,
+                },
+            ]
+        }
+    ).encode()
+    with FaultProxy(mirror.url) as proxy:
+        fault = proxy.add_fault(
+            Fault(
+                method="PUT",
+                path=rf"/v2/{re.escape(dst_repo)}/manifests/multi",
+                status=400,
+                headers={"Content-Type": "application/json"},
+                body=refusal,
+            )
+        )
+        report = run_json(
+            cli, f"{registry_open.host}/{src_repo}", f"{proxy.host}/{dst_repo}", "--insecure"
+        )
+    assert fault.used == 1
+    assert report["copied"] == 2 and report["failed"] == 0
+    with RawClient(mirror) as raw:
+        assert raw.manifest_digest(dst_repo, "multi") == test_images["multi"].digest
+        assert raw.manifest_digest(dst_repo, "list") == test_images["dockerlist"].digest

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 
 from derrick.closing import Closing
 from derrick.digest import Digest, Verifier
-from derrick.errors import ManifestError, NotFoundError, UsageError
+from derrick.errors import ManifestError, NotFoundError, RegistryError, UsageError
 from derrick.images.model import (
     BlobFeed,
     Chunk,
@@ -37,6 +37,9 @@ from derrick.reference import Reference, validate_tag
 from derrick.registry import BlobStream, RegistryClient, pull_scope, push_scope
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "RegistryRepository"]
+
+#: The registry's error code for a manifest that lists a blob or manifest it does not have.
+_MANIFEST_BLOB_UNKNOWN = "MANIFEST_BLOB_UNKNOWN"
 
 #: Blobs up to this size go up in one request; larger ones in chunks of this size.
 DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
@@ -238,7 +241,26 @@ class RegistryRepository:
         else:
             targets = [self.ref.with_tag(t) for t in tags]
         for target in targets:
-            self.client.put_manifest(target, raw, desc.media_type, scopes=self._scopes)
+            self._put_manifest(target, raw, desc.media_type)
+
+    def _put_manifest(self, target: Reference, raw: bytes, media_type: str) -> None:
+        """Put one manifest; tried again when the registry says something it lists is not
+        there.  Everything a manifest lists has been stored (or found) before it is put,
+        so that answer comes from a registry whose storage another writer of the same
+        content is changing at that moment (the CNCF registry rewrites a manifest's blob
+        in place when the same manifest is put again: two syncs, or two copies, into one
+        registry at once), and it passes."""
+        transport = self.client.transport
+        attempt = 0
+        while True:
+            try:
+                self.client.put_manifest(target, raw, media_type, scopes=self._scopes)
+                return
+            except RegistryError as e:
+                if _MANIFEST_BLOB_UNKNOWN not in e.codes or attempt >= transport.retry.retries:
+                    raise
+            transport.retry_sleep(attempt)
+            attempt += 1
 
     def commit(self) -> None:
         pass  # the tags were put last: everything is visible
