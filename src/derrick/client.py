@@ -77,18 +77,30 @@ class Client(Closing):
         )
         self.cache = _store(cache)
         self._own_cache = not isinstance(cache, BlobStore)
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"Client(cache={self.cache!r})"
 
     def close(self) -> None:
+        """Close the connections (and the cache the client opened); using the client, or
+        an image or repository it gave, afterwards raises :class:`UsageError`."""
+        self._closed = True
         self.registry.close()
         if self.cache is not None and self._own_cache:
             self.cache.close()
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError(
+                "the derrick.Client is closed: it was used after close() (or after its with block)",
+                hint="open a new client",
+            )
+
     def repository(self, name: str | Reference) -> Repository:
         """The repository ``name`` (``registry.example/team/app``; ``alpine`` is Docker
         Hub's ``docker.io/library/alpine``)."""
+        self._check_open()
         ref = Reference.parse(name, default_tag=None) if isinstance(name, str) else name
         if ref.tag is not None or ref.digest is not None:
             raise UsageError(
@@ -109,6 +121,7 @@ class Client(Closing):
         closers: Sequence[Callable[[], None]] = (),
     ) -> Image:
         """:meth:`open`; ``closers`` are called when the image is closed."""
+        self._check_open()
         return open_image(
             location,
             client=self.registry,
@@ -130,6 +143,7 @@ class Client(Closing):
     ) -> CopyResult:
         """Copy ``source`` (a location, or an :class:`Image` opened before) to
         ``destination``; see :func:`copy`."""
+        self._check_open()
         dst = _location(destination, destination=True)
         with contextlib.ExitStack() as stack:
             src, name, selection = self._source(stack, source, platform, all_platforms, dst)

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from derrick.connections import http_client
-from derrick.errors import DerrickError, Remedy, TLSError, TransportError
+from derrick.errors import DerrickError, Remedy, TLSError, TransportError, UsageError
 from derrick.neterrors import (
     failed_url,
     is_cert_problem,
@@ -209,6 +209,7 @@ class Transport:
         self._sleep = sleep
         self._clients: dict[tuple[str, bool], httpx.Client] = {}
         self._lock = threading.Lock()
+        self._closed = False
         #: The origins that have answered a request (with any status) in this run.
         self._answered: set[tuple[str, str, int | None]] = set()
 
@@ -231,6 +232,12 @@ class Transport:
             return client
 
     def _new_client(self, ssl_context: ssl.SSLContext | None) -> httpx.Client:
+        if self._closed:  # connections opened now would never be closed
+            raise UsageError(
+                "the registry client is closed: it was used after close() (or after its "
+                "with block)",
+                hint="open a new client",
+            )
         return http_client(
             ssl_context=ssl_context,
             timeout=self.timeout,
@@ -240,7 +247,10 @@ class Transport:
         )
 
     def close(self) -> None:
+        """Close every connection; the transport sends nothing more (a request raises
+        :class:`UsageError`)."""
         with self._lock:
+            self._closed = True
             for c in self._clients.values():
                 c.close()
             self._clients.clear()

@@ -240,3 +240,56 @@ def test_a_repository_reads_and_deletes_manifests(
         assert str(repo.delete("v2")) == single.digest  # the manifest, with every tag on it
         with pytest.raises(derrick.ManifestUnknownError):
             repo.manifest("v1")
+
+
+def test_a_closed_client_is_refused_and_opens_no_connection(
+    seeded: SeededRegistries, tmp_path: Path
+) -> None:
+    """A client used after its ``with`` block would open connections that nothing closes:
+    it, and the repositories and images it gave, refuse, and the registry sees nothing."""
+    img = seeded.open["test/multi"]
+    name = f"{img.registry.host}/test/multi"
+    with derrick.Client(cache=tmp_path / "cache") as client:
+        repo = client.repository(name)
+        assert repo.tags() == ["v1"]
+        unread = repo.image("v1", platform="linux/arm64")
+    offset = img.registry.log_size()
+    uses: list[Callable[[], object]] = [
+        repo.tags,
+        lambda: unread.digest,
+        lambda: repo.image("v1").digest,
+        lambda: client.repository(name),
+        lambda: client.open(f"{name}:v1"),
+        lambda: client.copy(f"{name}:v1", f"oci:{tmp_path / 'out'}"),
+        lambda: derrick.copy(f"{name}:v1", f"oci:{tmp_path / 'out'}", client=client),
+    ]
+    for use in uses:
+        with pytest.raises(derrick.UsageError, match=r"[Cc]lient is closed"):
+            use()
+    assert img.registry.log_since(offset) == ""
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_library_leaves_nothing_open_when_it_refuses(
+    test_images: dict[str, LayoutImage], tmp_path: Path
+) -> None:
+    """Run with ``ResourceWarning``\\ s shown (``python -X dev``): a refusal (an unpack into a
+    directory that is not empty) leaves no file, directory or socket open behind it."""
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    script = (
+        "import derrick, sys\n"
+        "try:\n"
+        f"    derrick.unpack({'oci:' + str(test_images['single'].path)!r}, {str(full)!r})\n"
+        "except derrick.UsageError as e:\n"
+        "    print(e)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error::ResourceWarning", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0 and "is not empty" in res.stdout
+    assert res.stderr == ""

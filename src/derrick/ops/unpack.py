@@ -56,7 +56,9 @@ def check_destination(dest: Path) -> None:
         return
     if not stat.S_ISDIR(st.st_mode):
         raise UsageError(f"{dest} exists and is not a directory")
-    if any(os.scandir(dest)):
+    with os.scandir(dest) as entries:
+        empty = next(entries, None) is None
+    if not empty:
         raise UsageError(f"{dest} is not empty", hint="unpack into a new or empty directory")
 
 
