@@ -14,6 +14,7 @@ cache only when given one (``cache=``).  Every error is a
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -101,6 +102,7 @@ class Client(Closing):
         """The repository ``name`` (``registry.example/team/app``; ``alpine`` is Docker
         Hub's ``docker.io/library/alpine``)."""
         self._check_open()
+        _check_type("the repository", name, str, Reference)
         ref = Reference.parse(name, default_tag=None) if isinstance(name, str) else name
         if ref.tag is not None or ref.digest is not None:
             raise UsageError(
@@ -144,6 +146,7 @@ class Client(Closing):
         """Copy ``source`` (a location, or an :class:`Image` opened before) to
         ``destination``; see :func:`copy`."""
         self._check_open()
+        _check_jobs(jobs)
         dst = _location(destination, destination=True)
         with contextlib.ExitStack() as stack:
             src, name, selection = self._source(stack, source, platform, all_platforms, dst)
@@ -179,7 +182,7 @@ class Client(Closing):
         loc = _location(source)
         opened = open_source(loc, client=self.registry, store=self.cache)
         stack.callback(opened.close)
-        wanted = [platform] if isinstance(platform, Platform | str) else list(platform or ())
+        wanted = _platforms(platform)
         selection = copy_selection(wanted, all_platforms, to_registry=dst.is_registry)
         return opened, name_in(loc), selection
 
@@ -253,7 +256,33 @@ def _store(cache: str | Path | BlobStore | None) -> BlobStore | None:
 
 
 def _location(text: str | Location, *, destination: bool = False) -> Location:
+    _check_type("a destination" if destination else "a source", text, str, Location)
     return parse_location(text, destination=destination) if isinstance(text, str) else text
+
+
+def _check_type(what: str, value: object, *types: type) -> None:
+    """Refuse ``value`` unless it is of one of ``types`` (a :class:`UsageError`, as for
+    any other argument that cannot work)."""
+    if not isinstance(value, types):
+        wanted = " or ".join("a string" if t is str else f"a {t.__name__}" for t in types)
+        raise UsageError(f"{what} must be {wanted}, not {type(value).__name__} {value!r}")
+
+
+def _platforms(platform: Platforms) -> list[Platform | str]:
+    """The platforms a copy is asked for, as a list (each a Platform or a string)."""
+    if platform is None:
+        return []
+    wanted = [platform] if isinstance(platform, Platform | str) else platform
+    if not isinstance(wanted, Sequence):
+        wanted = [wanted]
+    for p in wanted:
+        _check_type("a platform", p, str, Platform)
+    return list(wanted)
+
+
+def _check_jobs(jobs: int) -> None:
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise UsageError(f"jobs must be a whole number of 1 or more, not {jobs!r}")
 
 
 @contextlib.contextmanager
@@ -337,6 +366,7 @@ def unpack(
     whiteouts, each verified, nothing written outside ``directory``, and nothing left
     there after a failure.  ``same_owner`` (default: when running as root) applies the
     layers' file owners."""
+    _check_type("the directory", directory, str, os.PathLike)
     if isinstance(image, Image):
         if platform is not None:
             raise UsageError(

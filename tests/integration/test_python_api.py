@@ -14,6 +14,7 @@ import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -293,3 +294,32 @@ def test_the_library_leaves_nothing_open_when_it_refuses(
     )
     assert res.returncode == 0 and "is not empty" in res.stdout
     assert res.stderr == ""
+
+
+def test_arguments_of_the_wrong_kind_are_usage_errors_that_name_them(
+    test_images: dict[str, LayoutImage], tmp_path: Path
+) -> None:
+    """What a type checker would catch, an untyped caller gets as a DerrickError naming the
+    argument, before anything is read or written (not an AttributeError from deep inside,
+    nor a timeout that fails only at the first request)."""
+    layout = f"oci:{test_images['single'].path}"
+    out = f"oci:{tmp_path / 'out'}"
+    untyped: Any = 42
+    cases: list[tuple[Callable[[], object], str]] = [
+        (lambda: derrick.Client(timeout=-1), r"timeout -1 is not a number of seconds"),
+        (lambda: derrick.Client(timeout=0), r"timeout 0 is not"),
+        (lambda: derrick.Client(timeout=float("nan")), r"timeout nan is not"),
+        (lambda: derrick.Client(retries=-1), r"retries -1 is not a whole number"),
+        (lambda: derrick.Client().repository(untyped), r"repository must be a string"),
+        (lambda: derrick.open(untyped), r"source must be a string or a Location, not int"),
+        (lambda: derrick.open(layout, platform=untyped), r"platform must be a string"),
+        (lambda: derrick.copy(untyped, out), r"source must be"),
+        (lambda: derrick.copy(layout, untyped), r"destination must be"),
+        (lambda: derrick.copy(layout, out, platform=untyped), r"platform must be"),
+        (lambda: derrick.copy(layout, out, jobs=0), r"jobs must be a whole number of 1"),
+        (lambda: derrick.unpack(layout, untyped), r"directory must be a string or a PathLike"),
+    ]
+    for case, message in cases:
+        with pytest.raises(derrick.UsageError, match=message):
+            case()
+    assert not (tmp_path / "out").exists()

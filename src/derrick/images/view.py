@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from derrick.closing import Closing
 from derrick.digest import Digest, Verifier
-from derrick.errors import ManifestError
+from derrick.errors import ManifestError, UsageError
 from derrick.images.layers import Layer, LayerReader, numbered_layers
 from derrick.images.locations import Location, parse_location
 from derrick.images.model import Chunk, ImageSource, PlannedEntry, Progress, Selection
@@ -78,6 +78,11 @@ class Image(Closing):
         shown: str | None = None,
         closers: Sequence[Callable[[], None]] = (),
     ) -> None:
+        if platform is not None and not isinstance(platform, Platform | str):
+            raise UsageError(
+                f"a platform must be a string or a Platform, not {type(platform).__name__} "
+                f"{platform!r}"
+            )
         self.source = source
         self.name = name
         self.wanted = Platform.parse(platform) if isinstance(platform, str) else platform

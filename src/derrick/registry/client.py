@@ -15,6 +15,7 @@ from derrick.auth.credentials import Credential, CredentialStore
 from derrick.auth.token import Authenticator
 from derrick.closing import Closing
 from derrick.digest import Digest
+from derrick.errors import UsageError
 from derrick.manifest import MAX_MANIFEST_SIZE, Descriptor
 from derrick.reference import Reference
 from derrick.registry import base, blobs, manifests, tags, uploads
@@ -23,6 +24,9 @@ from derrick.registry.blobs import BlobStream
 from derrick.registry.manifests import FetchedManifest, ManifestHead
 from derrick.registry.session import Session
 from derrick.transport import RetryPolicy, TLSConfig, Transport
+
+#: The longest timeout a client takes, in seconds (an hour, as the command line's --timeout).
+MAX_TIMEOUT = 3600.0
 
 
 def _ref(ref: Reference | str) -> Reference:
@@ -59,6 +63,8 @@ class RegistryClient(Closing):
         max_connections: int = 16,
         transport: Transport | None = None,
     ) -> None:
+        if transport is None:
+            _check_limits(timeout, retries)
         self.transport = transport or Transport(
             insecure=insecure,
             insecure_hosts=insecure_registries,
@@ -218,3 +224,19 @@ class RegistryClient(Closing):
 
 
 __all__ = ["BlobStream", "FetchedManifest", "ManifestHead", "PingResult", "RegistryClient"]
+
+
+def _check_limits(timeout: float, retries: int) -> None:
+    """Refuse a timeout that is not more than 0 seconds (at most an hour), and a number of
+    retries that is not a whole number of 0 or more."""
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout <= MAX_TIMEOUT  # also refuses nan
+    ):
+        raise UsageError(
+            f"timeout {timeout!r} is not a number of seconds more than 0 and at most "
+            f"{MAX_TIMEOUT:g}"
+        )
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise UsageError(f"retries {retries!r} is not a whole number of 0 or more")
