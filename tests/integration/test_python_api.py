@@ -323,3 +323,32 @@ def test_arguments_of_the_wrong_kind_are_usage_errors_that_name_them(
         with pytest.raises(derrick.UsageError, match=message):
             case()
     assert not (tmp_path / "out").exists()
+
+
+def test_sync_takes_the_client_and_paths_a_library_user_has(
+    seeded: SeededRegistries, tmp_path: Path
+) -> None:
+    """``derrick.sync`` takes a ``derrick.Client`` (not only the RegistryClient under it)
+    and a cache directory as a string, as the rest of the API does; anything else is a
+    UsageError."""
+    img = seeded.open["test/single"]
+    config = tmp_path / "mirror.yaml"
+    config.write_text(
+        "sources:\n"
+        f"  - repository: {img.registry.host}/test/single\n"
+        f"    destination: {{oci: {tmp_path / 'air'}}}\n"
+    )
+    with derrick.Client() as client:
+        report = derrick.sync(config, client=client, cache_dir=str(tmp_path / "cache"))
+        assert [(i.status, i.digest) for i in report.images] == [("copied", img.digest)]
+        assert client.repository(f"{img.registry.host}/test/single").tags() == ["v1"]
+    with derrick.open(f"oci:{tmp_path / 'air'}:{img.registry.host}/test/single:v1") as image:
+        assert str(image.digest) == img.digest
+    assert any((tmp_path / "cache" / "blobs").rglob("*"))
+    untyped: Any = 42
+    with pytest.raises(derrick.UsageError, match="configuration file's path, a SyncConfig"):
+        derrick.sync(untyped)
+    with pytest.raises(derrick.UsageError, match=r"client must be a derrick\.Client"):
+        derrick.sync(config, client=untyped)
+    with pytest.raises(derrick.UsageError, match="Client is closed"):
+        derrick.sync(config, client=client)

@@ -68,6 +68,7 @@ from derrick.registry import RegistryClient
 from derrick.store.cache import BlobStore
 
 if TYPE_CHECKING:
+    from derrick.client import Client
     from derrick.ops.synclayout import LayoutDestination
 
 __all__ = ["DEFAULT_JOBS", "SyncProgress", "sync"]
@@ -81,12 +82,12 @@ _SIGNATURE_SUFFIXES = ("sig", "att", "sbom")
 def sync(
     config_or_plan: SyncConfig | SyncPlan | str | Path,
     *,
-    client: RegistryClient | None = None,
+    client: RegistryClient | Client | None = None,
     jobs: int = DEFAULT_JOBS,
     max_pulls: int | None = None,
     shard: Shard | None = None,
     dry_run: bool = False,
-    cache_dir: Path | None = None,
+    cache_dir: str | Path | None = None,
     progress: SyncProgress | None = None,
     chunk_size: int | None = 64 * 1024 * 1024,
 ) -> SyncReport:
@@ -94,7 +95,8 @@ def sync(
 
     ``config_or_plan`` is a configuration file's path, a :class:`SyncConfig`, or a
     :class:`SyncPlan` made by :func:`~derrick.ops.syncplan.plan_sync` (``shard`` then does
-    not apply).  ``client`` (default: one with the usual credentials, closed at the end)
+    not apply).  ``client`` (a :class:`~derrick.client.Client` or a
+    :class:`RegistryClient`; default: one with the usual credentials, closed at the end)
     reaches every registry.  ``jobs`` images copy at once.  ``max_pulls`` caps the pulls
     spent (see :mod:`derrick.ops.syncreport`).  ``dry_run`` checks and reports without
     copying.  ``cache_dir`` is derrick's blob cache (see :mod:`derrick.store.cache`): copies
@@ -108,6 +110,15 @@ def sync(
     started = time.monotonic()
     if isinstance(config_or_plan, str | Path):
         config_or_plan = load_config(Path(config_or_plan))
+    if not isinstance(config_or_plan, SyncConfig | SyncPlan):
+        raise UsageError(
+            "sync takes a configuration file's path, a SyncConfig or a SyncPlan, not "
+            f"{type(config_or_plan).__name__} {config_or_plan!r}"
+        )
+    if client is not None and not isinstance(client, RegistryClient):
+        client = _registry_client(client)
+    if cache_dir is not None:
+        cache_dir = Path(cache_dir).expanduser()
     if isinstance(config_or_plan, SyncConfig):
         paths = [s.destination.layout for s in config_or_plan.sources]
     else:
@@ -136,6 +147,19 @@ def sync(
             store.close()
         if own:
             client.close()
+
+
+def _registry_client(client: Client) -> RegistryClient:
+    """The registry client of a :class:`~derrick.client.Client` (checked to be one)."""
+    from derrick.client import Client  # the Python API's client, only when given one
+
+    if not isinstance(client, Client):
+        raise UsageError(
+            "sync's client must be a derrick.Client or a RegistryClient, not "
+            f"{type(client).__name__} {client!r}"
+        )
+    client._check_open()
+    return client.registry
 
 
 def _layouts(paths: list[Path], store: BlobStore | None) -> dict[Path, LayoutDestination]:
