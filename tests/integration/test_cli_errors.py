@@ -261,6 +261,35 @@ def test_an_image_on_disk_given_to_a_registry_command_is_named_so(
     )
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["image", "pull", "oci:{dir}:v1", "-o", "{dir}/out.tar"],
+        ["image", "pull", "docker-archive:{dir}/a.tar", "-o", "{dir}/out"],
+        ["image", "pull", "./layout", "-o", "{dir}/out"],
+        ["image", "push", "{dir}/layout", "oci:{dir}/out"],
+    ],
+)
+def test_an_image_on_disk_where_pull_or_push_takes_a_registry_is_named_so(
+    cli: Cli, argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read as a reference, ``oci:DIR:v1`` was an invalid port and ``docker-archive:a.tar``
+    the Docker Hub image ``docker-archive``; either is said to be on disk, as the registry
+    commands say it, with the command that copies from disk."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "layout").mkdir()
+    argv = [a.format(dir=tmp_path) for a in argv]
+    res = cli(*argv)
+    place = argv[2] if argv[1] == "pull" else argv[3]
+    assert res.code == 2
+    assert res.failed() == (
+        f"derrick: error: {place} is a place on disk, and 'derrick image {argv[1]}' takes a "
+        "registry reference; give REGISTRY/REPOSITORY[:TAG] (docker://REF for a name that "
+        "looks like a path); 'derrick image copy SRC DST' copies between any two places"
+    )
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tar").exists()
+
+
 def test_a_sync_from_disk_is_named_so(cli: Cli, tmp_path: Path) -> None:
     for source in (f"oci:{tmp_path}", "./layout"):
         line = cli("sync", source, "127.0.0.1:5000/mirror/app").failed()

@@ -228,14 +228,24 @@ def parse_ref(value: str) -> Reference:
     error = bare_registry(value)
     if error is not None:
         raise error
+    refuse_on_disk(value)
+    return Reference.parse(value)
+
+
+def refuse_on_disk(value: str, *, copy: bool = False) -> None:
+    """Refuse ``value`` where the command takes a registry reference, if it is written as an
+    image on disk is (``oci:DIR``, ``./DIR``...); ``copy``: say that ``image copy`` takes
+    both."""
     if value.startswith(_ON_DISK) or value in (".", ".."):
         ctx = click.get_current_context(silent=True)
         command = ctx.command_path if ctx is not None else "derrick"
+        hint = "give REGISTRY/REPOSITORY[:TAG] (docker://REF for a name that looks like a path)"
+        if copy:
+            hint += "; 'derrick image copy SRC DST' copies between any two places"
         raise UsageError(
             f"{value} is a place on disk, and '{command}' takes a registry reference",
-            hint="give REGISTRY/REPOSITORY[:TAG] (docker://REF for a name that looks like a path)",
+            hint=hint,
         )
-    return Reference.parse(value)
 
 
 def stdout_console() -> Console:

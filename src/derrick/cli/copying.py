@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import click
 
-from derrick.cli.common import Formats, Options, human_size
+from derrick.cli.common import Formats, Options, human_size, refuse_on_disk
 from derrick.cli.errors import same_tag_warning
 from derrick.cli.options import (
     DEFAULT_JOBS,
@@ -171,11 +171,13 @@ def selection(platforms: Sequence[str], all_platforms: bool, dest: Location) -> 
 
 
 def registry_location(text: str, *, destination: bool = False) -> Location:
-    """``text`` as a registry reference whatever is on disk (``docker://`` allowed)."""
+    """``text`` as a registry reference whatever is on disk (``docker://`` allowed); one
+    written as an image on disk is (``oci:DIR``, ``./DIR``) is refused."""
     if not text.startswith("docker://"):
         error = bare_registry(text)
         if error is not None:
             raise error
+        refuse_on_disk(text, copy=True)
     ref = text.removeprefix("docker://")
     return Location(
         "registry", text, Reference.parse(ref, default_tag=None if destination else "latest")
