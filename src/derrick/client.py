@@ -310,7 +310,15 @@ def open(
         return client.open(location, platform=platform)
     loc = _location(location)
     if not loc.is_registry:  # no client needed
-        return open_image(loc, store=_store(cache), platform=platform)
+        store = _store(cache)
+        # a store opened here is closed with the image (it holds the cache's use lock)
+        closers = [store.close] if store is not None and store is not cache else []
+        try:
+            return open_image(loc, store=store, platform=platform, closers=closers)
+        except BaseException:
+            for close in closers:
+                close()
+            raise
     made = Client(cache=cache)
     try:
         return made._open(loc, platform, [made.close])

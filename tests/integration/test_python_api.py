@@ -21,6 +21,7 @@ import pytest
 import derrick
 from derrick.ops.export import export_image
 from derrick.registry import RegistryClient
+from derrick.store.upkeep import StoreBusyError, prune
 from support.images import LayoutImage, make_multi, make_single
 from support.rawclient import RawClient
 from support.registry import RegistryProcess
@@ -352,3 +353,17 @@ def test_sync_takes_the_client_and_paths_a_library_user_has(
         derrick.sync(config, client=untyped)
     with pytest.raises(derrick.UsageError, match="Client is closed"):
         derrick.sync(config, client=client)
+
+
+def test_an_image_on_disk_opened_with_a_cache_lets_the_cache_go_when_closed(
+    test_images: dict[str, LayoutImage], tmp_path: Path
+) -> None:
+    """``derrick.open(LOCATION, cache=DIR)`` holds the cache's use lock while the image is
+    open (a prune is refused) and lets it go when the image is closed (a prune runs),
+    as a client given the cache does."""
+    cache = tmp_path / "cache"
+    with derrick.open(f"oci:{test_images['eight'].path}:v1", cache=cache) as image:
+        derrick.unpack(image, tmp_path / "rootfs")
+        with pytest.raises(StoreBusyError):
+            prune(cache)
+    assert prune(cache).root == cache
