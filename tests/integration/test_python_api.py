@@ -311,6 +311,7 @@ def test_arguments_of_the_wrong_kind_are_usage_errors_that_name_them(
         (lambda: derrick.Client(timeout=0), r"timeout 0 is not"),
         (lambda: derrick.Client(timeout=float("nan")), r"timeout nan is not"),
         (lambda: derrick.Client(retries=-1), r"retries -1 is not a whole number"),
+        (lambda: derrick.Client(credentials=untyped), r"credentials must be a CredentialStore"),
         (lambda: derrick.Client().repository(untyped), r"repository must be a string"),
         (lambda: derrick.open(untyped), r"source must be a string or a Location, not int"),
         (lambda: derrick.open(layout, platform=untyped), r"platform must be a string"),

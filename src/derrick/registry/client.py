@@ -77,8 +77,14 @@ class RegistryClient(Closing):
             lookup: Callable[[str], Credential | None] = CredentialStore().get
         elif isinstance(credentials, CredentialStore):
             lookup = credentials.get
-        else:
+        elif callable(credentials):
             lookup = credentials
+        else:
+            raise UsageError(
+                "credentials must be a CredentialStore or a function of the registry that "
+                f"gives a Credential or None, not {type(credentials).__name__}",
+                hint="e.g. credentials=lambda registry: Credential(user, password)",
+            )
         self.auth = Authenticator(self.transport, lookup)
         self.session = Session(self.transport, self.auth)
 
