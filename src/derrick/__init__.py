@@ -39,7 +39,7 @@ _WHERE = {
     "Selection": "derrick.images.model",
     "TransferStats": "derrick.images.model",
     "UnpackResult": "derrick.ops.unpack",
-    "sync": "derrick.ops.sync",
+    "sync": "derrick.client",
     "SyncReport": "derrick.ops.syncreport",
     "RegistryClient": "derrick.registry",
     "Reference": "derrick.reference",
@@ -134,7 +134,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from derrick.client import Client, Repository, copy, open, unpack
+    from derrick.client import Client, Repository, copy, open, sync, unpack
     from derrick.digest import Digest
     from derrick.errors import (
         BlobUnknownError,
@@ -168,7 +168,6 @@ if TYPE_CHECKING:
     from derrick.images.model import CopyResult, Progress, Selection, TransferStats
     from derrick.images.view import Image
     from derrick.manifest import Descriptor, ImageConfig, ImageManifest, Index, Platform
-    from derrick.ops.sync import sync
     from derrick.ops.syncreport import SyncReport
     from derrick.ops.unpack import UnpackResult
     from derrick.reference import Reference

@@ -17,6 +17,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from derrick.auth.credentials import Credential, CredentialStore
 from derrick.closing import Closing
@@ -35,7 +36,12 @@ from derrick.reference import Reference, validate_tag
 from derrick.registry import RegistryClient
 from derrick.store.cache import BlobStore
 
-__all__ = ["Client", "Repository", "copy", "open", "unpack"]
+if TYPE_CHECKING:
+    from derrick.ops.syncconfig import SyncConfig
+    from derrick.ops.syncplan import Shard, SyncPlan
+    from derrick.ops.syncreport import SyncProgress, SyncReport
+
+__all__ = ["Client", "Repository", "copy", "open", "sync", "unpack"]
 
 #: Where credentials come from: a store, a lookup by registry, or None for the usual
 #: sources (``DOCKER_AUTH_CONFIG``, Docker's ``config.json`` and its credential helpers).
@@ -383,3 +389,36 @@ def unpack(
         return unpack_image(image, directory, same_owner=same_owner)
     with open(image, client=client, platform=platform) as opened:
         return unpack_image(opened, directory, same_owner=same_owner)
+
+
+def sync(
+    config_or_plan: SyncConfig | SyncPlan | str | Path,
+    *,
+    client: Client | RegistryClient | None = None,
+    jobs: int | None = None,
+    max_pulls: int | None = None,
+    shard: Shard | None = None,
+    dry_run: bool = False,
+    cache_dir: str | Path | None = None,
+    progress: SyncProgress | None = None,
+) -> SyncReport:
+    """Mirror what a sync configuration (a file's path, a ``SyncConfig``) or plan names:
+    :func:`derrick.ops.sync.sync`, with ``client`` a :class:`Client` too (default: one
+    with the usual credentials, for the call); ``jobs`` images copy at once (default
+    4); the :class:`SyncReport`."""
+    from derrick.ops.sync import DEFAULT_JOBS  # the mirror's modules, when used
+    from derrick.ops.sync import sync as run_sync
+
+    if isinstance(client, Client):
+        client._check_open()
+        client = client.registry
+    return run_sync(
+        config_or_plan,
+        client=client,
+        jobs=DEFAULT_JOBS if jobs is None else jobs,
+        max_pulls=max_pulls,
+        shard=shard,
+        dry_run=dry_run,
+        cache_dir=cache_dir,
+        progress=progress,
+    )

@@ -233,9 +233,9 @@ def parse_ref(value: str) -> Reference:
 
 
 def refuse_on_disk(value: str, *, copy: bool = False) -> None:
-    """Refuse ``value`` where the command takes a registry reference, if it is written as an
-    image on disk is (``oci:DIR``, ``./DIR``...); ``copy``: say that ``image copy`` takes
-    both."""
+    """Refuse ``value`` where the command takes a registry reference, if it names a place
+    on disk as the image commands write one (``oci:DIR``, ``./DIR``...); ``copy``: say
+    that ``image copy`` copies between any two places."""
     if value.startswith(_ON_DISK) or value in (".", ".."):
         ctx = click.get_current_context(silent=True)
         command = ctx.command_path if ctx is not None else "derrick"

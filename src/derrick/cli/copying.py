@@ -171,8 +171,8 @@ def selection(platforms: Sequence[str], all_platforms: bool, dest: Location) -> 
 
 
 def registry_location(text: str, *, destination: bool = False) -> Location:
-    """``text`` as a registry reference whatever is on disk (``docker://`` allowed); one
-    written as an image on disk is (``oci:DIR``, ``./DIR``) is refused."""
+    """``text`` as a registry reference whatever is on disk (``docker://`` allowed); text
+    that names a place on disk (``oci:DIR``, ``./DIR``) is refused."""
     if not text.startswith("docker://"):
         error = bare_registry(text)
         if error is not None:

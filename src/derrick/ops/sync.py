@@ -68,7 +68,6 @@ from derrick.registry import RegistryClient
 from derrick.store.cache import BlobStore
 
 if TYPE_CHECKING:
-    from derrick.client import Client
     from derrick.ops.synclayout import LayoutDestination
 
 __all__ = ["DEFAULT_JOBS", "SyncProgress", "sync"]
@@ -82,7 +81,7 @@ _SIGNATURE_SUFFIXES = ("sig", "att", "sbom")
 def sync(
     config_or_plan: SyncConfig | SyncPlan | str | Path,
     *,
-    client: RegistryClient | Client | None = None,
+    client: RegistryClient | None = None,
     jobs: int = DEFAULT_JOBS,
     max_pulls: int | None = None,
     shard: Shard | None = None,
@@ -95,10 +94,10 @@ def sync(
 
     ``config_or_plan`` is a configuration file's path, a :class:`SyncConfig`, or a
     :class:`SyncPlan` made by :func:`~derrick.ops.syncplan.plan_sync` (``shard`` then does
-    not apply).  ``client`` (a :class:`~derrick.client.Client` or a
-    :class:`RegistryClient`; default: one with the usual credentials, closed at the end)
-    reaches every registry.  ``jobs`` images copy at once.  ``max_pulls`` caps the pulls
-    spent (see :mod:`derrick.ops.syncreport`).  ``dry_run`` checks and reports without
+    not apply).  ``client`` (default: one with the usual credentials, closed at the end)
+    reaches every registry (:func:`derrick.sync` also takes a :class:`derrick.Client`).
+    ``jobs`` images copy at once.  ``max_pulls`` caps the pulls spent (see
+    :mod:`derrick.ops.syncreport`).  ``dry_run`` checks and reports without
     copying.  ``cache_dir`` is derrick's blob cache (see :mod:`derrick.store.cache`): copies
     into an OCI layout keep their blobs there for later runs, and what an index copied
     with a platform selection became is recorded there, so later checks need no ``GET``.
@@ -116,7 +115,10 @@ def sync(
             f"{type(config_or_plan).__name__} {config_or_plan!r}"
         )
     if client is not None and not isinstance(client, RegistryClient):
-        client = _registry_client(client)
+        raise UsageError(
+            "sync's client must be a derrick.Client or a RegistryClient, not "
+            f"{type(client).__name__} {client!r}"
+        )
     if cache_dir is not None:
         cache_dir = Path(cache_dir).expanduser()
     if isinstance(config_or_plan, SyncConfig):
@@ -147,19 +149,6 @@ def sync(
             store.close()
         if own:
             client.close()
-
-
-def _registry_client(client: Client) -> RegistryClient:
-    """The registry client of a :class:`~derrick.client.Client` (checked to be one)."""
-    from derrick.client import Client  # the Python API's client, only when given one
-
-    if not isinstance(client, Client):
-        raise UsageError(
-            "sync's client must be a derrick.Client or a RegistryClient, not "
-            f"{type(client).__name__} {client!r}"
-        )
-    client._check_open()
-    return client.registry
 
 
 def _layouts(paths: list[Path], store: BlobStore | None) -> dict[Path, LayoutDestination]:
