@@ -997,3 +997,43 @@ def test_an_index_put_while_another_writer_rewrites_its_child_is_put_again(
     with RawClient(mirror) as raw:
         assert raw.manifest_digest(dst_repo, "multi") == test_images["multi"].digest
         assert raw.manifest_digest(dst_repo, "list") == test_images["dockerlist"].digest
+
+
+def test_a_destination_two_sources_name_is_copied_from_the_first_and_said(
+    seeded: SeededRegistries,
+    registry_open: RegistryProcess,
+    mirror: RegistryProcess,
+    test_images: dict[str, LayoutImage],
+    unique_repo: Callable[..., str],
+    cli: Cli,
+    tmp_path: Path,
+) -> None:
+    """Two sources mapped onto one destination repository with a tag in common: the first
+    source's image is copied there, as before, and now a warning (and the JSON report)
+    says which source was left out, instead of nothing."""
+    first, second, dst = unique_repo(), unique_repo(), unique_repo("mirror")
+    fill(registry_open, first, {"v1": "single"}, seeded)
+    fill(registry_open, second, {"v1": "docker", "v2": "docker"}, seeded)
+    config = tmp_path / "sync.yaml"
+    config.write_text(
+        "sources:\n"
+        + "".join(
+            f"  - repository: {registry_open.host}/{repo}\n"
+            f"    destination: {{registry: {mirror.host}, repository: {dst}}}\n"
+            for repo in (first, second)
+        )
+    )
+    res = cli("sync", config, "--insecure", "--format", "json")
+    assert res.code == 0, res.err
+    target = f"{mirror.host}/{dst}:v1"
+    taken, left = f"{registry_open.host}/{first}:v1", f"{registry_open.host}/{second}:v1"
+    assert res.err_lines == [
+        f"derrick: warning: {target} is named by two sources: {taken} is copied there, "
+        f"{left} is not; give one of them another destination"
+    ]
+    report = json.loads(res.out)
+    assert report["clashes"] == [{"destination": target, "copied": taken, "leftOut": left}]
+    assert report["copied"] == 2 and report["failed"] == 0
+    with RawClient(mirror) as raw:
+        assert raw.manifest_digest(dst, "v1") == test_images["single"].digest
+        assert raw.manifest_digest(dst, "v2") == test_images["docker"].digest

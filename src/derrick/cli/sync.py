@@ -152,6 +152,7 @@ def sync_command(
         emit_json(report.to_json(words))
     else:
         report_text(report, words)
+    report_clashes(report)
     report_exit(report)
 
 
@@ -300,6 +301,16 @@ def report_text(report: SyncReport, words: Callable[[Remedy], str] = remedy_text
         out(f"stopped: {report.stopped}")
     for registry, state in sorted(report.rate_limits.items()):
         out(f"{registry}: {state.describe()}")
+
+
+def report_clashes(report: SyncReport) -> None:
+    """A warning for each destination two sources of the configuration name."""
+    for destination, taken, left in report.clashes:
+        click.echo(
+            f"derrick: warning: {destination} is named by two sources: {taken} is copied "
+            f"there, {left} is not; give one of them another destination",
+            err=True,
+        )
 
 
 def report_exit(report: SyncReport) -> None:

@@ -217,6 +217,7 @@ class _Runner:
             pulls=self.budget.spent,
             rate_limits=dict(self.budget.states),
             dry_run=self.settings.dry_run,
+            clashes=list(self.plan.clashes),
         )
 
     def _finish(self, item: SyncItem, out: tuple[ImageOutcome, Found | None]) -> None:

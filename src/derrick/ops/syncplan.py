@@ -112,6 +112,9 @@ class SyncPlan:
     other_shards: int = 0
     #: the tags each listed source repository has (for signature tags)
     tags: dict[str, list[str]] = field(default_factory=dict)
+    #: destinations two different sources name: (the destination, the source copied
+    #: there, the one left out), in the configuration's order (the first one wins)
+    clashes: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 #: Sources listed at once (catalogs, then tag lists): registries far away answer slowly.
@@ -136,7 +139,7 @@ def plan_sync(
             continue
         repos.extend((spec, Reference(spec.registry, repo)) for repo in got)
     tags = _listed(repos, lambda pair: _tags(client, *pair), jobs)
-    seen: set[tuple[str, str]] = set()
+    seen: dict[tuple[str, str], SyncItem] = {}
     for (spec, ref), listed in zip(repos, tags, strict=True):
         if isinstance(listed, DerrickError):
             out.failed.append((ref.name, listed))
@@ -145,9 +148,12 @@ def plan_sync(
             out.tags[ref.name] = listed
         for item in _items(spec, ref, listed or [], out):
             dest_key = (str(item.destination), item.describe_destination())
-            if dest_key in seen:
-                continue  # named by two sources: the first one wins
-            seen.add(dest_key)
+            first = seen.get(dest_key)
+            if first is not None:  # named twice: the first one wins
+                if first.key != item.key:  # by two sources: said in the report
+                    out.clashes.append((item.describe_destination(), first.key, item.key))
+                continue
+            seen[dest_key] = item
             if shard is not None and not shard.owns(item.key):
                 out.other_shards += 1
                 continue

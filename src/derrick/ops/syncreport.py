@@ -165,6 +165,9 @@ class SyncReport:
     pulls: int = 0  # pulls spent, as counted in the module docstring
     rate_limits: dict[str, RateLimitState] = field(default_factory=dict)
     dry_run: bool = False
+    #: destinations two different sources name: (the destination, the source copied
+    #: there, the one left out); the first source in the configuration wins
+    clashes: list[tuple[str, str, str]] = field(default_factory=list)
 
     def _with(self, status: Status) -> list[ImageOutcome]:
         return [i for i in self.images if i.status == status]
@@ -223,6 +226,10 @@ class SyncReport:
             "sourceErrors": [
                 {"source": n, "reason": said(reason_of(e), e.remedy, words)}
                 for n, e in self.source_errors
+            ],
+            "clashes": [
+                {"destination": d, "copied": taken, "leftOut": left}
+                for d, taken, left in self.clashes
             ],
         }
 
