@@ -32,7 +32,7 @@ from derrick.images.view import Image, open_image
 from derrick.manifest import ImageManifest, Index, Platform
 from derrick.ops import transfer
 from derrick.ops.unpack import UnpackResult, unpack_image
-from derrick.reference import Reference, validate_tag
+from derrick.reference import Reference, bare_registry, validate_tag
 from derrick.registry import RegistryClient
 from derrick.store.cache import BlobStore
 
@@ -109,6 +109,11 @@ class Client(Closing):
         Hub's ``docker.io/library/alpine``)."""
         self._check_open()
         _check_type("the repository", name, str, Reference)
+        if isinstance(name, str) and bare_registry(name) is not None:
+            raise UsageError(
+                f"{name} is a registry (host:port), not a repository",
+                hint=f"give a repository of it, {name}/REPOSITORY",
+            )
         ref = Reference.parse(name, default_tag=None) if isinstance(name, str) else name
         if ref.tag is not None or ref.digest is not None:
             raise UsageError(

@@ -89,6 +89,9 @@ def test_strings_are_taken_where_references_are(seeded: SeededRegistries) -> Non
         assert str(client.repository(repo).manifest("v1").digest) == img.digest
         with pytest.raises(derrick.UsageError, match="names an image, not a repository"):
             client.repository(img.reference)
+        # a registry alone is not read as the Docker Hub image library/HOST tagged PORT
+        with pytest.raises(derrick.UsageError, match=r"is a registry \(host:port\), not a rep"):
+            client.repository(img.registry.host)
 
 
 def test_one_view_of_an_image_wherever_it_is(
