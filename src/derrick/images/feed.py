@@ -8,8 +8,9 @@ asked for again from where it stopped, up to the retry limit, with the backoff o
 :class:`~derrick.transport.RetryPolicy`; a source that cannot start at that offset
 starts at 0, and the bytes already given out are then hashed again but not given out
 twice.  Content that does not match its digest is never retried.  A cancel event is
-checked between chunks, once the bytes that came have been given out (and during a
-backoff): the stream then raises :class:`~derrick.errors.Cancelled`.
+checked between chunks, once the bytes that came have been given out, and before the
+last bytes of the blob go out (so a cancelled copy never completes a blob), and during a
+backoff: the stream then raises :class:`~derrick.errors.Cancelled`.
 """
 
 from __future__ import annotations
@@ -163,6 +164,9 @@ class Feed:
                             verifier.update(chunk)
                             end = pos + n
                             if end == size:
+                                # a cancelled copy does not finish a blob (a sink would
+                                # commit it): the last bytes stay back, the rest went out
+                                self._check_cancel()
                                 verifier.verify()  # before the last bytes go out
                                 self.verified = True
                             piece = chunk if pos >= given else chunk[given - pos :]
