@@ -29,9 +29,9 @@ __version__ = "0.1.0"
 _WHERE = {
     "Client": "derrick.client",
     "Repository": "derrick.client",
-    "copy": "derrick.client",
-    "open": "derrick.client",
-    "unpack": "derrick.client",
+    "copy": "derrick.shortcuts",
+    "open": "derrick.shortcuts",
+    "unpack": "derrick.shortcuts",
     "Image": "derrick.images.view",
     "Layer": "derrick.images.layers",
     "CopyResult": "derrick.images.model",
@@ -39,7 +39,7 @@ _WHERE = {
     "Selection": "derrick.images.model",
     "TransferStats": "derrick.images.model",
     "UnpackResult": "derrick.ops.unpack",
-    "sync": "derrick.client",
+    "sync": "derrick.shortcuts",
     "SyncReport": "derrick.ops.syncreport",
     "RegistryClient": "derrick.registry",
     "Reference": "derrick.reference",
@@ -134,7 +134,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from derrick.client import Client, Repository, copy, open, sync, unpack
+    from derrick.client import Client, Repository
     from derrick.digest import Digest
     from derrick.errors import (
         BlobUnknownError,
@@ -172,6 +172,7 @@ if TYPE_CHECKING:
     from derrick.ops.unpack import UnpackResult
     from derrick.reference import Reference
     from derrick.registry import RegistryClient
+    from derrick.shortcuts import copy, open, sync, unpack
     from derrick.store.cache import BlobStore, CacheDiskError
 
 

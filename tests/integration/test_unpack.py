@@ -408,13 +408,13 @@ def test_a_full_disk_under_export_and_unpack_is_named_and_nothing_is_left(
     assert r.code == 1
     assert r.err == (
         f"derrick: error: no space left on device writing {out}; nothing is left behind: "
-        "make room and run the same command again\n"
+        "make room and try again\n"
     )
     rootfs = small_disk / "rootfs"
     r = derrick("image", "unpack", medium, str(rootfs))
     assert r.code == 1
     assert r.err.startswith(f"derrick: error: no space left on device writing {rootfs} (")
-    assert r.err.endswith("; nothing is left behind: make room and run the same command again\n")
+    assert r.err.endswith("; nothing is left behind: make room and try again\n")
     assert list(small_disk.iterdir()) == []
 
     # a place that cannot be written is named as the user gave it, not a temporary name
@@ -424,7 +424,7 @@ def test_a_full_disk_under_export_and_unpack_is_named_and_nothing_is_left(
         assert (r.code, r.err) == (
             1,
             f"derrick: error: read-only file system writing {argv[-1]}; nothing is left "
-            "behind: fix that and run the same command again\n",
+            "behind: fix that and try again\n",
         )
 
 

@@ -37,6 +37,7 @@ TOP_MODULES = {
     "connections": "transport",
     "neterrors": "transport",
     "client": "api",
+    "shortcuts": "api",
     "__init__": "api",
 }
 

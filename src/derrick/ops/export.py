@@ -147,9 +147,9 @@ def write_flat_tar(
 
 def _disk_error(e: OSError, dest: Path) -> DiskError:
     again = (
-        "make room and run the same command again"
+        "make room and try again"
         if e.errno in (errno.ENOSPC, errno.EDQUOT)
-        else "fix that and run the same command again"
+        else "fix that and try again"
     )
     return DiskError(
         writing_failed(e, str(dest)), errno=e.errno, hint=f"nothing is left behind: {again}"

@@ -104,21 +104,8 @@ def sync(
     Raises only for a bad configuration, an OCI layout destination that cannot be one, or
     an interrupt: what fails for an image is in the report.
     """
-    if max_pulls is not None and max_pulls < 0:
-        raise UsageError("the pull budget cannot be negative")
     started = time.monotonic()
-    if isinstance(config_or_plan, str | Path):
-        config_or_plan = load_config(Path(config_or_plan))
-    if not isinstance(config_or_plan, SyncConfig | SyncPlan):
-        raise UsageError(
-            "sync takes a configuration file's path, a SyncConfig or a SyncPlan, not "
-            f"{type(config_or_plan).__name__} {config_or_plan!r}"
-        )
-    if client is not None and not isinstance(client, RegistryClient):
-        raise UsageError(
-            "sync's client must be a derrick.Client or a RegistryClient, not "
-            f"{type(client).__name__} {client!r}"
-        )
+    config_or_plan = _checked(config_or_plan, client, max_pulls)
     if cache_dir is not None:
         cache_dir = Path(cache_dir).expanduser()
     if isinstance(config_or_plan, SyncConfig):
@@ -149,6 +136,30 @@ def sync(
             store.close()
         if own:
             client.close()
+
+
+def _checked(
+    config_or_plan: SyncConfig | SyncPlan | str | Path,
+    client: RegistryClient | None,
+    max_pulls: int | None,
+) -> SyncConfig | SyncPlan:
+    """The configuration (read from its file) or plan, once :func:`sync`'s arguments are
+    known to be of the kinds it takes."""
+    if max_pulls is not None and max_pulls < 0:
+        raise UsageError("the pull budget cannot be negative")
+    if isinstance(config_or_plan, str | Path):
+        config_or_plan = load_config(Path(config_or_plan))
+    if not isinstance(config_or_plan, SyncConfig | SyncPlan):
+        raise UsageError(
+            "sync takes a configuration file's path, a SyncConfig or a SyncPlan, not "
+            f"{type(config_or_plan).__name__} {config_or_plan!r}"
+        )
+    if client is not None and not isinstance(client, RegistryClient):
+        raise UsageError(
+            "sync's client must be a derrick.Client or a RegistryClient, not "
+            f"{type(client).__name__} {client!r}"
+        )
+    return config_or_plan
 
 
 def _layouts(paths: list[Path], store: BlobStore | None) -> dict[Path, LayoutDestination]:

@@ -13,6 +13,7 @@ when complete, so a failure leaves nothing at the destination.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -164,16 +165,7 @@ def unpack_image(
     target = Path(dest)
     check_destination(target)
     image.filesystem_layers()  # an artifact or another platform: refused before mkdir
-    parent = target.parent if str(target.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".unpacking", dir=parent)
-    except OSError as e:
-        raise DiskError(
-            writing_failed(e, str(target)),
-            errno=e.errno,
-            hint="nothing is left behind: fix that and run the same command again",
-        ) from None
+    tmp = _unpacking_dir(target)
     try:
         result = apply_layers(
             image,
@@ -196,17 +188,24 @@ def unpack_image(
         raise DiskError(
             f"{reason(e.error)} writing {target} ({e.where})",
             errno=e.error.errno,
-            hint="nothing is left behind: make room and run the same command again",
+            hint="nothing is left behind: make room and try again",
         ) from None
     except BaseException:
         with contextlib.suppress(OSError):
             _force_rmtree(tmp)
         raise
-    return UnpackResult(
-        target,
-        result.layers,
-        result.files,
-        result.uncompressed_bytes,
-        result.diff_ids,
-        result.skipped,
-    )
+    return dataclasses.replace(result, destination=target)
+
+
+def _unpacking_dir(target: Path) -> str:
+    """A new hidden directory beside ``target`` for the tree to be built in."""
+    parent = target.parent if str(target.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".unpacking", dir=parent)
+    except OSError as e:
+        raise DiskError(
+            writing_failed(e, str(target)),
+            errno=e.errno,
+            hint="nothing is left behind: fix that and try again",
+        ) from None
