@@ -7,6 +7,8 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -101,3 +103,16 @@ def test_a_missing_cache_holds_nothing_and_is_not_made(cli: Cli, tmp_path: Path)
         f"Removed 0 blobs (0 B) from {where}\n"
     )
     assert not where.exists()
+
+
+def test_a_cache_that_is_no_directory_is_refused(cli: Cli, tmp_path: Path) -> None:
+    """A FIFO (click's check of --cache-dir refuses a regular file itself)."""
+    where = tmp_path / "a-fifo"
+    os.mkfifo(where)
+    for verb in ("info", "prune"):
+        line = cli("cache", verb, "--cache-dir", where).failed()
+        assert line == (
+            f"derrick: error: the blob cache {where} is not a directory; "
+            "name the cache directory with --cache-dir or DERRICK_CACHE_DIR"
+        )
+    assert stat.S_ISFIFO(where.lstat().st_mode)

@@ -9,10 +9,22 @@ import click
 from derrick.cli.common import emit, format_option, human_size
 from derrick.cli.groups import cache_group
 from derrick.cli.options import cache_dir_option
+from derrick.errors import UsageError
 from derrick.store.cache import default_cache_dir
 from derrick.store.upkeep import StoreUsage, prune, usage
 
 _WHICH = "The blob cache (default: $DERRICK_CACHE_DIR, else ~/.cache/derrick)."
+
+
+def _cache(cache_dir: Path | None) -> Path:
+    """The cache directory named (or the default); one that is something else is refused."""
+    root = cache_dir or default_cache_dir()
+    if root.exists() and not root.is_dir():
+        raise UsageError(
+            f"the blob cache {root} is not a directory",
+            hint="name the cache directory with --cache-dir or DERRICK_CACHE_DIR",
+        )
+    return root
 
 
 def _json(u: StoreUsage) -> dict[str, object]:
@@ -44,7 +56,7 @@ def cache_info(cache_dir: Path | None, fmt: str) -> None:
     Every copy to disk fills the cache, and blobs in it are not downloaded again; it is
     never emptied by itself: `derrick cache prune` empties it.
     """
-    found = usage(cache_dir or default_cache_dir())
+    found = usage(_cache(cache_dir))
     emit(fmt, _json(found), lambda _: click.echo(f"{found.root}: {_counted(found)}"))
 
 
@@ -58,7 +70,7 @@ def cache_prune(cache_dir: Path | None, fmt: str) -> None:
     disk (OCI layouts, archives) have copies of their own and are not affected; the next
     copy downloads what it needs again.
     """
-    removed = prune(cache_dir or default_cache_dir())
+    removed = prune(_cache(cache_dir))
     emit(
         fmt,
         _json(removed),
