@@ -40,6 +40,7 @@ _WHERE = {
     "TransferStats": "derrick.images.model",
     "UnpackResult": "derrick.ops.unpack",
     "sync": "derrick.shortcuts",
+    "SyncInterrupted": "derrick.ops.syncreport",
     "SyncReport": "derrick.ops.syncreport",
     "RegistryClient": "derrick.registry",
     "Reference": "derrick.reference",
@@ -117,6 +118,7 @@ __all__ = [
     "Repository",
     "Selection",
     "ServerError",
+    "SyncInterrupted",
     "SyncReport",
     "TLSError",
     "TooManyRequestsError",
@@ -168,7 +170,7 @@ if TYPE_CHECKING:
     from derrick.images.model import CopyResult, Progress, Selection, TransferStats
     from derrick.images.view import Image
     from derrick.manifest import Descriptor, ImageConfig, ImageManifest, Index, Platform
-    from derrick.ops.syncreport import SyncReport
+    from derrick.ops.syncreport import SyncInterrupted, SyncReport
     from derrick.ops.unpack import UnpackResult
     from derrick.reference import Reference
     from derrick.registry import RegistryClient

@@ -621,6 +621,57 @@ def test_a_killed_sync_resumes_and_redoes_only_what_is_unfinished(
         assert raw.manifest_digest(dst, "t3") == eight.digest
 
 
+def test_an_interrupted_sync_reports_what_it_did_and_what_is_left(
+    seeded: SeededRegistries,
+    registry_open: RegistryProcess,
+    mirror: RegistryProcess,
+    test_images: dict[str, LayoutImage],
+    unique_repo: Callable[..., str],
+    env: Isolation,
+) -> None:
+    """Ctrl-C: the report of the images done and those left is printed (text or JSON),
+    then 'interrupted', with the exit status of an interrupt."""
+    from support.terminal import interruptible
+
+    src = unique_repo()
+    fill(registry_open, src, {"t1": "single", "t2": "multi", "t3": "eight", "t4": "docker"}, seeded)
+    stalled_layer = test_images["eight"].images[0].blob_digests[-1]
+    for fmt in ("text", "json"):
+        dst = unique_repo("mirror")
+        with FaultProxy(registry_open.url) as proxy:
+            proxy.add_fault(Fault(digest=stalled_layer, stall_after=1, stall_for=None))
+            argv = [sys.executable, "-m", "derrick.cli.main", "sync", "--insecure", "-j", "1"]
+            host = proxy.host
+            proc = subprocess.Popen(
+                [*argv, f"{host}/{src}", f"{mirror.host}/{dst}", "--format", fmt],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=dict(os.environ),
+                preexec_fn=interruptible,
+            )
+            try:
+                proxy.wait_stalled(1, timeout=60)
+                proc.send_signal(signal.SIGINT)
+                out, err = proc.communicate(timeout=30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                proxy.release()
+        assert proc.returncode == 130, err.decode()
+        assert err.decode().endswith("derrick: interrupted\n")
+        if fmt == "json":
+            report = json.loads(out)
+            status = {i["source"].rsplit(":", 1)[1]: i["status"] for i in report["images"]}
+            assert status == {"t1": "copied", "t2": "copied", "t3": "left", "t4": "left"}
+            assert report["stopped"] == "interrupted" and report["left"] == 2
+        else:
+            text = out.decode()
+            assert "2 copied, 0 unchanged, 0 filtered out, 0 failed, 2 left" in text
+            assert f"left      {host}/{src}:t3 -> " in text and f"{host}/{src}:t4 -> " in text
+            assert "stopped: interrupted" in text
+
+
 def _has_tag(raw: RawClient, repo: str, tag: str) -> bool:
     return raw.head_manifest(repo, tag).status_code == 200
 

@@ -23,7 +23,14 @@ from derrick.images.open import copy_selection
 from derrick.ops.sync import DEFAULT_JOBS, sync
 from derrick.ops.syncconfig import SyncConfig, load_config, one_off
 from derrick.ops.syncplan import Shard
-from derrick.ops.syncreport import ImageOutcome, SyncReport, pulls_text, reason_of, said
+from derrick.ops.syncreport import (
+    ImageOutcome,
+    SyncInterrupted,
+    SyncReport,
+    pulls_text,
+    reason_of,
+    said,
+)
 from derrick.store.cache import default_cache_dir
 
 
@@ -136,24 +143,33 @@ def sync_command(
             digest_tags=digest_tags,
         )
     the_shard = Shard.parse(shard) if shard else None
-    with opts.client(_login_registry(config, opts)) as client, sync_display(quiet) as display:
-        report = sync(
-            config,
-            client=client,
-            jobs=jobs,
-            max_pulls=max_pulls,
-            shard=the_shard,
-            dry_run=dry_run,
-            cache_dir=cache_dir or default_cache_dir(),
-            progress=display,
-        )
     words = _remedies(config_file=destination is None)
+    try:
+        with opts.client(_login_registry(config, opts)) as client, sync_display(quiet) as show:
+            report = sync(
+                config,
+                client=client,
+                jobs=jobs,
+                max_pulls=max_pulls,
+                shard=the_shard,
+                dry_run=dry_run,
+                cache_dir=cache_dir or default_cache_dir(),
+                progress=show,
+            )
+    except SyncInterrupted as e:
+        # what was done, then "interrupted" and its exit status, as for any command
+        _report(e.report, fmt, words)
+        raise
+    _report(report, fmt, words)
+    report_clashes(report)
+    report_exit(report)
+
+
+def _report(report: SyncReport, fmt: str, words: Callable[[Remedy], str]) -> None:
     if fmt == "json":
         emit_json(report.to_json(words))
     else:
         report_text(report, words)
-    report_clashes(report)
-    report_exit(report)
 
 
 def _remedies(*, config_file: bool) -> Callable[[Remedy], str]:

@@ -59,6 +59,7 @@ from derrick.ops.syncreport import (
     Budget,
     BytesMoved,
     ImageOutcome,
+    SyncInterrupted,
     SyncProgress,
     SyncReport,
     reason_of,
@@ -102,18 +103,16 @@ def sync(
     into an OCI layout keep their blobs there for later runs, and what an index copied
     with a platform selection became is recorded there, so later checks need no ``GET``.
     Raises only for a bad configuration, an OCI layout destination that cannot be one, or
-    an interrupt: what fails for an image is in the report.
+    an interrupt (:class:`~derrick.ops.syncreport.SyncInterrupted`, a
+    ``KeyboardInterrupt`` holding the report so far): what fails for an image is in the
+    report.
     """
     started = time.monotonic()
     config_or_plan = _checked(config_or_plan, client, max_pulls)
     if cache_dir is not None:
         cache_dir = Path(cache_dir).expanduser()
-    if isinstance(config_or_plan, SyncConfig):
-        paths = [s.destination.layout for s in config_or_plan.sources]
-    else:
-        paths = [i.destination.layout for i in config_or_plan.items]
     store = BlobStore(cache_dir) if cache_dir is not None else None
-    layouts = _layouts([p for p in paths if p is not None], store)
+    layouts = _layouts(config_or_plan, store)
     own = client is None
     client = client if client is not None else RegistryClient()
     try:
@@ -128,7 +127,11 @@ def sync(
             Budget(max_pulls),
             Records(cache_dir),
         )
-        report = runner.run()
+        try:
+            report = runner.run()
+        except SyncInterrupted as e:
+            e.report.seconds = time.monotonic() - started
+            raise
         report.seconds = time.monotonic() - started
         return report
     finally:
@@ -162,8 +165,15 @@ def _checked(
     return config_or_plan
 
 
-def _layouts(paths: list[Path], store: BlobStore | None) -> dict[Path, LayoutDestination]:
+def _layouts(
+    config_or_plan: SyncConfig | SyncPlan, store: BlobStore | None
+) -> dict[Path, LayoutDestination]:
     """The OCI layouts a sync writes into, each read once (checked before any request)."""
+    if isinstance(config_or_plan, SyncConfig):
+        named = [s.destination.layout for s in config_or_plan.sources]
+    else:
+        named = [i.destination.layout for i in config_or_plan.items]
+    paths = [p for p in named if p is not None]
     if not paths:
         return {}
     from derrick.ops.synclayout import LayoutDestination  # what only layouts need
@@ -217,7 +227,23 @@ class _Runner:
     def run(self) -> SyncReport:
         if self.progress is not None:
             self.progress.planned(self.queue.total)
-        self.queue.run(self.settings.jobs, lambda item: self._finish(item, self._one(item)))
+        try:
+            self.queue.run(self.settings.jobs, lambda item: self._finish(item, self._one(item)))
+        except KeyboardInterrupt as e:
+            self._interrupted()
+            raise SyncInterrupted(self._report()) from e
+        return self._report()
+
+    def _interrupted(self) -> None:
+        """After an interrupt: the images never started are left, and the sync stopped."""
+        with self._lock:
+            self.stopped = "interrupted"
+            for item in self.queue.pending():
+                out = ImageOutcome(str(item.source), item.describe_destination(), "left")
+                out.reason = "interrupted"
+                self.outcomes.append((self.queue.position(item), out))
+
+    def _report(self) -> SyncReport:
         return SyncReport(
             images=[o for _, o in sorted(self.outcomes, key=lambda pair: pair[0])],
             filtered=[f for f in self.plan.filtered if f not in self._followed],

@@ -32,6 +32,7 @@ class WorkQueue(Generic[T]):
         #: every item queued, in queue order (a report keeps that order)
         self._positions = {key(item): i for i, item in enumerate(self._queue)}
         self._busy = 0
+        self._running = 0  # worker threads started and not ended
         self._cond = threading.Condition()
         self.cancel = threading.Event()
         self._copies: set[threading.Event] = set()
@@ -61,7 +62,12 @@ class WorkQueue(Generic[T]):
 
     def run(self, jobs: int, work: Callable[[T], None]) -> None:
         """Work on every item with ``jobs`` threads; raise the first error ``work`` raised
-        (or an interrupt), after every worker ended."""
+        (or an interrupt), after every worker ended.
+
+        Workers are waited for with the condition, not ``Thread.join``: a join that a
+        ``KeyboardInterrupt`` breaks may take its thread for stopped (Python 3.11), and
+        an interrupted run must end only once its workers did (their outcomes are in).
+        """
         workers = [
             threading.Thread(
                 target=self._worker, args=(work,), name=f"derrick-sync-{i}", daemon=True
@@ -69,17 +75,32 @@ class WorkQueue(Generic[T]):
             for i in range(min(max(1, jobs), max(1, len(self._queue))))
         ]
         for t in workers:
-            t.start()
+            with self._cond:
+                self._running += 1
+            try:
+                t.start()
+            except BaseException:
+                with self._cond:
+                    self._running -= 1
+                raise
         try:
-            for t in workers:
-                t.join()
+            self._wait_workers()
         except BaseException:
             self.cancel_all()
-            for t in workers:
-                t.join()
+            self._wait_workers()
             raise
         if self._crashed:
             raise self._crashed[0]
+
+    def _wait_workers(self) -> None:
+        with self._cond:
+            while self._running:
+                self._cond.wait(0.1)
+
+    def pending(self) -> list[T]:
+        """The items queued and not started (after :meth:`cancel_all`: never to be)."""
+        with self._cond:
+            return list(self._queue)
 
     def cancel_all(self) -> None:
         """Drop what is queued and tell every running copy to stop."""
@@ -105,6 +126,14 @@ class WorkQueue(Generic[T]):
                 self._copies.discard(event)
 
     def _worker(self, work: Callable[[T], None]) -> None:
+        try:
+            self._work(work)
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
+
+    def _work(self, work: Callable[[T], None]) -> None:
         while True:
             with self._cond:
                 while not self._queue and self._busy and not self.cancel.is_set():

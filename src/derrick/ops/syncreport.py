@@ -29,6 +29,7 @@ __all__ = [
     "ImageOutcome",
     "RateLimitState",
     "Status",
+    "SyncInterrupted",
     "SyncProgress",
     "SyncReport",
     "Words",
@@ -371,3 +372,12 @@ class BytesMoved:
 
     def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None:
         pass
+
+
+class SyncInterrupted(KeyboardInterrupt):
+    """A sync stopped by an interrupt (Ctrl-C), with the :class:`SyncReport` of what it had
+    done: finished images as they ended, the others ``left`` (a run again does them)."""
+
+    def __init__(self, report: SyncReport) -> None:
+        super().__init__("interrupted")
+        self.report = report
