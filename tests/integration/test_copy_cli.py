@@ -13,7 +13,6 @@ import stat
 import subprocess
 import sys
 import tarfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from support.cli import Cli
 from support.disk import grow, small_tmpfs
 from support.faultproxy import Fault, FaultProxy
 from support.images import LayoutImage
+from support.locks import take_turns
 from support.rawclient import RawClient
 from support.registry import RegistryProcess
 from support.seed import SeededRegistries
@@ -267,21 +267,6 @@ def test_summaries_count_one_layer_and_one_blob_in_the_singular(
 # -- two writers of one archive ------------------------------------------------------------------
 
 
-def _waits_for_lock(pid: int, path: Path) -> bool:
-    """Whether process ``pid`` waits for a ``flock`` on the file ``path``."""
-    try:
-        ino = path.stat().st_ino
-    except FileNotFoundError:
-        return False
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.split()
-        if "->" in fields and "FLOCK" in fields:
-            i = fields.index("FLOCK")
-            if int(fields[i + 3]) == pid and int(fields[i + 4].rsplit(":", 1)[1]) == ino:
-                return True
-    return False
-
-
 def test_two_pulls_into_one_archive_file_take_turns(
     seeded: SeededRegistries, test_images: dict[str, LayoutImage], tmp_path: Path
 ) -> None:
@@ -303,25 +288,7 @@ def test_two_pulls_into_one_archive_file_take_turns(
                 stderr=subprocess.PIPE,
             )
 
-        first = start()
-        procs = [first]
-        try:
-            proxy.wait_stalled(1)
-            procs.append(start())
-            deadline = time.monotonic() + 30
-            while not _waits_for_lock(procs[1].pid, part):
-                assert procs[1].poll() is None, procs[1].communicate()[1].decode()
-                assert time.monotonic() < deadline, "the second pull never waited for the lock"
-                time.sleep(0.02)
-            proxy.release()
-            for p in procs:
-                _, err = p.communicate(timeout=60)
-                assert p.returncode == 0, err.decode()
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
+        take_turns(start, start, proxy, part)
     assert sorted(p.name for p in tmp_path.iterdir() if "c5" in p.name) == ["c5.tar"]
     assert index_of_tar(out)["manifests"][0]["digest"] == eight.digest
 

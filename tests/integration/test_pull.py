@@ -44,6 +44,7 @@ from support.images import (
     LayoutImage,
     push_with_skopeo,
 )
+from support.locks import take_turns
 from support.registry import RegistryProcess, free_port
 from support.seed import SEEDED_NAMES, SeededRegistries, SeededRegistry
 from support.transfers import pull
@@ -686,21 +687,6 @@ def test_archive_pulls_fill_the_cache(
         assert file_sha256(p) == f"sha256:{p.name}"
 
 
-def _waits_for_lock(pid: int, path: Path) -> bool:
-    """Whether process ``pid`` is blocked waiting for a ``flock`` on the file ``path``."""
-    try:
-        ino = path.stat().st_ino
-    except FileNotFoundError:
-        return False
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.split()
-        if "->" in fields and "FLOCK" in fields:
-            i = fields.index("FLOCK")
-            if int(fields[i + 3]) == pid and int(fields[i + 4].rsplit(":", 1)[1]) == ino:
-                return True
-    return False
-
-
 @pytest.mark.parametrize(("first", "second"), [("a.tar", "b.tar"), ("a.tar", "b"), ("a", "b.tar")])
 def test_two_processes_share_the_cache(
     seeded: SeededRegistry, env: Isolation, tmp_path: Path, first: str, second: str
@@ -726,24 +712,7 @@ def test_two_processes_share_the_cache(
                 stderr=subprocess.PIPE,
             )
 
-        procs = [start(first)]
-        try:
-            proxy.wait_stalled(1)
-            procs.append(start(second))
-            deadline = time.monotonic() + 30
-            while not _waits_for_lock(procs[1].pid, partial):
-                assert procs[1].poll() is None, procs[1].communicate()[1].decode()
-                assert time.monotonic() < deadline, "the second pull never waited for the lock"
-                time.sleep(0.02)
-            proxy.release()
-            for p in procs:
-                _, err = p.communicate(timeout=60)
-                assert p.returncode == 0, err.decode()
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
+        take_turns(lambda: start(first), lambda: start(second), proxy, partial)
         for digest in layout.image.blob_digests:
             assert len(proxy.blob_gets(digest)) == 1, digest
     for dest in (first, second):
