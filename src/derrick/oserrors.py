@@ -12,7 +12,7 @@ import errno
 import os
 from pathlib import Path
 
-__all__ = ["blocking_file", "reason", "writing_failed"]
+__all__ = ["blocking_file", "reason", "try_again", "writing_failed"]
 
 
 def blocking_file(path: str | os.PathLike[str]) -> Path | None:
@@ -32,6 +32,14 @@ def reason(e: OSError) -> str:
     device``."""
     text = e.strerror or str(e) or type(e).__name__
     return text[:1].lower() + text[1:]
+
+
+def try_again(e: OSError) -> str:
+    """What to do after a failed write: make room (a full disk or quota), else fix the
+    cause, and try again."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "make room and try again"
+    return "fix that and try again"
 
 
 def writing_failed(e: OSError, shown: str, path: str | os.PathLike[str] | None = None) -> str:

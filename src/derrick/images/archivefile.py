@@ -17,7 +17,6 @@ destination as the caller gave it and what is left behind to resume.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import stat
@@ -30,7 +29,7 @@ from typing import BinaryIO
 from derrick.digest import Digest
 from derrick.errors import DerrickError, DigestMismatchError, DiskError, UsageError
 from derrick.images.model import BlobFeed, Kept
-from derrick.oserrors import writing_failed
+from derrick.oserrors import reason, try_again, writing_failed
 from derrick.store.files import CHUNK, Region, copy_range, lock_partial
 
 __all__ = [
@@ -50,13 +49,7 @@ Holes = dict[Digest, int]
 
 def describe_os_error(e: OSError) -> tuple[str, str]:
     """What to say of an OS error: its reason (``no space left on device``) and what to do."""
-    reason = e.strerror or str(e) or type(e).__name__
-    again = (
-        "make room and try again"
-        if e.errno in (errno.ENOSPC, errno.EDQUOT)
-        else "fix that and try again"
-    )
-    return reason[:1].lower() + reason[1:], again
+    return reason(e), try_again(e)
 
 
 def kept_hint(kept: Sequence[str], files: int, again: str, *, plural: bool = False) -> str:

@@ -5,7 +5,6 @@ named from a copy's names, and the one-line error of a failed write."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import secrets
@@ -19,7 +18,7 @@ from derrick.layout.atomic import replacing
 from derrick.layout.oci import OCILayout
 from derrick.layout.ociindex import full_name
 from derrick.manifest import Descriptor
-from derrick.oserrors import writing_failed
+from derrick.oserrors import try_again, writing_failed
 from derrick.store.records import hashes_to
 
 __all__ = ["HiddenDir", "add_entries", "disk_error", "file_holds", "write_stream"]
@@ -161,9 +160,5 @@ def add_entries(
 
 def disk_error(e: OSError, shown: str, kept: str) -> DiskError:
     """``<reason> writing <shown>; <kept>: <what to do>``."""
-    again = (
-        "make room and try again"
-        if e.errno in (errno.ENOSPC, errno.EDQUOT)
-        else "fix that and try again"
-    )
+    again = try_again(e)
     return DiskError(writing_failed(e, shown), errno=e.errno, hint=f"{kept}: {again}")

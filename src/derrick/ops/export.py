@@ -11,7 +11,6 @@ and do not appear in the output.
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import os
 import tarfile
@@ -28,7 +27,7 @@ from derrick.images.layers import Layer
 from derrick.images.model import Progress
 from derrick.images.view import Image
 from derrick.layout.tarread import TarEntry
-from derrick.oserrors import writing_failed
+from derrick.oserrors import try_again, writing_failed
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer as Buffer
@@ -146,11 +145,7 @@ def write_flat_tar(
 
 
 def _disk_error(e: OSError, dest: Path) -> DiskError:
-    again = (
-        "make room and try again"
-        if e.errno in (errno.ENOSPC, errno.EDQUOT)
-        else "fix that and try again"
-    )
+    again = try_again(e)
     return DiskError(
         writing_failed(e, str(dest)), errno=e.errno, hint=f"nothing is left behind: {again}"
     )

@@ -21,7 +21,6 @@ partial file for each blob being written, which whoever writes it fills from a s
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import stat
 import threading
@@ -32,6 +31,7 @@ from derrick.closing import Closing
 from derrick.digest import Digest
 from derrick.errors import DerrickError, DiskError, Remedy
 from derrick.manifest import Descriptor
+from derrick.oserrors import reason, try_again
 from derrick.store.files import CHUNK, Region, lock_partial, read_range
 from derrick.store.records import Records
 from derrick.store.upkeep import UseLock
@@ -318,17 +318,12 @@ class CacheDiskError(DiskError):
         partials: Sequence[Path] = (),
         also: Sequence[tuple[str, int]] = (),
     ) -> None:
-        reason = error.strerror or str(error) or type(error).__name__
-        self.reason = reason[:1].lower() + reason[1:]
+        self.reason = reason(error)
         self.root = root
         self.error = error
         self.partials = list(partials)
         self.also = list(also)
-        again = (
-            "make room and try again"
-            if error.errno in (errno.ENOSPC, errno.EDQUOT)
-            else "fix that and try again"
-        )
+        again = try_again(error)
         phrase = partials_phrase(self.partials, root)
         phrases = ([phrase] if phrase is not None else []) + [p for p, _ in self.also]
         files = len(self.partials) + sum(n for _, n in self.also)
